@@ -1,0 +1,40 @@
+"""attnviz's exception hierarchy.
+
+Every error a user can cause derives from :class:`AttnvizError` and carries a one-line
+message that says what went wrong and what to do. The CLI prints that line and exits
+non-zero; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+
+class AttnvizError(Exception):
+    """Base class for every error attnviz raises on purpose."""
+
+    exit_code: int = 1
+
+
+class UsageError(AttnvizError):
+    """A call's arguments do not fit together (wrong layer name, bad target, ...)."""
+
+    exit_code = 2
+
+
+class InputImageError(AttnvizError):
+    """An image file is missing, unreadable, truncated or not an image."""
+
+
+class CheckpointError(AttnvizError):
+    """A checkpoint file is missing, empty, corrupt or of an unknown format."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The checkpoint holds pickled code and loading it needs an explicit trust flag."""
+
+
+class ArchitectureError(CheckpointError):
+    """No architecture matches a state_dict, or a named architecture cannot be built."""
+
+
+class CaptureError(AttnvizError):
+    """The model's forward pass failed or produced nothing attnviz can capture."""
