@@ -1,0 +1,1 @@
+"""attnviz's command-line front end (installed as ``attnviz.cli``)."""

@@ -1,0 +1,86 @@
+"""Entry point of the ``attnviz`` command.
+
+Each sub-command lives in its own module of this package and is imported only when it is
+run, so ``attnviz --help`` stays fast. Errors that derive from :class:`AttnvizError` become
+one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from attnviz.errors import AttnvizError
+
+# name -> (module, attribute, one-line help shown in `attnviz --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "maps": ("attnviz.cli.maps", "maps", "Capture every attention gate of a model on images and draw them."),
+    "compare": ("attnviz.cli.compare", "compare", "Grad-CAM of a baseline against attention models, side by side."),
+    "inspect": ("attnviz.cli.inspect", "inspect", "Architecture summary, attention modules and training record of a checkpoint."),
+    "train": ("attnviz.cli.train", "train", "Train a course architecture with the course's recipe."),
+    "report": ("attnviz.cli.report", "report", "Batch report over many images and several models (static HTML)."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _command_available(name)]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS or not _command_available(name):
+            return None
+        module_name, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module_name), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        try:
+            return super().invoke(ctx)
+        except AttnvizError as error:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"attnviz: error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("attnviz: interrupted", err=True)
+            ctx.exit(130)
+
+
+def _command_available(name: str) -> bool:
+    return importlib.util.find_spec(COMMANDS[name][0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.version_option(package_name="attnviz")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """attnviz: see what the SE and CBAM attention in your CNN learned.
+
+    \b
+    Examples:
+      attnviz maps --model samples/models/cbam_cnn.pth samples/images/*.png --out runs/maps
+      attnviz compare --baseline cnn.pth --model se.pth --model cbam.pth img1.png img2.png
+      attnviz inspect --model ckpt.pth
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI (the ``attnviz`` console script)."""
+    cli.main(args=argv, prog_name="attnviz")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])
