@@ -1,0 +1,19 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A seeded numpy generator, so image contents are reproducible."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture
+def seeded() -> None:
+    """Seed torch's global generator for tests that build randomly initialised models."""
+    torch.manual_seed(0)
