@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from attnviz.capture import Capture, Capturer, capture
+from attnviz.capturing import Capture, Capturer, capture
 from attnviz.errors import CaptureError, UsageError
 
 timm = pytest.importorskip("timm")

@@ -1,0 +1,198 @@
+"""``attnviz maps``: capture a model's attention on image files and write it out, image by image.
+
+For every image, ``OUT/<image stem>/`` receives:
+
+- ``attention.npz``: every captured array, keyed ``gate/<name>``, ``in/<module>``,
+  ``out/<module>``, ``feature/<layer>`` and ``cam/gradcam``, batch dimension dropped;
+- ``summary.json``: model, preset, prediction (top-5) and one row per gate;
+- with pictures on: channel bars per channel gate, overlays per spatial gate, feature grids,
+  the Grad-CAM overlay and ``index.<fmt>``, a sheet of all of them.
+
+A file that cannot be decoded is skipped and reported; the others are still processed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnviz.capturing import Capture, Capturer
+from attnviz.checkpoints import LoadedModel
+from attnviz.errors import AttnvizError
+from attnviz.inputs import InputImage, Preset, get_preset, load_input
+
+
+@dataclass
+class MapsOptions:
+    """What ``run_maps`` draws and how."""
+
+    pictures: bool = True
+    format: str = "png"
+    order: str = "weight"
+    scale: str = "absolute"
+    cam: bool = True
+    top_n: int = 8
+    batch_size: int = 16
+    layers: Sequence[str] | None = None
+
+
+@dataclass
+class ImageResult:
+    """What was written for one image."""
+
+    path: str
+    out_dir: Path
+    summary: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class Failure:
+    """An input that was skipped, and why."""
+
+    path: str
+    reason: str
+
+
+def run_maps(
+    loaded: LoadedModel,
+    paths: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    options: MapsOptions | None = None,
+    preset: Preset | str | None = None,
+    class_names: Sequence[str] | None = None,
+    on_image: Callable[[ImageResult | Failure], None] | None = None,
+) -> tuple[list[ImageResult], list[Failure]]:
+    """Capture ``loaded.model`` on every image in ``paths`` and write the results under ``out``.
+
+    Args:
+        loaded: The model and what its checkpoint says about it.
+        paths: Image files.
+        out: Output folder; one sub-folder per image, named after the image's stem.
+        options: What to draw; defaults to everything.
+        preset: Overrides the checkpoint's input preset.
+        class_names: Overrides the checkpoint's class names.
+        on_image: Called after each image, with its result or its failure (progress, printing).
+
+    Returns:
+        The images written and the inputs skipped.
+    """
+    options = options or MapsOptions()
+    preset = get_preset(preset or loaded.preset or "imagenet")
+    names = list(class_names) if class_names is not None else loaded.class_names
+    capturer = Capturer(loaded.model, layers=options.layers, class_names=names, model_name=loaded.arch)
+    out = Path(out)
+    folders = _output_folders([Path(p) for p in paths])
+    results: list[ImageResult] = []
+    failures: list[Failure] = []
+    for start in range(0, len(paths), options.batch_size):
+        chunk = [str(p) for p in paths[start : start + options.batch_size]]
+        inputs: list[InputImage] = []
+        for path in chunk:
+            try:
+                inputs.append(load_input(path, preset))
+            except AttnvizError as error:
+                failures.append(Failure(path, str(error)))
+                if on_image:
+                    on_image(failures[-1])
+        if not inputs:
+            continue
+        cap = capturer(torch.stack([item.tensor for item in inputs]), originals=[item.original for item in inputs])
+        cams = _gradcam(loaded, cap, names) if options.cam else None
+        for index, item in enumerate(inputs):
+            folder = out / folders[item.path]
+            result = _write_image(loaded, preset, cap, index, item, cams, folder, options)
+            results.append(result)
+            if on_image:
+                on_image(result)
+    return results, failures
+
+
+def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None) -> dict[str, Any]:
+    """The JSON summary of one image: model, preset, prediction and a row per gate."""
+    top = cap.topk(index, k=5)
+    return {
+        "image": image_path,
+        "model": {"arch": loaded.arch, "source": loaded.source, "format": loaded.format},
+        "preset": {"name": preset.name, "size": list(preset.size), "mean": list(preset.mean), "std": list(preset.std)},
+        "prediction": {
+            "index": top[0].index,
+            "label": top[0].label,
+            "prob": top[0].prob,
+            "top5": [{"index": p.index, "label": p.label, "prob": p.prob} for p in top],
+        },
+        "gates": cap.gate_table(index),
+    }
+
+
+def _write_image(
+    loaded: LoadedModel,
+    preset: Preset,
+    cap: Capture,
+    index: int,
+    item: InputImage,
+    cams: torch.Tensor | None,
+    folder: Path,
+    options: MapsOptions,
+) -> ImageResult:
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = summary_dict(loaded, preset, cap, index, item.path)
+    arrays = cap.arrays(index)
+    if cams is not None:
+        arrays["cam/gradcam"] = cams[index].numpy()
+        summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
+    result = ImageResult(str(item.path), folder, summary)
+    result.files.append(_atomic(folder / "attention.npz", lambda f: np.savez_compressed(f, **arrays)))
+    if options.pictures:
+        from attnviz.maps_pictures import draw_pictures
+
+        summary["pictures"] = [
+            str(path.relative_to(folder)) for path in draw_pictures(cap, index, item.original, cams, folder, options)
+        ]
+        result.files.extend(folder / name for name in summary["pictures"])
+    text = json.dumps(summary, indent=2, ensure_ascii=False)
+    result.files.append(_atomic(folder / "summary.json", lambda f: f.write(text.encode("utf-8"))))
+    return result
+
+
+def _gradcam(loaded: LoadedModel, cap: Capture, class_names: Sequence[str] | None) -> torch.Tensor:
+    from attnviz.cam import gradcam
+
+    result = gradcam(loaded.model, cap.images, class_names=class_names)
+    cap.metadata["cam_layer"] = result.layer
+    return result.maps.detach().cpu()
+
+
+def _output_folders(paths: list[Path]) -> dict[str, str]:
+    """One folder name per input: the image's stem, made unique when two images share it."""
+    used: dict[str, int] = {}
+    folders: dict[str, str] = {}
+    for path in paths:
+        stem = re.sub(r"[^\w.-]+", "_", path.stem) or "image"
+        count = used.get(stem, 0)
+        used[stem] = count + 1
+        folders[str(path)] = stem if count == 0 else f"{stem}-{count + 1}"
+    return folders
+
+
+def _atomic(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write a file through a temporary sibling and rename it, so no half-written file is left."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path

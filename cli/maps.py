@@ -1,0 +1,82 @@
+"""``attnviz maps``: every attention gate of a model on some images, as arrays and pictures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from attnviz.cli.options import check_device, input_options, model_loading, resolve_inputs
+
+
+@click.command(
+    epilog="""\b
+Examples:
+  attnviz maps --model samples/models/cbam_cnn.pth samples/images/*.png
+  attnviz maps --model resnet.pth --arch resnet18_cbam cat.jpg --out runs/cat --format svg
+  attnviz maps --model se.pth --no-pictures photos/*.jpg   # arrays and JSON only
+"""
+)
+@click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Checkpoint file.")
+@model_loading
+@input_options
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("attnviz-maps"), show_default=True, help="Output folder (one sub-folder per image).")
+@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True, help="Picture format.")
+@click.option("--order", type=click.Choice(["weight", "channel"]), default="weight", show_default=True, help="Channel bar order.")
+@click.option("--scale", type=click.Choice(["absolute", "minmax"]), default="absolute", show_default=True, help="Colour scale of spatial overlays: the gate's [0,1] range, or each map's min-max.")
+@click.option("--layers", default=None, help="Comma-separated feature layers to capture (default: each conv block / stage).")
+@click.option("--no-pictures", is_flag=True, help="Write only attention.npz and summary.json.")
+@click.option("--no-cam", is_flag=True, help="Skip Grad-CAM.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file, images, out, fmt, order, scale, layers, no_pictures, no_cam, batch_size):
+    """Capture every SE/CBAM gate of MODEL on IMAGES and write arrays, JSON and pictures.
+
+    For each image, prints the top prediction and a table of gates, and writes
+    OUT/<image stem>/attention.npz (gate/<name>, in/<module>, out/<module>, feature/<layer>),
+    OUT/<image stem>/summary.json and the pictures.
+    """
+    from rich.console import Console
+
+    from attnviz.checkpoints import load_model
+    from attnviz.maps import Failure, MapsOptions, run_maps
+
+    console = Console(highlight=False)
+    errors = Console(stderr=True, highlight=False)
+    loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
+    resolved, names = resolve_inputs(loaded, preset, size, classes_file)
+    options = MapsOptions(
+        pictures=not no_pictures,
+        format=fmt,
+        order=order,
+        scale=scale,
+        cam=not no_cam,
+        batch_size=batch_size,
+        layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
+    )
+    console.print(f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}")
+
+    def report(item):
+        if isinstance(item, Failure):
+            errors.print(f"attnviz: skipped {item.path}: {item.reason}", markup=False)
+        else:
+            _print_result(console, item)
+
+    results, failures = run_maps(loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report)
+    console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""))
+    if failures:
+        sys.exit(1)
+
+
+def _print_result(console, result) -> None:
+    from rich.table import Table
+
+    prediction = result.summary["prediction"]
+    console.print(f"\n[bold]{result.path}[/bold] → {prediction['label']} (p={prediction['prob']:.3f})  → {result.out_dir}")
+    table = Table(show_edge=False, pad_edge=False, box=None)
+    for column in ("gate", "kind", "shape", "mean", "min", "max"):
+        table.add_column(column, justify="right" if column in ("mean", "min", "max") else "left")
+    for row in result.summary["gates"]:
+        table.add_row(row["name"], row["kind"], "x".join(map(str, row["shape"])), f"{row['mean']:.3f}", f"{row['min']:.3f}", f"{row['max']:.3f}")
+    console.print(table)

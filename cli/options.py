@@ -1,0 +1,80 @@
+"""Options shared by several sub-commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from attnviz.errors import UsageError
+
+ARCH_HELP = (
+    "Architecture of a bare state_dict: a registry name (see `attnviz inspect --list`), timm:NAME, "
+    "torchvision:NAME, path/to/file.py:ClassName or package.module:ClassName. Inferred when omitted."
+)
+
+
+def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --arch, --trust-checkpoint and --device."""
+    function = click.option(
+        "--device", default="cpu", show_default=True, help="Device to run the model on (cpu, cuda, cuda:1, ...)."
+    )(function)
+    function = click.option(
+        "--trust-checkpoint",
+        is_flag=True,
+        help="Allow checkpoints that hold pickled code (whole saved models). Only for files from a source you trust.",
+    )(function)
+    function = click.option("--arch", default=None, metavar="NAME", help=ARCH_HELP)(function)
+    return function
+
+
+def input_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --preset, --size and --classes."""
+    function = click.option(
+        "--classes",
+        "classes_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Class names, one per line (or a JSON list). Default: from the checkpoint or the preset.",
+    )(function)
+    function = click.option(
+        "--size", type=int, default=None, help="Input size in pixels (square). Default: the preset's."
+    )(function)
+    function = click.option(
+        "--preset",
+        type=click.Choice(["cifar10", "imagenet"]),
+        default=None,
+        help="Input normalisation and size. Default: from the checkpoint, else imagenet.",
+    )(function)
+    return function
+
+
+def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_file: Path | None):
+    """The preset and class names for a loaded model, with the command line's overrides applied."""
+    from attnviz.inputs import CIFAR10_CLASSES, get_preset, load_class_names
+
+    base = preset or loaded.preset or "imagenet"
+    resolved = get_preset(base, size=size) if size else get_preset(base)
+    if classes_file is not None:
+        names = load_class_names(classes_file)
+    elif loaded.class_names:
+        names = list(loaded.class_names)
+    elif resolved.name == "cifar10":
+        names = list(CIFAR10_CLASSES)
+    else:
+        names = None
+    return resolved, names
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"unknown device '{device}'") from error
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device '{device}' asked for, but no CUDA GPU is available; use --device cpu")
+    return device
