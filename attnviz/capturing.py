@@ -304,7 +304,7 @@ def default_feature_layers(model: nn.Module, probe: torch.Tensor) -> list[str]:
     """
     spec = _zoo_spec(model)
     if spec is not None:
-        return list(spec.feature_layers)
+        return list(spec.feature_layers_in(model))
     return _stage_outputs(model, probe)
 
 

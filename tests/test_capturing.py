@@ -455,6 +455,46 @@ def test_real_models_gate_counts_names_and_values(key):
     torch.testing.assert_close(cap.logits, model(images).detach())
 
 
+ZOO_ATTENTION = {
+    "cnn": ((), 0, 0),
+    "se_cnn": (("ChannelAttention",), 3, 0),
+    "cbam_cnn": (("ChannelAttention", "SpatialAttention"), 3, 3),
+    "densenet_se": (("SE_Block",), 58, 0),
+    "resnet18_cbam": (("ChannelAttention", "SpatialAttention"), 4, 4),
+    "resnet_se": (("SEModule",), 8, 0),
+}
+
+
+@pytest.mark.parametrize("arch", list(ZOO_ATTENTION))
+def test_course_models_gates_and_features(arch):
+    from attnviz.models import build_model, get_spec
+
+    classes, n_channel, n_spatial = ZOO_ATTENTION[arch]
+    torch.manual_seed(0)
+    model = _with_live_batchnorm(build_model(arch)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    attention_names = [name for name, m in model.named_modules() if type(m).__name__ in classes]
+    layers = list(get_spec(arch).feature_layers)
+    with InputsOf(model, attention_names + layers) as seen:
+        with torch.no_grad():
+            logits = model(images)
+    cap = capture(model, images)
+    assert len(cap.gates_of_kind("channel")) == n_channel
+    assert len(cap.gates_of_kind("spatial")) == n_spatial
+    assert sorted(g.module for g in cap.gates.values()) == sorted(attention_names)
+    for gate in cap.gates.values():
+        assert gate.gated_module == gate.module  # every zoo attention module returns x * gate
+        expected, defined = _gate_from_features(seen.inputs[gate.module], seen.outputs[gate.module], gate.kind)
+        assert defined.float().mean() > 0.2
+        torch.testing.assert_close(gate.values[defined], expected[defined], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(cap.inputs[gate.module], seen.inputs[gate.module])
+        torch.testing.assert_close(cap.outputs[gate.module], seen.outputs[gate.module])
+    assert list(cap.features) == layers
+    for layer in layers:
+        torch.testing.assert_close(cap.features[layer], seen.outputs[layer])
+    torch.testing.assert_close(cap.logits, logits)
+
+
 def test_capturer_is_reusable_across_batches(zoo_model):
     capturer = Capturer(zoo_model, layers=["block"])
     first = capturer(torch.randn(2, 3, 8, 8))
