@@ -1,0 +1,87 @@
+"""Figures out: a new Agg-backed figure, its pixels as an RGB array, or a saved file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.errors import UsageError
+from attnviz.render.fonts import font_context
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+SAVE_FORMATS: tuple[str, ...] = ("png", "svg", "pdf")
+DEFAULT_DPI = 100
+SAVE_DPI = 150
+
+
+def new_figure(width: float, height: float, *, layout: str | None = "constrained", dpi: int = DEFAULT_DPI) -> Figure:
+    """Return a figure with its own Agg canvas, not registered with pyplot (nothing global to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_rgb(fig: Figure) -> np.ndarray:
+    """Draw ``fig`` and return its pixels as a uint8 ``[H, W, 3]`` array (the figure stays open)."""
+    with font_context():
+        canvas = fig.canvas
+        if hasattr(canvas, "buffer_rgba"):
+            canvas.draw()
+            return np.asarray(canvas.buffer_rgba())[:, :, :3].copy()
+        # A figure on a non-Agg canvas: render through savefig without touching its canvas.
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="rgba", dpi=fig.dpi)
+    width, height = (int(round(v)) for v in fig.get_size_inches() * fig.dpi)
+    return np.frombuffer(buffer.getvalue(), np.uint8).reshape(height, width, 4)[:, :, :3].copy()
+
+
+def save_figure(fig: Figure, path: str | Path, format: str | None = None, *, dpi: int = SAVE_DPI) -> Path:
+    """Save ``fig`` as PNG, SVG or PDF, creating parent folders; the figure stays open.
+
+    Args:
+        fig: The figure to save.
+        path: Destination file; its suffix picks the format unless ``format`` is given.
+        format: ``"png"``, ``"svg"`` or ``"pdf"``; overrides the suffix.
+        dpi: Resolution of raster output.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UsageError: The format is neither given nor implied by a known suffix.
+    """
+    path = Path(path)
+    fmt = (format or path.suffix.lstrip(".")).lower()
+    if fmt not in SAVE_FORMATS:
+        raise UsageError(f"cannot save a figure as {fmt or path.name!r}; use a .png, .svg or .pdf file name or format=")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with font_context():
+        fig.savefig(path, format=fmt, dpi=dpi)
+    return path
+
+
+def save_rgb(rgb: Any, path: str | Path) -> Path:
+    """Save a uint8 ``[H, W, 3]`` array (e.g. an overlay or an index image) as a PNG, creating parent folders.
+
+    Raises:
+        UsageError: The path does not end in .png, or the array is not an RGB image.
+    """
+    from matplotlib import image as mpl_image
+
+    from attnviz.render._checks import as_rgb_image
+
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UsageError(f"RGB arrays are saved as PNG; use a .png file name instead of {path.name!r}")
+    pixels = as_rgb_image(rgb, "rgb")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpl_image.imsave(path, pixels, format="png")
+    return path
