@@ -1,1 +1,38 @@
-"""attnviz.render."""
+"""attnviz.render: pure figures from arrays.
+
+Every function takes numpy arrays (and plain strings/lists) and returns a matplotlib ``Figure``
+on its own Agg canvas or a uint8 RGB array. Nothing here runs models, reads files, shows windows
+or changes matplotlib's global settings. Importing this package imports matplotlib; importing
+``attnviz`` alone does not.
+"""
+
+from __future__ import annotations
+
+from attnviz.render.bars import bar_order, channel_bars
+from attnviz.render.colormaps import apply_colormap, colormap_lut
+from attnviz.render.compare import comparison_grid, index_figure, index_image
+from attnviz.render.fonts import font_context, font_families
+from attnviz.render.grids import feature_grid, select_channels
+from attnviz.render.output import figure_to_rgb, new_figure, save_figure, save_rgb
+from attnviz.render.overlays import cam_overlay, overlay_rgb, spatial_overlay
+
+__all__ = [
+    "apply_colormap",
+    "bar_order",
+    "cam_overlay",
+    "channel_bars",
+    "colormap_lut",
+    "comparison_grid",
+    "feature_grid",
+    "figure_to_rgb",
+    "font_context",
+    "font_families",
+    "index_figure",
+    "index_image",
+    "new_figure",
+    "overlay_rgb",
+    "save_figure",
+    "save_rgb",
+    "select_channels",
+    "spatial_overlay",
+]

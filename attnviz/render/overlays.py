@@ -1,0 +1,168 @@
+"""Heat maps over images: the RGB overlay (hot path) and the three-panel spatial-gate figure."""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from attnviz.errors import UsageError
+from attnviz.render._checks import as_array, as_rgb_image, check_choice, check_unit_range
+from attnviz.render.colormaps import apply_colormap
+from attnviz.render.fonts import font_context
+from attnviz.render.output import new_figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+SCALES: tuple[str, ...] = ("absolute", "minmax")
+
+
+def overlay_rgb(
+    image: Any,
+    heatmap: Any,
+    *,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """Blend a low-resolution heat map over an image.
+
+    The map is upsampled bilinearly (``cv2.INTER_LINEAR``, pixel centres aligned) to the image's
+    size, coloured on the absolute range ``[vmin, vmax]`` (values outside are clipped) and blended
+    as ``(1 - alpha) * image + alpha * colour``.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 (or float in [0, 1], or grey ``[H, W]``).
+        heatmap: ``[h, w]`` values.
+        vmin: Value drawn with the colormap's first colour.
+        vmax: Value drawn with the colormap's last colour.
+        cmap: Matplotlib colormap name or object.
+        alpha: Weight of the colour layer, in [0, 1].
+
+    Returns:
+        uint8 ``[H, W, 3]``.
+
+    Raises:
+        UsageError: Bad shapes, non-finite values, ``alpha`` outside [0, 1] or ``vmax <= vmin``.
+    """
+    pixels = as_rgb_image(image)
+    heat = as_array(heatmap, (2,), "heatmap", "[h, w]")
+    if not 0.0 <= alpha <= 1.0:
+        raise UsageError(f"alpha must lie in [0, 1], got {alpha}")
+    colour = apply_colormap(upsample(heat, pixels.shape[:2]), vmin, vmax, cmap)
+    blended = pixels.astype(np.float32) * np.float32(1.0 - alpha) + colour.astype(np.float32) * np.float32(alpha)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def cam_overlay(image: Any, cam: Any, *, alpha: float = 0.5, cmap: Any = "jet") -> np.ndarray:
+    """Overlay a normalised class-activation map (values in [0, 1]) on an image.
+
+    Raises:
+        UsageError: The CAM holds values outside [0, 1] (normalise it first) or has a bad shape.
+    """
+    heat = as_array(cam, (2,), "cam", "[h, w]")
+    check_unit_range(heat, "cam", "normalise it first (e.g. divide by its maximum)")
+    return overlay_rgb(image, heat, vmin=0.0, vmax=1.0, cmap=cmap, alpha=alpha)
+
+
+def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``[h, w]`` to ``size = (H, W)`` bilinearly (half-pixel centres, edges clamped)."""
+    import cv2
+
+    height, width = size
+    if heatmap.shape == (height, width):
+        return heatmap.astype(np.float32)
+    return cv2.resize(heatmap.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def spatial_overlay(
+    image: Any,
+    gate_map: Any,
+    *,
+    title: str = "",
+    scale: str = "absolute",
+    cmap: Any = "jet",
+    alpha: float = 0.5,
+) -> Figure:
+    """Three panels: the image, the gate map at its true resolution, and the overlay.
+
+    Args:
+        image: The original image, ``[H, W, 3]``.
+        gate_map: A spatial gate ``[h, w]`` (values in [0, 1] for sigmoid gates).
+        title: Figure title.
+        scale: ``"absolute"`` colours on [0, 1], so a flat 0.5 map looks flat and mid-range;
+            ``"minmax"`` stretches the map's own min..max (said in the title).
+        cmap: Matplotlib colormap.
+        alpha: Weight of the colour layer in the overlay.
+
+    Returns:
+        The figure; its axes are labelled ``"input"``, ``"gate map"``, ``"overlay"``, ``"colorbar"``.
+
+    Raises:
+        UsageError: Bad shapes or values, or an unknown ``scale``.
+    """
+    check_choice(scale, SCALES, "scale")
+    pixels = as_rgb_image(image)
+    gate = as_array(gate_map, (2,), "gate_map", "[h, w]")
+    vmin, vmax, scale = _colour_range(gate, scale)
+    overlay = overlay_rgb(pixels, gate, vmin=vmin, vmax=vmax, cmap=cmap, alpha=alpha)
+    full_title = f"{title} (min–max scaled)" if scale == "minmax" else title
+    with font_context([full_title]):
+        fig = new_figure(12.0, 4.4)
+        ax_img, ax_map, ax_over = fig.subplots(1, 3)
+        _image_panel(ax_img, pixels, "input", f"input ({pixels.shape[0]}×{pixels.shape[1]})")
+        mappable = _map_panel(ax_map, gate, vmin, vmax, cmap)
+        _image_panel(ax_over, overlay, "overlay", f"overlay (bilinear to {pixels.shape[0]}×{pixels.shape[1]})")
+        colorbar = fig.colorbar(mappable, ax=[ax_map, ax_over], shrink=0.85, extend=_extend(gate, vmin, vmax))
+        colorbar.ax.set_label("colorbar")
+        colorbar.set_label("gate value (min–max scaled)" if scale == "minmax" else "gate value")
+        if full_title:
+            fig.suptitle(full_title)
+    return fig
+
+
+def _colour_range(gate: np.ndarray, scale: str) -> tuple[float, float, str]:
+    if scale == "absolute":
+        return 0.0, 1.0, scale
+    low, high = float(gate.min()), float(gate.max())
+    if high - low <= 1e-12 * max(1.0, abs(high)):
+        warnings.warn(
+            f"gate map is constant ({low:.4g}); min–max scaling is undefined, showing the absolute [0, 1] scale",
+            UserWarning,
+            stacklevel=3,
+        )
+        return 0.0, 1.0, "absolute"
+    return low, high, scale
+
+
+def _extend(gate: np.ndarray, vmin: float, vmax: float) -> str:
+    below, above = bool(gate.min() < vmin), bool(gate.max() > vmax)
+    return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
+        (below, above)
+    ]
+
+
+def _image_panel(ax: Any, pixels: np.ndarray, label: str, title: str) -> None:
+    # Small inputs (CIFAR's 32×32) show their true pixels; large ones are smoothed when shrunk.
+    ax.imshow(pixels, interpolation="nearest" if max(pixels.shape[:2]) <= 64 else None)
+    ax.set_label(label)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _map_panel(ax: Any, gate: np.ndarray, vmin: float, vmax: float, cmap: Any) -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    height, width = gate.shape
+    mappable = ax.imshow(gate, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_label("gate map")
+    ax.set_title(f"gate map ({height}×{width}, raw)")
+    ax.set_xlabel(f"x (cell, {width} wide)")
+    ax.set_ylabel(f"y (cell, {height} high)")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=min(width, 8), integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=min(height, 8), integer=True))
+    return mappable
