@@ -187,6 +187,10 @@ def test_overlay_colours_match_matplotlib_and_clip(rng):
     expected = np.rint(0.6 * image + 0.4 * expected_colour)
     out = overlay_rgb(image, heat, alpha=0.4)
     assert np.abs(out.astype(int) - expected).max() <= 1
+    # alpha = 1 shows the colour alone: exactly matplotlib's colour, also for a coarse colormap object.
+    for colormap in (cmap, matplotlib.colormaps["viridis"].resampled(7)):
+        colours = overlay_rgb(image, heat, alpha=1.0, cmap=colormap)
+        np.testing.assert_array_equal(colours, np.rint(colormap(np.clip(heat, 0.0, 1.0))[:, :, :3] * 255))
 
 
 def test_overlay_upsamples_bilinearly_with_centred_pixels():

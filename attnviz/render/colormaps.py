@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import cv2
 import numpy as np
 
 from attnviz.errors import UsageError
@@ -40,10 +41,15 @@ def apply_colormap(values: np.ndarray, vmin: float, vmax: float, cmap: Any = "je
         raise UsageError(f"colour range needs vmax > vmin, got vmin={vmin}, vmax={vmax}")
     lut = colormap_lut(cmap)
     size = len(lut)
-    # The same binning as matplotlib's Colormap.__call__, so colours agree with the colour bar.
-    scaled = (np.asarray(values, dtype=np.float32) - np.float32(vmin)) * np.float32(size / (vmax - vmin))
-    index = np.clip(scaled, 0, size - 1).astype(np.intp)
-    return lut[index]
+    # The same arithmetic as matplotlib's Normalize + Colormap, so colours agree with the colour bar.
+    scaled = np.subtract(values, vmin, dtype=np.float64)
+    scaled /= vmax - vmin
+    scaled *= size
+    np.clip(scaled, 0, size - 1, out=scaled)
+    if size == 256 and scaled.ndim == 2:
+        index = scaled.astype(np.uint8)
+        return cv2.LUT(cv2.merge([index, index, index]), lut.reshape(256, 1, 3))
+    return np.take(lut, scaled.astype(np.intp), axis=0)
 
 
 @functools.lru_cache(maxsize=32)

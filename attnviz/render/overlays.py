@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+import cv2
 import numpy as np
 
 from attnviz.errors import UsageError
@@ -53,8 +54,7 @@ def overlay_rgb(
     if not 0.0 <= alpha <= 1.0:
         raise UsageError(f"alpha must lie in [0, 1], got {alpha}")
     colour = apply_colormap(upsample(heat, pixels.shape[:2]), vmin, vmax, cmap)
-    blended = pixels.astype(np.float32) * np.float32(1.0 - alpha) + colour.astype(np.float32) * np.float32(alpha)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return cv2.addWeighted(np.ascontiguousarray(pixels), 1.0 - alpha, colour, alpha, 0.0)
 
 
 def cam_overlay(image: Any, cam: Any, *, alpha: float = 0.5, cmap: Any = "jet") -> np.ndarray:
@@ -70,8 +70,6 @@ def cam_overlay(image: Any, cam: Any, *, alpha: float = 0.5, cmap: Any = "jet") 
 
 def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``[h, w]`` to ``size = (H, W)`` bilinearly (half-pixel centres, edges clamped)."""
-    import cv2
-
     height, width = size
     if heatmap.shape == (height, width):
         return heatmap.astype(np.float32)
