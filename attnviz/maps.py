@@ -14,6 +14,7 @@ A file that cannot be decoded is skipped and reported; the others are still proc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -29,6 +30,8 @@ from attnviz.capturing import Capture, Capturer
 from attnviz.checkpoints import LoadedModel
 from attnviz.errors import AttnvizError
 from attnviz.inputs import InputImage, Preset, get_preset, load_input
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,10 +114,15 @@ def run_maps(
         cams = _gradcam(loaded, cap, names) if options.cam else None
         for index, item in enumerate(inputs):
             folder = out / folders[item.path]
-            result = _write_image(loaded, preset, cap, index, item, cams, folder, options)
-            results.append(result)
+            try:
+                outcome: ImageResult | Failure = _write_image(loaded, preset, cap, index, item, cams, folder, options)
+                results.append(outcome)
+            except Exception as error:  # one picture failing must not lose the other images
+                logger.debug("writing %s failed", item.path, exc_info=True)
+                outcome = Failure(str(item.path), f"could not write its outputs: {type(error).__name__}: {error}")
+                failures.append(outcome)
             if on_image:
-                on_image(result)
+                on_image(outcome)
     return results, failures
 
 

@@ -54,6 +54,16 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("attnviz: interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as error:  # a bug, not a user error: still one line unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(
+                f"attnviz: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(1)
 
 
 def _command_available(name: str) -> bool:

@@ -164,8 +164,8 @@ def _label_extremes(ax: Axes, heights: np.ndarray, tops: np.ndarray, positions: 
     step = _label_step(ax, positions.size)
     spots = _spread_positions(chosen, step, positions.size)
     for cluster in _clusters(spots, step):
-        first = int(min(chosen[cluster].min(), np.floor(spots[cluster].min())))
-        last = int(max(chosen[cluster].max(), np.ceil(spots[cluster].max())))
+        first = max(0, int(min(chosen[cluster].min(), np.floor(spots[cluster].min()))))
+        last = min(tops.size - 1, int(max(chosen[cluster].max(), np.ceil(spots[cluster].max()))))
         span = slice(first, last + 1)
         packed = len(cluster) > 1 or abs(spots[cluster[0]] - chosen[cluster[0]]) > 1e-9
         y = min(float(tops[span].max()) + (0.06 if packed else 0.01), LABEL_CEILING)

@@ -84,6 +84,7 @@ def spatial_overlay(
     scale: str = "absolute",
     cmap: Any = "jet",
     alpha: float = 0.5,
+    quantity: str = "gate",
 ) -> Figure:
     """Three panels: the image, the gate map at its true resolution, and the overlay.
 
@@ -95,6 +96,7 @@ def spatial_overlay(
             ``"minmax"`` stretches the map's own min..max (said in the title).
         cmap: Matplotlib colormap.
         alpha: Weight of the colour layer in the overlay.
+        quantity: What the map holds, for the panel title and colour bar ("gate", "Grad-CAM").
 
     Returns:
         The figure; its axes are labelled ``"input"``, ``"gate map"``, ``"overlay"``, ``"colorbar"``.
@@ -112,11 +114,11 @@ def spatial_overlay(
         fig = new_figure(12.0, 4.4)
         ax_img, ax_map, ax_over = fig.subplots(1, 3)
         _image_panel(ax_img, pixels, "input", f"input ({pixels.shape[0]}×{pixels.shape[1]})")
-        mappable = _map_panel(ax_map, gate, vmin, vmax, cmap)
+        mappable = _map_panel(ax_map, gate, vmin, vmax, cmap, quantity)
         _image_panel(ax_over, overlay, "overlay", f"overlay (bilinear to {pixels.shape[0]}×{pixels.shape[1]})")
         colorbar = fig.colorbar(mappable, ax=[ax_map, ax_over], shrink=0.85, extend=_extend(gate, vmin, vmax))
         colorbar.ax.set_label("colorbar")
-        colorbar.set_label("gate value (min–max scaled)" if scale == "minmax" else "gate value")
+        colorbar.set_label(f"{quantity} value (min–max scaled)" if scale == "minmax" else f"{quantity} value")
         if full_title:
             fig.suptitle(full_title)
     return fig
@@ -152,13 +154,13 @@ def _image_panel(ax: Any, pixels: np.ndarray, label: str, title: str) -> None:
     ax.set_yticks([])
 
 
-def _map_panel(ax: Any, gate: np.ndarray, vmin: float, vmax: float, cmap: Any) -> Any:
+def _map_panel(ax: Any, gate: np.ndarray, vmin: float, vmax: float, cmap: Any, quantity: str = "gate") -> Any:
     from matplotlib.ticker import MaxNLocator
 
     height, width = gate.shape
     mappable = ax.imshow(gate, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_label("gate map")
-    ax.set_title(f"gate map ({height}×{width}, raw)")
+    ax.set_title(f"{quantity} map ({height}×{width}, raw)")
     ax.set_xlabel(f"x (cell, {width} wide)")
     ax.set_ylabel(f"y (cell, {height} high)")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(width, 8), integer=True))
