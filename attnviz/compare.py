@@ -1,0 +1,272 @@
+"""Grad-CAM of a baseline CNN against its attention variants: the CBAM paper's comparison figure.
+
+Every model explains the same target class per image (the ground truth when known, else the
+class most models predict), so the maps answer one question: where does each model look for
+that class? Agreement with the baseline is measured per image as the IoU of the top-20%
+regions and the Spearman rank correlation of the maps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from attnviz.checkpoints import LoadedModel
+from attnviz.errors import UsageError
+from attnviz.inputs import Preset, get_preset, preprocess
+from attnviz.metrics import spearman, top_region_iou
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+TOP_FRACTION = 0.2
+
+
+@dataclass
+class Comparison:
+    """Grad-CAM maps of several models on the same images and targets.
+
+    Attributes:
+        names: Model names, the baseline first.
+        images: Original images (``[H,W,3]`` uint8), one per row.
+        labels: Image names (file names), one per row.
+        targets: The class explained in each row.
+        target_source: ``"truth"``, ``"given"`` or ``"consensus"`` per row.
+        class_names: Class names in logit order (or ``None``).
+        maps: Per model, ``[N,H,W]`` maps in [0,1] at the model's input size.
+        scores: Per model, ``[N]`` softmax probability of the target class.
+        predicted: Per model, ``[N]`` predicted class.
+        agreement: Per row, per attention model: ``top20_iou`` and ``spearman`` against the baseline.
+    """
+
+    names: list[str]
+    images: list[np.ndarray]
+    labels: list[str]
+    targets: list[int]
+    target_source: list[str]
+    class_names: list[str] | None
+    maps: dict[str, torch.Tensor]
+    scores: dict[str, torch.Tensor]
+    predicted: dict[str, torch.Tensor]
+    agreement: list[dict[str, dict[str, float]]]
+
+    @property
+    def baseline(self) -> str:
+        return self.names[0]
+
+    def label(self, index: int) -> str:
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)
+
+    def mean_agreement(self) -> dict[str, dict[str, float]]:
+        """Per attention model, the mean of each agreement number over the images."""
+        means: dict[str, dict[str, float]] = {}
+        for name in self.names[1:]:
+            rows = [row[name] for row in self.agreement]
+            means[name] = {key: float(np.nanmean([row[key] for row in rows])) for key in ("top20_iou", "spearman")}
+        return means
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the pictures, as plain JSON-ready values."""
+        rows = []
+        for i, label in enumerate(self.labels):
+            rows.append(
+                {
+                    "image": label,
+                    "target": {"index": self.targets[i], "label": self.label(self.targets[i]), "source": self.target_source[i]},
+                    "models": {
+                        name: {
+                            "p_target": float(self.scores[name][i]),
+                            "predicted": {"index": int(self.predicted[name][i]), "label": self.label(int(self.predicted[name][i]))},
+                        }
+                        for name in self.names
+                    },
+                    "agreement_with_baseline": self.agreement[i],
+                }
+            )
+        return {
+            "baseline": self.baseline,
+            "models": self.names,
+            "top_fraction": TOP_FRACTION,
+            "images": rows,
+            "mean_agreement_with_baseline": self.mean_agreement(),
+        }
+
+    def figure(self, *, alpha: float = 0.5) -> Figure:
+        """One row per image: input | baseline | each attention model, P under every CAM."""
+        from attnviz import render
+
+        columns: list[list[np.ndarray]] = [list(self.images)]
+        captions: list[list[str]] = [["" for _ in self.images]]
+        for name in self.names:
+            overlays, texts = [], []
+            for i, image in enumerate(self.images):
+                overlays.append(render.cam_overlay(image, self.maps[name][i].numpy(), alpha=alpha))
+                texts.append(f"P = {float(self.scores[name][i]):.3f}")
+            columns.append(overlays)
+            captions.append(texts)
+        titles = ["input", f"{self.baseline} (baseline)", *self.names[1:]]
+        rows = [f"{self.target_source[i]}: {self.label(t)}" for i, t in enumerate(self.targets)]
+        return render.comparison_grid(self.images, columns, row_titles=rows, column_titles=titles, captions=captions)
+
+    def save(self, path: str | Path, *, format: str | None = None) -> list[Path]:
+        """Write the figure (PNG/SVG/PDF by suffix) and ``<stem>.json`` beside it."""
+        from attnviz import render
+
+        path = Path(path)
+        written = [render.save_figure(self.figure(), path, format)]
+        document = path.with_suffix(".json")
+        document.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        written.append(document)
+        return written
+
+    def _repr_html_(self) -> str:
+        from attnviz import render
+
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format="png", dpi=80)
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f'<img src="data:image/png;base64,{encoded}" alt="Grad-CAM comparison"/>'
+
+
+def compare(
+    models: Mapping[str, LoadedModel],
+    images: Sequence[np.ndarray],
+    *,
+    labels: Sequence[str] | None = None,
+    truth: Sequence[int | None] | None = None,
+    target: int | str | None = None,
+    class_names: Sequence[str] | None = None,
+    method: str = "gradcam",
+) -> Comparison:
+    """Explain the same class with every model on every image.
+
+    Args:
+        models: Name → loaded model, the baseline first (dicts keep insertion order).
+        images: Original RGB images (``[H,W,3]`` uint8); each model preprocesses them with its
+            own preset.
+        labels: A name per image (file names), for the JSON.
+        truth: The true class per image (``None`` where unknown).
+        target: One class (index or name) to explain in every image; overrides ``truth``.
+        class_names: Class names; default: the first model's.
+        method: Any :func:`attnviz.cam.gradcam` method.
+    """
+    from attnviz.cam import gradcam
+
+    if len(models) < 2:
+        raise UsageError("compare needs a baseline and at least one more model")
+    if not images:
+        raise UsageError("compare needs at least one image")
+    names = list(models)
+    class_names = list(class_names) if class_names is not None else _first_names(models)
+    batches = {name: _batch(images, loaded) for name, loaded in models.items()}
+    predicted, logits = {}, {}
+    for name, loaded in models.items():
+        with torch.no_grad():
+            logits[name] = _eval_logits(loaded.model, batches[name])
+        predicted[name] = logits[name].argmax(1)
+    targets, sources = _targets(len(images), names, logits, truth, target, class_names)
+    maps, scores = {}, {}
+    for name, loaded in models.items():
+        result = gradcam(loaded.model, batches[name], target=targets, method=method, class_names=class_names)
+        maps[name] = result.maps.detach().float().cpu()
+        scores[name] = result.scores.detach().float().cpu()
+    agreement = []
+    for i in range(len(images)):
+        row = {}
+        for name in names[1:]:
+            base, other = _same_size(maps[names[0]][i], maps[name][i])
+            row[name] = {"top20_iou": top_region_iou(base, other, TOP_FRACTION), "spearman": spearman(base, other)}
+        agreement.append(row)
+    return Comparison(
+        names=names,
+        images=[np.asarray(image) for image in images],
+        labels=list(labels) if labels is not None else [f"image {i}" for i in range(len(images))],
+        targets=targets,
+        target_source=sources,
+        class_names=class_names,
+        maps=maps,
+        scores=scores,
+        predicted=predicted,
+        agreement=agreement,
+    )
+
+
+def _first_names(models: Mapping[str, LoadedModel]) -> list[str] | None:
+    for loaded in models.values():
+        if loaded.class_names:
+            return list(loaded.class_names)
+    return None
+
+
+def _preset_of(loaded: LoadedModel) -> Preset:
+    return get_preset(loaded.preset or "imagenet")
+
+
+def _batch(images: Sequence[np.ndarray], loaded: LoadedModel) -> torch.Tensor:
+    preset = _preset_of(loaded)
+    return torch.stack([preprocess(image, preset) for image in images])
+
+
+def _eval_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    try:
+        model.eval()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        return model(batch.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def _targets(
+    count: int,
+    names: list[str],
+    logits: dict[str, torch.Tensor],
+    truth: Sequence[int | None] | None,
+    target: int | str | None,
+    class_names: Sequence[str] | None,
+) -> tuple[list[int], list[str]]:
+    if target is not None:
+        index = _class_index(target, class_names)
+        return [index] * count, ["given"] * count
+    targets, sources = [], []
+    for i in range(count):
+        if truth is not None and truth[i] is not None:
+            targets.append(int(truth[i]))
+            sources.append("truth")
+            continue
+        votes = Counter(int(logits[name][i].argmax()) for name in names)
+        best = max(votes.values())
+        tied = [cls for cls, n in votes.items() if n == best]
+        mean_prob = {cls: float(np.mean([logits[name][i].softmax(0)[cls] for name in names])) for cls in tied}
+        targets.append(max(tied, key=lambda cls: mean_prob[cls]))
+        sources.append("predicted")
+    return targets, sources
+
+
+def _class_index(target: int | str, class_names: Sequence[str] | None) -> int:
+    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+        return int(target)
+    if class_names is None or target not in class_names:
+        known = ", ".join(class_names) if class_names else "none known"
+        raise UsageError(f"unknown class '{target}' (classes: {known})")
+    return list(class_names).index(target)
+
+
+def _same_size(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring two maps to the larger one's size (models may take different input sizes)."""
+    if first.shape == second.shape:
+        return first, second
+    size = max(first.shape, second.shape, key=lambda s: s[0] * s[1])
+    resize = lambda m: torch.nn.functional.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]  # noqa: E731
+    return resize(first), resize(second)
