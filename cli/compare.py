@@ -41,8 +41,8 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
     from attnviz.compare import compare as run_compare
     from attnviz.inputs import load_rgb
 
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     device = check_device(device)
     models = {}
     for path in (baseline_path, *model_paths):

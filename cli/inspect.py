@@ -33,7 +33,7 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
 
     from attnviz.errors import UsageError
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     if list_archs:
         from attnviz.models import get_spec, list_architectures
 

@@ -42,8 +42,8 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
     from attnviz.checkpoints import load_model
     from attnviz.maps import Failure, MapsOptions, run_maps
 
-    console = Console(highlight=False)
-    errors = Console(stderr=True, highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
+    errors = Console(stderr=True, highlight=False, soft_wrap=True)
     loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
     resolved, names = resolve_inputs(loaded, preset, size, classes_file)
     options = MapsOptions(
