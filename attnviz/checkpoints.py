@@ -117,7 +117,9 @@ def load_model(
     _check_file(source)
     if _is_torchscript(source):
         if arch is not None:
-            warnings.warn(f"{source}: TorchScript archives carry their own code; arch={arch!r} is ignored", stacklevel=2)
+            warnings.warn(
+                f"{source}: TorchScript archives carry their own code; arch={arch!r} is ignored", stacklevel=2
+            )
         loaded = _load_torchscript(source)
     else:
         loaded = _from_object(_read(source, trust), source, arch, trust)
@@ -290,7 +292,9 @@ def _from_object(obj: Any, source: str, arch: str | None, trust: bool) -> Loaded
 def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust: bool) -> LoadedModel:
     version = ckpt.get("version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{source!r} is attnviz format version {version!r}; this attnviz reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{source!r} is attnviz format version {version!r}; this attnviz reads version {FORMAT_VERSION}"
+        )
     stored = ckpt.get("arch")
     state_dict = ckpt.get("state_dict")
     if not isinstance(stored, str) or not _is_state_dict(state_dict):
@@ -314,7 +318,8 @@ def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust:
 
 def _pickled(model: nn.Module, source: str, extras: dict[str, Any]) -> LoadedModel:
     cls = type(model)
-    return LoadedModel(model, f"pickled:{cls.__module__}.{cls.__qualname__}", {}, None, None, extras, source, "pickled-model")
+    arch = f"pickled:{cls.__module__}.{cls.__qualname__}"
+    return LoadedModel(model, arch, {}, None, None, extras, source, "pickled-model")
 
 
 def _find_state_dict(obj: Any, source: str) -> tuple[Any, dict[str, Any]]:
@@ -446,12 +451,24 @@ def _build_library(
     """Build with ``factory(**kwargs)``; if kwargs are unknown, fit ``num_classes`` to the weights."""
     if kwargs is not None:
         return _call(arch, factory, kwargs), arch, kwargs
-    model = _call(arch, factory, {})
+    probe = _probe(factory)
+    model = probe if probe is not None else _call(arch, factory, {})
     num_classes = _stored_num_classes(model, state_dict)
-    if num_classes is None or not _accepts(factory, "num_classes"):
-        return model, arch, {}
-    kwargs = {"num_classes": num_classes}
-    return _call(arch, factory, kwargs), arch, kwargs
+    if num_classes is not None and _accepts(factory, "num_classes"):
+        kwargs = {"num_classes": num_classes}
+        return _call(arch, factory, kwargs), arch, kwargs
+    return (model if probe is None else _call(arch, factory, {})), arch, {}
+
+
+def _probe(factory: Any) -> nn.Module | None:
+    """The default model built on the ``meta`` device (shapes only, no memory), if it builds there."""
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            model = factory()
+    except Exception:  # noqa: BLE001 - code that cannot run on meta is built for real instead
+        return None
+    return model if isinstance(model, nn.Module) else None
 
 
 def _call(arch: str, factory: Any, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -460,7 +477,8 @@ def _call(arch: str, factory: Any, kwargs: Mapping[str, Any]) -> nn.Module:
     except ArchitectureError:
         raise
     except Exception as exc:  # noqa: BLE001 - the named code's own failure, reported with its reason
-        raise ArchitectureError(f"cannot build {arch} with {dict(kwargs)}: {type(exc).__name__}: {_first_line(exc)}") from exc
+        reason = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise ArchitectureError(f"cannot build {arch} with {dict(kwargs)}: {reason}") from exc
     if not isinstance(model, nn.Module):
         raise ArchitectureError(f"{arch} built a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -5,7 +5,6 @@ from __future__ import annotations
 import builtins
 import os
 import sys
-import textwrap
 import warnings
 
 import numpy as np
@@ -136,20 +135,22 @@ def _wrapped(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
-@pytest.mark.parametrize("key", ["state_dict", "model_state_dict", "model", "net"])
-def test_wrapped_and_prefixed_state_dicts(tmp_path, zoo, batch, key):
+@pytest.mark.parametrize(
+    ("key", "wrapper"),
+    [("state_dict", "plain"), ("model_state_dict", "DataParallel"), ("model", "compiled"), ("net", "compiled DataParallel")],
+)
+def test_wrapped_and_prefixed_state_dicts(tmp_path, zoo, batch, key, wrapper):
     model = zoo["cbam_cnn"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    for label, wrapper in _wrapped(model).items():
-        state = wrapper.state_dict()
-        if label != "plain":
-            assert not any(k in model.state_dict() for k in state)  # really prefixed
-        path = tmp_path / f"{label}.pth"
-        torch.save({key: state, "epoch": 7, "best_acc": torch.tensor(0.875), "optimizer": optimizer.state_dict()}, path)
-        loaded = load_model(path)
-        assert loaded.arch == "cbam_cnn", label
-        assert loaded.record == {"epoch": 7, "best_acc": 0.875}
-        _same_outputs(model, loaded.model, batch)
+    state = _wrapped(model)[wrapper].state_dict()
+    if wrapper != "plain":
+        assert not any(k in model.state_dict() for k in state)  # really prefixed
+    path = tmp_path / "wrapped.pth"
+    torch.save({key: state, "epoch": 7, "best_acc": torch.tensor(0.875), "optimizer": optimizer.state_dict()}, path)
+    loaded = load_model(path)
+    assert loaded.arch == "cbam_cnn"
+    assert loaded.record == {"epoch": 7, "best_acc": 0.875}
+    _same_outputs(model, loaded.model, batch)
 
 
 def test_prefixed_nested_model(tmp_path, zoo, batch):
@@ -320,7 +321,9 @@ class _WriteFile:
 
 
 @pytest.mark.parametrize("zip_format", [True, False])
-@pytest.mark.parametrize(("payload", "global_name"), [(_ShellCommand, f"{os.system.__module__}.system"), (_WriteFile, "builtins.exec")])
+@pytest.mark.parametrize(
+    ("payload", "global_name"), [(_ShellCommand, f"{os.system.__module__}.system"), (_WriteFile, "builtins.exec")]
+)
 def test_malicious_pickle_runs_nothing(tmp_path, zoo, payload, global_name, zip_format):
     sentinel = tmp_path / "SENTINEL"
     path = tmp_path / "evil.pth"
@@ -436,3 +439,15 @@ def test_bad_device_is_a_usage_error(tmp_path, zoo):
     if not torch.cuda.is_available():
         with pytest.raises(UsageError, match="CUDA is not available"):
             load_model(tmp_path / "m.pth", device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_model_saves_cpu_tensors_and_loads_on_cuda(tmp_path, zoo, batch):
+    model = build_model("cbam_cnn").cuda().eval()
+    model.load_state_dict(zoo["cbam_cnn"].state_dict())
+    save_checkpoint(tmp_path / "gpu.pt", model, "cbam_cnn")
+    assert all(t.device.type == "cpu" for t in torch.load(tmp_path / "gpu.pt", weights_only=True)["state_dict"].values())
+    loaded = load_model(tmp_path / "gpu.pt", device="cuda")
+    assert next(loaded.model.parameters()).device.type == "cuda"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(batch.cuda()).cpu(), zoo["cbam_cnn"](batch), atol=1e-4, rtol=1e-4)

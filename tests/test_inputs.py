@@ -211,7 +211,11 @@ def test_unreadable_files_raise_one_line_errors(tmp_path, monkeypatch, rng):
 
 @pytest.mark.parametrize(
     ("preset", "shape"),
-    [(get_preset("cifar10"), (45, 37)), (get_preset("imagenet", size=(48, 40)), (30, 70)), (PRESETS["cifar10"], (32, 32))],
+    [
+        (get_preset("cifar10"), (45, 37)),
+        (get_preset("imagenet", size=(48, 40)), (30, 70)),
+        (PRESETS["cifar10"], (32, 32)),
+    ],
 )
 def test_preprocess_matches_torchvision(rng, preset, shape):
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
