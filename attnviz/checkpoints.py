@@ -253,7 +253,7 @@ def _unsafe_globals(source: str, exc: Exception) -> list[str]:
     except Exception:  # noqa: BLE001 - legacy (non-zip) files: the error text names the first one
         found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
         names = [n if "." in n or not hasattr(builtins, n) else f"builtins.{n}" for n in found]
-    return sorted(set(names))
+    return sorted(set(names), key=lambda n: (n.startswith("torch."), n))  # the file's own classes first
 
 
 @contextlib.contextmanager
