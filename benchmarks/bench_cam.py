@@ -1,0 +1,240 @@
+"""Grad-CAM throughput: attnviz against pytorch-grad-cam, captum and torchcam.
+
+Same model, batch and machine in one run, random weights. For each case the methods take turns
+(one call each per round, in rotating order) so that load from other processes spreads over all
+of them; the table shows the median time per batch.
+
+    python benchmarks/bench_cam.py                 # CPU (and CUDA when available), print the table
+    python benchmarks/bench_cam.py --write         # also replace "## Grad-CAM" in docs/BENCHMARKS.md
+
+Rows:
+    forward (no_grad)    the plain forward pass, the reference of the ratio column
+    forward (grad)       a forward pass with autograd recording (parameters require grad)
+    attnviz gradcam      attnviz.cam.gradcam: predicted class, maps upsampled to the input and normalised
+    pytorch-grad-cam     ``with GradCAM(model, [layer]) as cam: cam(x, None)`` (predicted class, upsampled)
+    captum LayerGradCam  attribute(target=precomputed predictions) + LayerAttribution.interpolate
+    torchcam GradCAM     ``with GradCAM(model, layer) as e``: forward, e(predictions, scores), upsampling
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from attnviz.cam import gradcam
+from attnviz.models import build_model
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+SECTION = "## Grad-CAM"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[], nn.Module]
+    layer: str
+    size: int
+    batch: int
+
+
+CASES = (
+    Case("ResNet18_CBAM", lambda: build_model("resnet18_cbam", num_classes=10), "cbam_layer4", 32, 32),
+    Case("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=1000), "layer4", 224, 8),
+)
+
+
+def runners(case: Case, model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """One callable per row. Each library's object is built inside its call, as in its README."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    from pytorch_grad_cam import GradCAM as LibraryGradCAM
+    from torchcam.methods import GradCAM as TorchcamGradCAM
+
+    layer = model.get_submodule(case.layer)
+    size = tuple(x.shape[-2:])
+    with torch.no_grad():
+        predicted = model(x).argmax(1)
+
+    def forward_no_grad() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    def forward_grad() -> object:
+        return model(x)
+
+    def attnviz_gradcam() -> object:
+        return gradcam(model, x, layer=case.layer).maps
+
+    def library_gradcam() -> object:
+        with LibraryGradCAM(model=model, target_layers=[layer]) as cam:
+            return cam(input_tensor=x, targets=None)
+
+    def captum_gradcam() -> object:
+        raw = LayerGradCam(model, layer).attribute(x, target=predicted, relu_attributions=True)
+        return LayerAttribution.interpolate(raw, size, interpolate_mode="bilinear")
+
+    def torchcam_gradcam() -> object:
+        with TorchcamGradCAM(model, target_layer=case.layer) as extractor:
+            scores = model(x)
+            (cams,) = extractor(scores.argmax(1).tolist(), scores)
+        return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)
+
+    return {
+        "forward (no_grad)": forward_no_grad,
+        "forward (grad)": forward_grad,
+        "attnviz gradcam": attnviz_gradcam,
+        "pytorch-grad-cam GradCAM": library_gradcam,
+        "captum LayerGradCam": captum_gradcam,
+        "torchcam GradCAM": torchcam_gradcam,
+    }
+
+
+def measure(
+    calls: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per call of every round, the rows taking turns in rotating order."""
+
+    def timed(call: Callable[[], object]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            timed(calls[name])
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(calls[name]))
+    return times
+
+
+def run_case(case: Case, device: torch.device, warmup: int, repeats: int) -> dict[str, list[float]]:
+    torch.manual_seed(0)
+    model = case.build().to(device).eval()
+    x = torch.randn(case.batch, 3, case.size, case.size, device=device)
+    return measure(runners(case, model, x), device, warmup, repeats)
+
+
+def table(results: list[tuple[Case, str, dict[str, list[float]]]]) -> str:
+    lines = [
+        "| case | device | batch | method | ms / batch: median (min–max) | images / s | time / forward |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for case, device, times in results:
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        reference = medians["forward (no_grad)"]
+        for name, seconds in medians.items():
+            spread = f"{min(times[name]) * 1e3:.0f}–{max(times[name]) * 1e3:.0f}"
+            lines.append(
+                f"| {case.name} {case.size}×{case.size} | {device} | {case.batch} | {name} | "
+                f"{seconds * 1e3:.1f} ({spread}) | {case.batch / seconds:.1f} | {seconds / reference:.2f}× |"
+            )
+    lines.append("")
+    for case, device, times in results:
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        ours = medians["attnviz gradcam"]
+        lines.append(
+            f"- {case.name} {case.size}×{case.size}, {device}: attnviz Grad-CAM costs "
+            f"{ours / medians['forward (no_grad)']:.2f}× a no_grad forward and "
+            f"{ours / medians['forward (grad)']:.2f}× a forward with grad; throughput "
+            f"{medians['pytorch-grad-cam GradCAM'] / ours:.2f}× pytorch-grad-cam's, "
+            f"{medians['captum LayerGradCam'] / ours:.2f}× captum's, "
+            f"{medians['torchcam GradCAM'] / ours:.2f}× torchcam's."
+        )
+    return "\n".join(lines)
+
+
+def machine(threads: list[int]) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+        cpu = match.group(1).strip() if match else cpu
+    except OSError:
+        pass
+    counts = " and ".join(str(count) for count in threads)
+    parts = [f"CPU: {cpu}, {os.cpu_count()} logical cores, torch.set_num_threads {counts}"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
+    packages = ("torch", "torchvision", "grad-cam", "captum", "torchcam")
+    versions = ", ".join(f"{package} {metadata.version(package)}" for package in packages)
+    parts.append(f"Python {platform.python_version()}, {versions}")
+    return "; ".join(parts)
+
+
+def section(text: str, command: str, threads: list[int], warmup: int, repeats: int) -> str:
+    return (
+        f"{SECTION}\n\n"
+        f"Command: `{command}`  \n"
+        f"Date: {datetime.date.today().isoformat()}  \n"
+        f"Machine: {machine(threads)}  \n"
+        f"Random weights, model in eval mode, {warmup} warm-up rounds, median of {repeats} rounds "
+        "(methods take turns). Every library is given the target layer; pytorch-grad-cam's and "
+        "torchcam's objects are built per call, as in their READMEs. captum gets the predicted "
+        "classes precomputed; every other row finds them in its own forward pass. The last column "
+        "is the row's median time over the no_grad forward's. On a CPU shared with other processes "
+        "more threads than idle cores make every row slower and noisier (see min–max): compare rows "
+        "within one device and thread count.\n\n"
+        f"{text}\n"
+    )
+
+
+def write_section(body: str) -> None:
+    """Replace the Grad-CAM section of docs/BENCHMARKS.md, keeping every other section."""
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", action="append", help="cpu or cuda (repeatable); default: all present")
+    parser.add_argument("--threads", type=int, action="append", help="torch.set_num_threads (repeatable)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--write", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    args = parser.parse_args()
+    thread_counts = args.threads or [torch.get_num_threads()]
+    devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    results = []
+    for device in devices:
+        for threads in thread_counts if device == "cpu" else thread_counts[:1]:
+            torch.set_num_threads(threads)
+            where = f"{device}, {threads} thread{'s' if threads > 1 else ''}" if device == "cpu" else device
+            for case in CASES:
+                print(f"{case.name} {case.size}px, batch {case.batch}, {where}", file=sys.stderr, flush=True)
+                results.append((case, where, run_case(case, torch.device(device), args.warmup, args.repeats)))
+    text = table(results)
+    print(text)
+    if args.write:
+        command = "python benchmarks/bench_cam.py " + " ".join(sys.argv[1:])
+        write_section(section(text, command.strip(), thread_counts, args.warmup, args.repeats))
+        print(f"wrote {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
