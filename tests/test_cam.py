@@ -88,6 +88,15 @@ def assert_no_hooks(model: nn.Module) -> None:
 # --------------------------------------------------------------------------- fixtures
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    """One intra-op thread: these small models gain nothing from more, and a shared CPU thrashes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def resnet() -> nn.Module:
     """torchvision resnet18, random weights, 10 classes, with its in-place ReLUs (tests copy it to change it)."""
