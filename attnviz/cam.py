@@ -347,7 +347,12 @@ def _explain(
 def _fast_gradcam(
     model: nn.Module, module: nn.Module, layer: str, images: Tensor, targets: list[int] | None
 ) -> _Part:
-    """Grad-CAM from one forward pass and one ``autograd.grad`` back to the layer's output."""
+    """Grad-CAM from one forward pass and one ``autograd.grad`` back to the layer's output.
+
+    The hook detaches the layer's output into a leaf that requires grad (the true activation)
+    and hands the model a clone of it, so later in-place operations act on the clone. A layer
+    that runs several times per forward pass is explained at its last call.
+    """
     found: dict[str, Any] = {}
 
     def keep(_module: nn.Module, _inputs: Any, output: Any) -> Tensor:
