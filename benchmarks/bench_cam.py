@@ -1,15 +1,18 @@
-"""Grad-CAM throughput: attnviz against pytorch-grad-cam, captum and torchcam.
+"""Capture and Grad-CAM throughput: attnviz against a plain forward, pytorch-grad-cam, captum and torchcam.
 
 Same model, batch and machine in one run, random weights. For each case the methods take turns
 (one call each per round, in rotating order) so that load from other processes spreads over all
 of them; the table shows the median time per batch.
 
     python benchmarks/bench_cam.py                 # CPU (and CUDA when available), print the table
-    python benchmarks/bench_cam.py --write         # also replace "## Grad-CAM" in docs/BENCHMARKS.md
+    python benchmarks/bench_cam.py --write         # also replace "## Capture and Grad-CAM" in docs/BENCHMARKS.md
 
 Rows:
     forward (no_grad)    the plain forward pass, the reference of the ratio column
     forward (grad)       a forward pass with autograd recording (parameters require grad)
+    attnviz capture      attnviz.Capturer(model)(x): every gate, features around each gate and the default
+                         feature layers, copied to the CPU (the Capturer is reused, as in batch runs)
+    attnviz capture (new Capturer)   attnviz.capture(model, x): the same, finding the layers anew
     attnviz gradcam      attnviz.cam.gradcam: predicted class, maps upsampled to the input and normalised
     pytorch-grad-cam     ``with GradCAM(model, [layer]) as cam: cam(x, None)`` (predicted class, upsampled)
     captum LayerGradCam  attribute(target=precomputed predictions) + LayerAttribution.interpolate
@@ -37,10 +40,11 @@ import torchvision
 from torch import nn
 
 from attnviz.cam import gradcam
+from attnviz.capturing import Capturer, capture
 from attnviz.models import build_model
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
-SECTION = "## Grad-CAM"
+SECTION = "## Capture and Grad-CAM"
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,14 @@ def runners(case: Case, model: nn.Module, x: torch.Tensor) -> dict[str, Callable
     def forward_grad() -> object:
         return model(x)
 
+    capturer = Capturer(model)
+
+    def attnviz_capture() -> object:
+        return capturer(x)
+
+    def attnviz_capture_new() -> object:
+        return capture(model, x)
+
     def attnviz_gradcam() -> object:
         return gradcam(model, x, layer=case.layer).maps
 
@@ -96,6 +108,8 @@ def runners(case: Case, model: nn.Module, x: torch.Tensor) -> dict[str, Callable
     return {
         "forward (no_grad)": forward_no_grad,
         "forward (grad)": forward_grad,
+        "attnviz capture": attnviz_capture,
+        "attnviz capture (new Capturer)": attnviz_capture_new,
         "attnviz gradcam": attnviz_gradcam,
         "pytorch-grad-cam GradCAM": library_gradcam,
         "captum LayerGradCam": captum_gradcam,
@@ -154,6 +168,12 @@ def table(results: list[tuple[Case, str, dict[str, list[float]]]]) -> str:
     for case, device, times in results:
         medians = {name: statistics.median(values) for name, values in times.items()}
         ours = medians["attnviz gradcam"]
+        forward = medians["forward (no_grad)"]
+        lines.append(
+            f"- {case.name} {case.size}×{case.size}, {device}: attnviz capture costs "
+            f"{medians['attnviz capture'] / forward:.2f}× a no_grad forward "
+            f"({medians['attnviz capture (new Capturer)'] / forward:.2f}× with a new Capturer per call)."
+        )
         lines.append(
             f"- {case.name} {case.size}×{case.size}, {device}: attnviz Grad-CAM costs "
             f"{ours / medians['forward (no_grad)']:.2f}× a no_grad forward and "
