@@ -88,6 +88,43 @@ class CamResult:
     layer: str
     method: str
 
+    def save(self, path: str) -> None:
+        """Write every tensor to a compressed ``.npz`` (``maps``, ``raw``, ``targets``, ``scores``,
+        ``logits``) with the layer and method names."""
+        np.savez_compressed(
+            path,
+            maps=self.maps.detach().float().cpu().numpy(),
+            raw=self.raw.detach().float().cpu().numpy(),
+            targets=self.targets.detach().cpu().numpy(),
+            scores=self.scores.detach().float().cpu().numpy(),
+            logits=self.logits.detach().float().cpu().numpy(),
+            layer=np.array(self.layer),
+            method=np.array(self.method),
+        )
+
+    def _repr_html_(self) -> str:
+        """The maps as small heat-map images with target and P, for notebooks."""
+        import base64
+        import html
+
+        from PIL import Image
+
+        from attnviz.render import apply_colormap
+
+        cells = []
+        for index in range(min(len(self.maps), 16)):
+            rgb = apply_colormap(self.maps[index].detach().float().cpu().numpy(), 0.0, 1.0, "jet")
+            buffer = io.BytesIO()
+            Image.fromarray(rgb).resize((128, 128), Image.NEAREST).save(buffer, format="PNG")
+            encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+            caption = f"class {int(self.targets[index])}, P = {float(self.scores[index]):.3f}"
+            cells.append(
+                f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{encoded}"/>'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+        title = html.escape(f"{self.method} at '{self.layer}' ({len(self.maps)} image(s))")
+        return f"<div><b>{title}</b><br>{''.join(cells)}</div>"
+
 
 def gradcam(
     model: nn.Module,
