@@ -321,9 +321,11 @@ def randomisation_sanity(
     Returns:
         One dict per step, step 0 being the original model: ``step``, ``layers`` (modules
         re-initialised at this step), ``randomised`` (all modules re-initialised in the copy
-        now), ``spearman`` ``[B]`` and ``spearman_mean`` (nan-mean; ``nan`` for a constant
-        map), ``top20_iou`` ``[B]`` and ``top20_iou_mean``, ``maps`` ``[B,H,W]`` float32 and
-        ``targets`` ``[B]``.
+        now), ``spearman`` ``[B]`` (``nan`` where either map is constant, e.g. a Grad-CAM
+        that the ReLU zeroes everywhere) and ``spearman_mean`` (mean over the other images;
+        ``nan`` if none), ``constant`` ``[B]`` (this step's map is constant), ``top20_iou``
+        ``[B]`` and ``top20_iou_mean``, ``maps`` ``[B,H,W]`` float32 in [0, 1] and ``targets``
+        ``[B]``.
 
     Raises:
         UsageError: Bad order, depth, steps, images, layer, method or targets.
@@ -800,10 +802,12 @@ def _sanity_record(
 ) -> dict[str, Any]:
     rho = np.array([spearman(a, b) for a, b in zip(reference, maps)])
     iou = np.array([top_region_iou(a, b, 0.2) for a, b in zip(reference, maps)])
+    flat = maps.reshape(len(maps), -1)
     return {
         "step": step,
         "layers": list(names),
         "randomised": list(done),
+        "constant": (flat == flat[:, :1]).all(axis=1),
         "spearman": rho,
         "spearman_mean": _nanmean(rho),
         "top20_iou": iou,
