@@ -163,7 +163,7 @@ def energy_pointing_game(saliency: Any, mask: Any) -> float:
 
     Source: H. Wang, Z. Wang, M. Du, F. Yang, Z. Zhang, S. Ding, P. Mardziel, X. Hu.
     "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural Networks."
-    CVPR Workshops 2020, Sec. 5.2.
+    CVPR Workshops 2020 (its localisation evaluation).
 
     Raises:
         UsageError: Shapes that are not 2-D, an empty mask or a non-finite map.
@@ -221,7 +221,7 @@ def deletion_insertion(
     images; its train/eval mode is restored afterwards.
 
     Source: V. Petsiuk, A. Das, K. Saenko. "RISE: Randomized Input Sampling for Explanation of
-    Black-box Models." BMVC 2018, Sec. 4.1.
+    Black-box Models." BMVC 2018 (its causal metrics).
 
     Args:
         model: A classifier returning ``[B,K]`` logits.
@@ -301,7 +301,7 @@ def randomisation_sanity(
     inside the same seeded fork).
 
     Source: J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. "Sanity Checks
-    for Saliency Maps." NeurIPS 2018, Sec. 3.
+    for Saliency Maps." NeurIPS 2018 (the model parameter randomisation test).
 
     Args:
         model: The classifier (left unchanged).
@@ -440,10 +440,9 @@ def channel_selectivity(values: Any, labels: Any) -> np.ndarray:
 def class_selectivity(values: Any, labels: Any) -> float:
     """How class-specific a channel gate is: the mean over channels of :func:`channel_selectivity`.
 
-    Motivation: the excitation analysis of SE networks (Hu et al., Sec. 7.2, Fig. 6), where
-    the average excitations of different classes coincide in early blocks (class-agnostic)
-    and separate in later ones (class-specific); this turns that picture into one number in
-    [0, 1].
+    Motivation: the analysis of the role of excitation in SE networks (Hu et al.), where the
+    average excitations of different classes coincide in early blocks (class-agnostic) and
+    separate in later ones (class-specific); this turns that picture into one number in [0, 1].
 
     Source: J. Hu, L. Shen, S. Albanie, G. Sun, E. Wu. "Squeeze-and-Excitation Networks."
     IEEE TPAMI 42(8), 2020 (CVPR 2018).
