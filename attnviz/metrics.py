@@ -283,9 +283,9 @@ def randomisation_sanity(
 ) -> list[dict[str, Any]]:
     """Model-parameter randomisation test (Adebayo et al. 2018).
 
-    On a deep copy of ``model`` (the user's model is never touched), the modules that own
-    parameters or buffers are re-initialised from the logits downwards, in the reverse of the
-    order in which a forward pass finishes them, and the maps of ``method``
+    On a deep copy of ``model`` in eval mode (the user's model is never touched), the modules
+    that own parameters or buffers are re-initialised from the logits downwards, in the reverse
+    of the order in which a forward pass finishes them, and the maps of ``method``
     (:func:`attnviz.cam.gradcam`) are recomputed for the same target classes after each step.
     ``order="cascading"`` keeps earlier steps randomised (top layers first, then deeper);
     ``order="independent"`` restores the trained weights before randomising each step's modules.
@@ -336,14 +336,14 @@ def randomisation_sanity(
     if order not in ("cascading", "independent"):
         raise UsageError(f"order must be 'cascading' or 'independent', got {order!r}")
     batch = _images(images)
-    twin = copy.deepcopy(model).eval()
+    twin = _copy_of(model)
     batch = _to_model(batch, twin)
     layer_name = resolve_cam_layer(twin, batch) if layer is None else _layer_name(model, layer)
     original = gradcam(twin, batch, targets, layer_name, method, batch_size=batch_size)
     reference = original.maps.detach().float().cpu().numpy()
     chosen = original.targets.detach().cpu()
     groups = _groups(_parameterised_in_forward_order(twin, batch[:1])[::-1], depth, steps)
-    pristine = {key: value.clone() for key, value in twin.state_dict().items()}
+    pristine = {key: value.clone() for key, value in twin.state_dict().items()} if order == "independent" else {}
     records = [_sanity_record(0, [], [], reference, reference, chosen)]
     done: list[str] = []
     for step, names in enumerate(groups, start=1):
@@ -662,7 +662,9 @@ def _baseline(images: Tensor, baseline: str | Tensor, sigma: float) -> Tensor:
         if value.dim() == 3:
             value = value[None]
         if value.dim() != 4 or value.shape[1:] != images.shape[1:] or value.shape[0] not in (1, len(images)):
-            raise UsageError(f"a baseline tensor must be [C,H,W] or [B,C,H,W] like the images, got {tuple(value.shape)}")
+            raise UsageError(
+                f"a baseline tensor must be [C,H,W] or [B,C,H,W] like the images, got {tuple(value.shape)}"
+            )
         return value.expand_as(images)
     if baseline == "zero":
         return torch.zeros_like(images)
@@ -715,6 +717,18 @@ def _curve(
         logits = _logits(model, perturbed).double()
         probabilities.append(logits.softmax(dim=1).gather(1, targets[which][:, None])[:, 0].cpu())
     return torch.cat(probabilities).view(len(images), points).numpy()
+
+
+def _copy_of(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode."""
+    try:
+        twin = copy.deepcopy(model)
+    except Exception as exc:  # noqa: BLE001 - whatever the model's own __deepcopy__ raises
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise UsageError(
+            f"the sanity check needs a deep copy of the model, which failed: {type(exc).__name__}: {detail}"
+        ) from exc
+    return twin.eval()
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module) -> str:

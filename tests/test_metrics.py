@@ -76,7 +76,9 @@ def region_probability(image: np.ndarray, region: np.ndarray) -> float:
     return 1.0 / (1.0 + math.exp(-logit))
 
 
-def hand_curve(image: np.ndarray, saliency: np.ndarray, baseline: np.ndarray, region: np.ndarray, steps: int, insert: bool):
+def hand_curve(
+    image: np.ndarray, saliency: np.ndarray, baseline: np.ndarray, region: np.ndarray, steps: int, insert: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """The deletion/insertion curve built one step at a time with explicit loops."""
     height, width = saliency.shape
     pixels = height * width
