@@ -1,0 +1,233 @@
+"""Per batch: every model's prediction, gates and Grad-CAM, and the numbers about them.
+
+Each model captures its gates in one forward pass (:class:`~attnviz.capturing.Capturer`, no
+feature layers) and explains one target class per image with Grad-CAM: the true class when the
+image has one, else the class most models predict (ties: the higher mean probability), so all
+models answer the same question and their maps can be compared. Only per-image numbers and the
+small arrays the pictures need leave this module; the captures are dropped batch by batch.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from attnviz.capturing import Capturer
+from attnviz.checkpoints import LoadedModel
+from attnviz.inputs import Preset, get_preset
+from attnviz.report import measures
+from attnviz.report.sources import Decoded, preset_key
+
+
+@dataclass
+class ModelRun:
+    """One model of the report, ready to run batches.
+
+    Attributes:
+        name: Name shown in the report (unique).
+        slug: File-name-safe form of the name (unique).
+        loaded: The model and its checkpoint's facts.
+        preset: Its input preprocessing.
+        key: The preset's key in :attr:`Decoded.tensors`.
+        capturer: Reused for every batch.
+        cam_layer: The Grad-CAM layer (``""`` for layer-less methods).
+        gates: Gate name -> ``{"kind", "shape"}`` (shape without the batch dimension).
+    """
+
+    name: str
+    slug: str
+    loaded: LoadedModel
+    preset: Preset
+    key: str
+    capturer: Capturer
+    cam_layer: str
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain description for ``run.json``."""
+        return {
+            "name": self.name,
+            "slug": self.slug,
+            "arch": self.loaded.arch,
+            "source": self.loaded.source,
+            "format": self.loaded.format,
+            "preset": self.preset.to_dict(),
+            "cam_layer": self.cam_layer,
+            "gates": self.gates,
+        }
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """What the per-batch analysis computes."""
+
+    method: str = "gradcam"
+    steps: int = 10
+    deletion_baseline: str = "blur"
+    metrics_batch_size: int = 64
+
+
+def prepare_models(
+    models: Mapping[str, LoadedModel], class_names: Sequence[str] | None, method: str = "gradcam"
+) -> list[ModelRun]:
+    """Wrap each model with its capturer, Grad-CAM layer and gate layout (one probe image each)."""
+    from attnviz.cam import METHODS, resolve_cam_layer
+    from attnviz.errors import UsageError
+
+    if method not in METHODS:
+        raise UsageError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
+    runs, slugs = [], set()
+    for name, loaded in models.items():
+        preset = get_preset(loaded.preset or "imagenet")
+        capturer = Capturer(loaded.model, layers=[], class_names=class_names, model_name=name)
+        probe = torch.zeros(1, 3, *preset.size)
+        gates = {g.name: {"kind": g.kind, "shape": list(g.values.shape[1:])} for g in capturer(probe).gates.values()}
+        layerless = method in ("fullgrad", "integrated_gradients", "occlusion")
+        layer = "" if layerless else resolve_cam_layer(loaded.model, probe)
+        slug = _unique(re.sub(r"[^\w.-]+", "_", name).strip("._") or "model", slugs)
+        runs.append(ModelRun(name, slug, loaded, preset, preset_key(preset), capturer, layer, gates))
+    return runs
+
+
+def analyse_batch(
+    runs: Sequence[ModelRun],
+    samples: Sequence[Decoded],
+    truths: Sequence[int | None],
+    options: AnalysisOptions,
+    timings: dict[str, float],
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Run every model on a batch of decoded images.
+
+    Returns:
+        Per image: the ``models`` part of its record and the arrays its pictures need
+        (``cams``: model -> ``[H,W]``, ``spatial``: model -> gate -> ``[h,w]``, ``channel``:
+        model -> gate -> ``[C]``).
+    """
+    from attnviz.cam import gradcam
+
+    outputs = [_forward(run, samples, timings) for run in runs]
+    targets = choose_targets(truths, [out["logits"] for out in outputs])
+    entries: list[dict[str, Any]] = [{} for _ in samples]
+    arrays: list[dict[str, Any]] = [{"cams": {}, "spatial": {}, "channel": {}} for _ in samples]
+    maps: dict[str, torch.Tensor] = {}
+    for run, out in zip(runs, outputs):
+        start = time.perf_counter()
+        cam = gradcam(run.loaded.model, out["images"], target=targets, layer=run.cam_layer or None, method=options.method)
+        maps[run.name] = cam.maps.detach().float().cpu()
+        scores = cam.scores.detach().float().cpu()
+        timings["cam"] = timings.get("cam", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        faithful = measures.faithfulness(
+            run.loaded.model, out["images"], cam.maps.detach(), targets,
+            steps=options.steps, baseline=options.deletion_baseline, batch_size=options.metrics_batch_size,
+        )
+        for i, sample in enumerate(samples):
+            entries[i][run.name] = _entry(run, out, i, targets[i], truths[i], float(scores[i]), faithful[i],
+                                          maps[run.name][i], sample.mask, options.method)
+            arrays[i]["cams"][run.name] = maps[run.name][i].numpy()
+            arrays[i]["spatial"][run.name] = {n: v[i] for n, v in out["spatial"].items()}
+            arrays[i]["channel"][run.name] = {n: v[i] for n, v in out["channel"].items()}
+        timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
+    start = time.perf_counter()
+    baseline = runs[0].name
+    for run in runs[1:]:
+        for i in range(len(samples)):
+            entries[i][run.name]["agreement"] = measures.agreement(maps[baseline][i], maps[run.name][i])
+    timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
+    return list(zip(entries, arrays))
+
+
+def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor]) -> list[int]:
+    """The class each image is explained for: its truth, else the models' majority vote
+    (ties go to the class with the higher mean probability)."""
+    targets = []
+    probs = [l.float().softmax(dim=1) for l in logits]
+    for i, truth in enumerate(truths):
+        if truth is not None:
+            targets.append(int(truth))
+            continue
+        votes = Counter(int(p[i].argmax()) for p in probs)
+        best = max(votes.values())
+        tied = [cls for cls, count in votes.items() if count == best]
+        targets.append(max(tied, key=lambda cls: (float(sum(p[i, cls] for p in probs)), -cls)))
+    return targets
+
+
+def _forward(run: ModelRun, samples: Sequence[Decoded], timings: dict[str, float]) -> dict[str, Any]:
+    start = time.perf_counter()
+    images = torch.stack([sample.tensors[run.key] for sample in samples])
+    cap = run.capturer(images)
+    out = {
+        "images": images,
+        "logits": cap.logits,
+        "probs": cap.probs,
+        "spatial": {n: g.values.float().numpy() for n, g in cap.gates.items() if g.kind == "spatial"},
+        "channel": {n: g.values.float().numpy() for n, g in cap.gates.items() if g.kind == "channel"},
+    }
+    timings["model"] = timings.get("model", 0.0) + time.perf_counter() - start
+    return out
+
+
+def _entry(
+    run: ModelRun,
+    out: dict[str, Any],
+    i: int,
+    target: int,
+    truth: int | None,
+    p_target: float,
+    faithful: dict[str, float],
+    cam_map: torch.Tensor,
+    mask: np.ndarray | None,
+    method: str,
+) -> dict[str, Any]:
+    """One model's part of one image's record."""
+    probs = out["probs"][i]
+    top = probs.topk(min(3, probs.numel()))
+    predicted = int(top.indices[0])
+    cam: dict[str, Any] = {
+        "method": method, "layer": run.cam_layer, "target": target, "target_label": _label(run, target),
+        "p_target": p_target, **faithful,
+    }
+    if mask is not None:
+        cam.update(measures.localisation(cam_map, mask))
+    spatial = {}
+    for name, values in out["spatial"].items():
+        gate = values[i]
+        spatial[name] = {"mean": float(gate.mean()), "min": float(gate.min()), "max": float(gate.max())}
+        if mask is not None:
+            spatial[name].update(measures.localisation(gate, mask))
+    channel = {
+        name: {"mean": float(values[i].mean()), "values": [float(f"{v:.9g}") for v in values[i]]}
+        for name, values in out["channel"].items()
+    }
+    return {
+        "predicted": predicted,
+        "label": _label(run, predicted),
+        "prob": float(top.values[0]),
+        "top3": [[int(c), float(p)] for p, c in zip(top.values, top.indices)],
+        "correct": None if truth is None else predicted == truth,
+        "cam": cam,
+        "spatial_gates": spatial,
+        "channel_gates": channel,
+    }
+
+
+def _label(run: ModelRun, index: int) -> str:
+    names = run.capturer.class_names
+    return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+
+def _unique(slug: str, used: set[str]) -> str:
+    candidate, count = slug, 1
+    while candidate in used:
+        count += 1
+        candidate = f"{slug}-{count}"
+    used.add(candidate)
+    return candidate

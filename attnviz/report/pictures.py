@@ -1,0 +1,110 @@
+"""The pictures of one report card, drawn from arrays only (safe to run in worker processes).
+
+Per image: the thumbnail, each model's Grad-CAM overlay, an overlay per spatial gate (on the
+gate's absolute [0, 1] scale) and one strip of channel bars per model (every channel gate, in
+channel order, with the 0.5 line of an untrained gate). The strips are drawn straight into an
+array (no matplotlib), so thousands of them cost little.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BAR_COLOUR = (31, 119, 180)  # matplotlib's tab:blue
+HALF_COLOUR = (214, 39, 40)  # tab:red, the 0.5 line
+PANEL_HEIGHT = 44
+LABEL_HEIGHT = 14
+MIN_WIDTH = 384
+PNG_COMPRESSION = 3
+
+
+def picture_paths(item_id: str, job: dict[str, Any]) -> dict[str, Any]:
+    """Where the pictures of ``job`` go, relative to the report folder."""
+    paths: dict[str, Any] = {"image": f"images/{item_id}.png", "models": {}}
+    for name, slug in job["slugs"].items():
+        entry: dict[str, Any] = {"cam": f"cam/{slug}/{item_id}.png"}
+        entry["spatial"] = {g: f"gates/{slug}/{item_id}.{_safe(g)}.png" for g in job["spatial"].get(name, {})}
+        if job["channel"].get(name):
+            entry["bars"] = f"bars/{slug}/{item_id}.png"
+        paths["models"][name] = entry
+    return paths
+
+
+def draw(job: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every picture of one card as uint8 RGB arrays, keyed by relative path.
+
+    Args:
+        job: ``id``, ``thumb`` ``[H,W,3]``, ``slugs`` (model -> slug), ``cams`` (model ->
+            ``[h,w]`` in [0,1]), ``spatial`` (model -> gate -> ``[h,w]``), ``channel``
+            (model -> gate -> ``[C]``).
+    """
+    from attnviz import render
+
+    paths = picture_paths(job["id"], job)
+    thumb = job["thumb"]
+    pictures = {paths["image"]: thumb}
+    for name, entry in paths["models"].items():
+        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(job["cams"][name], 0.0, 1.0))
+        for gate, path in entry["spatial"].items():
+            pictures[path] = render.overlay_rgb(thumb, job["spatial"][name][gate], vmin=0.0, vmax=1.0)
+        if "bars" in entry:
+            pictures[entry["bars"]] = channel_strip(job["channel"][name])
+    return pictures
+
+
+def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
+    """Draw one card's pictures and write them atomically under ``out``.
+
+    Returns:
+        The relative paths (as :func:`picture_paths`) and the seconds it took.
+    """
+    import cv2
+
+    from attnviz.report.records import write_bytes
+
+    start = time.perf_counter()
+    root = Path(out)
+    for relative, rgb in draw(job).items():
+        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+        if not ok:
+            raise RuntimeError(f"could not encode {relative} as PNG")
+        write_bytes(root / relative, encoded.tobytes())
+    return picture_paths(job["id"], job), time.perf_counter() - start
+
+
+def channel_strip(gates: dict[str, np.ndarray]) -> np.ndarray:
+    """One panel per channel gate, stacked: a bar per channel (height = gate value on [0, 1]),
+    the 0.5 line dashed in red, and the gate's name, channel count and mean above the bars."""
+    import cv2
+
+    width = max(MIN_WIDTH, max(np.asarray(v).size for v in gates.values()))
+    panels = []
+    for name, values in gates.items():
+        values = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, 1.0)
+        panel = np.full((LABEL_HEIGHT + PANEL_HEIGHT, width, 3), 255, np.uint8)
+        text = f"{name}: {values.size} ch, mean {values.mean():.3f}"
+        cv2.putText(panel, text.encode("ascii", "replace").decode(), (2, LABEL_HEIGHT - 4),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+        columns = np.minimum((np.arange(width) * values.size) // width, values.size - 1)
+        heights = np.round(values[columns] * (PANEL_HEIGHT - 1)).astype(int)
+        rows = np.arange(PANEL_HEIGHT)[:, None]
+        filled = rows >= (PANEL_HEIGHT - heights)[None, :]
+        edges = np.r_[True, np.diff(columns) != 0] if values.size * 3 <= width else np.zeros(width, bool)
+        filled &= ~edges[None, :]  # a white gap between bars when there is room
+        body = panel[LABEL_HEIGHT:]
+        body[filled] = BAR_COLOUR
+        half = PANEL_HEIGHT - 1 - round(0.5 * (PANEL_HEIGHT - 1))
+        dashes = (np.arange(width) // 4) % 2 == 0
+        body[half, dashes] = HALF_COLOUR
+        body[-1, :] = (128, 128, 128)
+        panels.append(panel)
+    return np.concatenate(panels, axis=0)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^\w.-]+", "-", name)
