@@ -1,0 +1,212 @@
+"""Numbers over all images, gathered from the per-image records one record at a time.
+
+Memory stays bounded: running sums and counts per model (accuracy, confusion matrix, metric means,
+per-class sums of every channel gate) plus the channel-gate vectors of a fixed sample of at most
+``sample_limit`` images (those whose id hashes lowest, so the sample does not depend on the order
+of the records, on shards or on merges). Gate statistics, class selectivity and the per-class
+excitation figure use that sample (every image when there are no more than ``sample_limit``); the
+per-class means in ``results.json`` are exact over all images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from attnviz import metrics
+
+SAMPLE_LIMIT = 2000
+CAM_METRICS = ("prob", "p_target", "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
+AGREEMENT_METRICS = ("top20_iou", "spearman")
+
+
+@dataclass
+class _Mean:
+    total: float = 0.0
+    count: int = 0
+
+    def add(self, value: Any) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        self.total += float(value)
+        self.count += 1
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+@dataclass
+class _ModelSums:
+    images: int = 0
+    labelled: int = 0
+    correct: int = 0
+    confusion: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    means: dict[str, _Mean] = field(default_factory=lambda: defaultdict(_Mean))
+    spatial: dict[str, dict[str, _Mean]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Mean)))
+    class_sums: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
+    class_counts: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+
+
+class Aggregator:
+    """Feed it records with :meth:`add`; read the totals with :meth:`summary`.
+
+    Args:
+        models: Model names, the baseline first.
+        class_names: Class names (``None``: indices).
+        sample_limit: Images kept for gate statistics and the excitation figure.
+    """
+
+    def __init__(self, models: Sequence[str], class_names: Sequence[str] | None, sample_limit: int = SAMPLE_LIMIT) -> None:
+        self.models = list(models)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.sample_limit = sample_limit
+        self.sums = {name: _ModelSums() for name in self.models}
+        self.images = 0
+        self.failed = 0
+        self.labelled = 0
+        self.misclassified = 0
+        self.disagree = 0
+        self._sample: list[tuple[int, str, dict[str, tuple[int, dict[str, np.ndarray]]]]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one image's record (failed images count as failed only)."""
+        if record.get("status") != "ok":
+            self.failed += 1
+            return
+        self.images += 1
+        truth = record.get("truth_index")
+        self.labelled += truth is not None
+        models = record["models"]
+        predictions = {models[name]["predicted"] for name in self.models if name in models}
+        self.disagree += len(predictions) > 1
+        self.misclassified += truth is not None and any(p != truth for p in predictions)
+        sampled: dict[str, tuple[int, dict[str, np.ndarray]]] = {}
+        for name in self.models:
+            entry = models.get(name)
+            if entry is not None:
+                label = truth if truth is not None else entry["predicted"]
+                self._add_model(self.sums[name], entry, truth, label)
+                gates = {g: np.asarray(v["values"], dtype=np.float32) for g, v in entry["channel_gates"].items()}
+                sampled[name] = (label, gates)
+        self._keep_sample(record["id"], sampled)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything gathered, as plain JSON-ready values."""
+        return {
+            "images": self.images,
+            "failed": self.failed,
+            "labelled": self.labelled,
+            "misclassified_by_any": self.misclassified,
+            "models_disagree": self.disagree,
+            "gate_sample": len(self._sample),
+            "models": {name: self._model_summary(name) for name in self.models},
+        }
+
+    def sample(self, model: str, gate: str) -> tuple[np.ndarray, np.ndarray]:
+        """The sampled images' values ``[n,C]`` of one channel gate and their class labels ``[n]``."""
+        rows, labels = [], []
+        for _, _, models in sorted(self._sample, key=lambda entry: (-entry[0], entry[1])):
+            if model in models and gate in models[model][1]:
+                labels.append(models[model][0])
+                rows.append(models[model][1][gate])
+        return np.asarray(rows, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+
+    def label_source(self) -> str:
+        """What the per-class figures group by."""
+        return "true class" if self.labelled == self.images and self.images else (
+            "true class where known, else the model's prediction" if self.labelled else "the model's prediction"
+        )
+
+    # ------------------------------------------------------------------ internals
+
+    def _add_model(self, sums: _ModelSums, entry: dict[str, Any], truth: int | None, label: int) -> None:
+        sums.images += 1
+        if truth is not None:
+            sums.labelled += 1
+            sums.correct += entry["predicted"] == truth
+            sums.confusion[(truth, entry["predicted"])] += 1
+        cam = entry["cam"]
+        sums.means["prob"].add(entry["prob"])
+        for key in CAM_METRICS[1:]:
+            sums.means[key].add(cam.get(key))
+        for key in AGREEMENT_METRICS:
+            sums.means[key].add(entry.get("agreement", {}).get(key))
+        for gate, values in entry["spatial_gates"].items():
+            for key in ("mean", "pointing_game", "energy_pointing_game"):
+                sums.spatial[gate][key].add(values.get(key))
+        for gate, values in entry["channel_gates"].items():
+            vector = np.asarray(values["values"], dtype=np.float64)
+            per_class = sums.class_sums[gate]
+            per_class[label] = per_class[label] + vector if label in per_class else vector
+            sums.class_counts[gate][label] += 1
+
+    def _keep_sample(self, item_id: str, models: dict[str, tuple[int, dict[str, np.ndarray]]]) -> None:
+        rank = int(hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:15], 16)
+        entry = (-rank, item_id, models)  # a max-heap on rank: the highest rank leaves first
+        if len(self._sample) < self.sample_limit:
+            heapq.heappush(self._sample, entry)
+        elif entry > self._sample[0]:
+            heapq.heapreplace(self._sample, entry)
+
+    def _model_summary(self, name: str) -> dict[str, Any]:
+        sums = self.sums[name]
+        return {
+            "images": sums.images,
+            "accuracy": {
+                "correct": sums.correct,
+                "labelled": sums.labelled,
+                "value": sums.correct / sums.labelled if sums.labelled else None,
+            },
+            "confusion": self._confusion(sums),
+            "means": {key: mean.value for key, mean in sums.means.items()},
+            "counts": {key: mean.count for key, mean in sums.means.items()},
+            "spatial_gates": {
+                gate: {key: mean.value for key, mean in values.items()} | {"masked": values["pointing_game"].count}
+                for gate, values in sums.spatial.items()
+            },
+            "channel_gates": {gate: self._channel_summary(name, gate) for gate in sums.class_sums},
+        }
+
+    def _confusion(self, sums: _ModelSums) -> dict[str, Any] | None:
+        if not sums.confusion:
+            return None
+        size = len(self.class_names) if self.class_names else 1 + max(max(pair) for pair in sums.confusion)
+        size = max(size, 1 + max(max(pair) for pair in sums.confusion))
+        matrix = np.zeros((size, size), dtype=np.int64)
+        for (truth, predicted), count in sums.confusion.items():
+            matrix[truth, predicted] = count
+        return {"labels": [self.label(k) for k in range(size)], "rows": "true class", "columns": "predicted class",
+                "matrix": matrix.tolist()}
+
+    def _channel_summary(self, name: str, gate: str) -> dict[str, Any]:
+        sums = self.sums[name]
+        per_class = {
+            self.label(k): {"n": sums.class_counts[gate][k], "mean": (total / sums.class_counts[gate][k]).tolist()}
+            for k, total in sorted(sums.class_sums[gate].items())
+        }
+        values, labels = self.sample(name, gate)
+        statistics = metrics.gate_statistics(values) if len(values) else None
+        selectivity = (
+            float(metrics.class_selectivity(values, labels)) if len(values) and len(set(labels.tolist())) > 1 else None
+        )
+        return {
+            "channels": int(values.shape[1]) if len(values) else None,
+            "grouped_by": self.label_source(),
+            "per_class": per_class,
+            "sample": int(len(values)),
+            "statistics": statistics,
+            "class_selectivity": selectivity,
+        }
+
+    def label(self, index: int) -> str:
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return self.class_names[index]
+        return str(index)

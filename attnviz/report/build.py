@@ -1,0 +1,138 @@
+"""Rebuild a report folder's outputs from its records: ``results.csv``, ``summary.csv``,
+``results.json``, the per-class excitation figures and ``index.html``.
+
+Two streaming passes over the records named by the manifest: the first gathers the aggregates,
+the second writes one CSV row, one JSON entry and one card per image.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from attnviz.report import records as store
+from attnviz.report.aggregate import Aggregator
+from attnviz.report.figures import write_excitation
+from attnviz.report.html import write_page
+from attnviz.report.results import write_results_csv, write_results_json, write_summary_csv
+
+FIGURES_DIR = "figures"
+METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "METRICS.md"
+
+
+@dataclass
+class BuildResult:
+    """What the rebuild found and wrote.
+
+    Attributes:
+        index: ``index.html``.
+        images: Images in the report.
+        failures: ``{"id", "source", "reason"}`` of every skipped input.
+        pending: Manifest items that have no record yet (an interrupted run).
+        summary: The aggregates written to ``results.json``.
+        seconds: Time per output (``aggregate``, ``figures``, ``csv``, ``json``, ``html``).
+    """
+
+    index: Path
+    images: int
+    failures: list[dict[str, Any]]
+    pending: int
+    summary: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build_report(out: str | Path) -> BuildResult:
+    """Write every output of the report folder ``out`` from its run description and records.
+
+    Raises:
+        UsageError: ``out`` is not a report folder.
+    """
+    out = Path(out)
+    run = store.read_run(out)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
+    failures, pending = [], 0
+    for row, record in _records(out, run):
+        if record is None:
+            pending += 1
+            continue
+        aggregator.add(record)
+        if record.get("status") != "ok":
+            failures.append({"id": record["id"], "source": record["source"], "reason": record["reason"]})
+    summary = aggregator.summary()
+    summary["pending"] = pending
+    seconds["aggregate"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    figures = _figures(out, run, aggregator)
+    seconds["figures"] = time.perf_counter() - start
+    sanity = store.read_json(out / store.SANITY_FILE)
+    sanity = sanity if isinstance(sanity, dict) and sanity.get("config") == run["config"] else None
+    links = _links(out)
+
+    start = time.perf_counter()
+    _write_text(out / "results.csv", lambda f: write_results_csv(f, _ok_or_failed(out, run), run))
+    _write_text(out / "summary.csv", lambda f: write_summary_csv(f, summary))
+    seconds["csv"] = time.perf_counter() - start
+    start = time.perf_counter()
+    head = {"report": _report_head(run), "summary": summary, "sanity": sanity, "failed": failures}
+    _write_text(out / "results.json", lambda f: write_results_json(f, head, _ok_or_failed(out, run)))
+    seconds["json"] = time.perf_counter() - start
+    start = time.perf_counter()
+    _write_text(out / "index.html", lambda f: write_page(f, run, summary, sanity, _ok_or_failed(out, run), figures, failures, links))
+    seconds["html"] = time.perf_counter() - start
+    return BuildResult(out / "index.html", summary["images"], failures, pending, summary, seconds)
+
+
+def _records(out: Path, run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+    for row in store.read_manifest(out):
+        yield row, store.read_record(out, row["id"], run["config"])
+
+
+def _ok_or_failed(out: Path, run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for _, record in _records(out, run):
+        if record is not None:
+            yield record
+
+
+def _figures(out: Path, run: dict[str, Any], aggregator: Aggregator) -> dict[str, dict[str, str]]:
+    """One per-class excitation figure per channel gate; model -> gate -> relative path."""
+    if not run["options"].get("pictures", True):
+        return {}
+    figures: dict[str, dict[str, str]] = {}
+    for model in run["models"]:
+        for gate, facts in model["gates"].items():
+            if facts["kind"] != "channel":
+                continue
+            values, labels = aggregator.sample(model["name"], gate)
+            if not len(values):
+                continue
+            safe_gate = re.sub(r"[^\w.-]+", "-", gate)
+            relative = f"{FIGURES_DIR}/excitation-{model['slug']}-{safe_gate}.png"
+            title = f"{model['name']} · {gate}: per class ({aggregator.label_source()})"
+            write_excitation(out / relative, values, labels, run.get("class_names"), title)
+            figures.setdefault(model["name"], {})[gate] = relative
+    return figures
+
+
+def _links(out: Path) -> dict[str, str]:
+    links = {"results.csv": "results.csv", "summary.csv": "summary.csv", "results.json": "results.json"}
+    if METRICS_DOC.is_file():
+        store.write_bytes(out / "METRICS.md", METRICS_DOC.read_bytes())
+        links["metric definitions"] = "METRICS.md"
+    return links
+
+
+def _report_head(run: dict[str, Any]) -> dict[str, Any]:
+    return {key: run[key] for key in ("format", "version", "config", "source", "models", "baseline", "class_names",
+                                      "options", "shard") if key in run} | {"shards": run.get("shards", [run["shard"]])}
+
+
+def _write_text(path: Path, write: Callable[[IO[str]], Any]) -> None:
+    with store.atomic_file(path, "w") as file:
+        write(file)

@@ -1,0 +1,390 @@
+"""``index.html``: the report as one static page (inline CSS and JS, pictures as files beside it).
+
+The page is written in a stream: the summary sections first, then one card per record as the
+records are read, so its size never has to fit in memory. Every number on the page is taken
+from the records and the aggregates; nothing is computed here.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any
+
+from attnviz import __version__
+
+CARDS_MARK = "<!--CARDS-->"
+
+DEFINITIONS = (
+    ("P", "the model's softmax probability of its predicted class"),
+    ("PG", "pointing game: the map's maximum falls on the object's mask (hit ✓ / miss ✗)"),
+    ("EPG", "energy pointing game: the share of the map's total value that lies inside the mask"),
+    ("del / ins", "deletion / insertion AUC: the target class's probability as the most salient pixels are removed "
+                  "from the image / added to a blank one (lower deletion and higher insertion mean a more faithful map)"),
+    ("IoU / ρ", "agreement with the baseline's Grad-CAM: IoU of the top-20% regions and Spearman rank correlation"),
+)
+
+
+def write_page(
+    file: IO[str],
+    run: dict[str, Any],
+    summary: dict[str, Any],
+    sanity: dict[str, Any] | None,
+    records: Iterable[dict[str, Any]],
+    figures: dict[str, dict[str, str]],
+    failures: list[dict[str, Any]],
+    links: dict[str, str],
+) -> int:
+    """Write the whole page to ``file``; returns the number of cards written."""
+    head, tail = _template().split(CARDS_MARK)
+    models = [m["name"] for m in run["models"]]
+    fields = {
+        "version": __version__,
+        "title": html.escape(f"attnviz report: {run['source']['input']}"),
+        "css": _resource("report.css"),
+        "js": _resource("report.js"),
+        "meta": _meta(run, summary),
+        "links": " ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links.items()),
+        "sections": "\n".join(
+            [_models_section(run, summary), _spatial_section(run, summary), _confusion_section(run, summary),
+             _channel_section(run, summary, figures), _sanity_section(run, sanity), _failed_section(failures),
+             _definitions(links)]
+        ),
+        "class_options": "".join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in _classes(run)),
+        "sort_options": _sort_options(models, run["baseline"]),
+    }
+    file.write(_fill(head, fields))
+    count = 0
+    for record in records:
+        if record.get("status") == "ok":
+            file.write(card(record, run))
+            count += 1
+    file.write(_fill(tail, fields))
+    return count
+
+
+def card(record: dict[str, Any], run: dict[str, Any]) -> str:
+    """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand."""
+    models = [m["name"] for m in run["models"]]
+    entries = record["models"]
+    truth = record.get("truth_index")
+    predictions = [entries[m]["predicted"] for m in models]
+    mis = truth is not None and any(p != truth for p in predictions)
+    classes = [record["truth"]] if record.get("truth") else sorted({entries[m]["label"] for m in models})
+    attrs = {
+        "id": record["id"],
+        "mis": int(mis),
+        "dis": int(len(set(predictions)) > 1),
+        "classes": "|".join(classes),
+        "v": json.dumps(_sort_values(record, models), separators=(",", ":"), allow_nan=False),
+    }
+    data = " ".join(f'data-{k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
+    height, width = record["thumb_size"]
+    pictures = record["pictures"]
+    truth_text = f"truth: {record['truth']}" if record.get("truth") else "truth: unknown"
+    figures = [_figure(pictures["image"], width, height, "input", "")]
+    for name in models:
+        figures.append(_model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"]))
+    gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height) for name in models)
+    note = f'<p class="note">{html.escape(record["note"])}</p>' if record.get("note") else ""
+    details = f'<details class="gates"><summary>spatial gates and channel bars</summary>{gates}</details>' if gates else ""
+    return (
+        f'<article class="card{" mis" if mis else ""}" {data}>'
+        f'<header><span class="name" title="{html.escape(record["source"])}">{html.escape(record["name"])}</span>'
+        f'<span class="truth">{html.escape(truth_text)}</span></header>'
+        f'<div class="row">{"".join(figures)}</div>{note}{details}</article>\n'
+    )
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def _figure(src: str, width: int, height: int, caption: str, css: str, lazy: bool = True) -> str:
+    loading = ' loading="lazy"' if lazy else ""
+    source = f'src="{html.escape(src)}"{loading}'
+    return (
+        f'<figure class="{css}"><img {source} width="{width}" height="{height}" alt="{html.escape(caption)}">'
+        f"<figcaption>{caption}</figcaption></figure>"
+    )
+
+
+def _model_figure(name: str, entry: dict[str, Any], src: str, width: int, height: int, baseline: bool) -> str:
+    cam = entry["cam"]
+    mark = {True: " ✓", False: " ✗", None: ""}[entry["correct"]]
+    css = {True: "m ok", False: "m bad", None: "m"}[entry["correct"]]
+    numbers = [f"del {_num(cam.get('deletion_auc'))}", f"ins {_num(cam.get('insertion_auc'))}"]
+    if "pointing_game" in cam:
+        numbers += [f"PG {'✓' if cam['pointing_game'] else '✗'}", f"EPG {_num(cam.get('energy_pointing_game'))}"]
+    if "agreement" in entry:
+        numbers += [f"IoU {_num(entry['agreement']['top20_iou'])}", f"ρ {_num(entry['agreement']['spearman'])}"]
+    caption = (
+        f"<b>{html.escape(name)}</b>{' (baseline)' if baseline else ''}<br>"
+        f'<span class="pred">{html.escape(entry["label"])}</span> P {entry["prob"]:.3f}{mark}'
+        f'<span class="nums">Grad-CAM of {html.escape(str(cam.get("target_label", cam["target"])))} '
+        f"(P {cam['p_target']:.3f})<br>{' · '.join(numbers)}</span>"
+    )
+    return _figure(src, width, height, caption, css)
+
+
+def _gate_panel(name: str, entry: dict[str, Any], pictures: dict[str, Any], width: int, height: int) -> str:
+    parts = []
+    for gate, src in pictures.get("spatial", {}).items():
+        values = entry["spatial_gates"][gate]
+        extra = ""
+        if "pointing_game" in values:
+            extra = f"<br>PG {'✓' if values['pointing_game'] else '✗'} · EPG {_num(values['energy_pointing_game'])}"
+        caption = f"{html.escape(gate)}<br>min {values['min']:.3f} · mean {values['mean']:.3f} · max {values['max']:.3f}{extra}"
+        parts.append(
+            f'<figure><img data-src="{html.escape(src)}" width="{width}" height="{height}" alt="{html.escape(gate)}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    bars = pictures.get("bars")
+    if bars:
+        parts.append(f'<img class="bars" data-src="{html.escape(bars)}" alt="channel gates of {html.escape(name)}">')
+    if not parts:
+        return ""
+    return f'<div class="gatemodel"><b>{html.escape(name)}</b><div class="row">{"".join(parts)}</div></div>'
+
+
+def _sort_values(record: dict[str, Any], models: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {"name": record["name"]}
+    for name in models:
+        entry = record["models"][name]
+        cam = entry["cam"]
+        values[f"prob:{name}"] = entry["prob"]
+        values[f"p_target:{name}"] = cam["p_target"]
+        values[f"deletion_auc:{name}"] = cam.get("deletion_auc")
+        values[f"insertion_auc:{name}"] = cam.get("insertion_auc")
+        values[f"energy_pointing_game:{name}"] = cam.get("energy_pointing_game")
+        if "agreement" in entry:
+            values[f"top20_iou:{name}"] = entry["agreement"]["top20_iou"]
+            values[f"spearman:{name}"] = entry["agreement"]["spearman"]
+    return {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
+
+
+def _sort_options(models: list[str], baseline: str) -> str:
+    options = [("name", "name")]
+    labels = (("prob", "confidence P"), ("p_target", "P of the explained class"), ("deletion_auc", "deletion AUC"),
+              ("insertion_auc", "insertion AUC"), ("energy_pointing_game", "energy pointing game"))
+    for name in models:
+        options += [(f"{key}:{name}", f"{text}: {name}") for key, text in labels]
+        if name != baseline:
+            options += [(f"top20_iou:{name}", f"top-20% IoU with {baseline}: {name}"),
+                        (f"spearman:{name}", f"Spearman with {baseline}: {name}")]
+    default = f"prob:{models[0]}"
+    return "".join(
+        f'<option value="{html.escape(v)}"{" selected" if v == default else ""}>{html.escape(t)}</option>' for v, t in options
+    )
+
+
+# --------------------------------------------------------------------------- summary sections
+
+
+def _meta(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    shards = run.get("shards") or [run["shard"]]
+    shard_text = "" if shards == [[1, 1]] else f" · shards {', '.join(f'{k}/{n}' for k, n in shards)}"
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"{summary['images']} image(s) · {summary['failed']} skipped · {summary['labelled']} with a true class · "
+        f"{len(run['models'])} model(s), baseline {run['baseline']}{shard_text} · Grad-CAM method "
+        f"{run['options']['method']} · built {created}"
+    )
+    return html.escape(text)
+
+
+def _models_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    head = ("model", "arch", "checkpoint", "input", "CAM layer", "accuracy", "mean P", "PG", "EPG", "del AUC",
+            "ins AUC", f"IoU vs {run['baseline']}", f"ρ vs {run['baseline']}")
+    rows = []
+    for model in run["models"]:
+        stats = summary["models"][model["name"]]
+        means, counts = stats["means"], stats["counts"]
+        accuracy = stats["accuracy"]
+        acc = f"{accuracy['value']:.3f} ({accuracy['correct']}/{accuracy['labelled']})" if accuracy["labelled"] else "–"
+        preset = model["preset"]
+        cells = [
+            model["name"], model["arch"], Path(model["source"]).name if model["source"] else "–",
+            f"{preset['name']} {preset['size'][0]}×{preset['size'][1]}", model["cam_layer"] or "–", acc,
+            _num(means.get("prob")), _rate(means.get("pointing_game"), counts.get("pointing_game")),
+            _num(means.get("energy_pointing_game")), _num(means.get("deletion_auc")), _num(means.get("insertion_auc")),
+            _num(means.get("top20_iou")), _num(means.get("spearman")),
+        ]
+        rows.append(cells)
+    note = (
+        f"Means over the images; PG and EPG over the {max((summary['models'][m['name']]['counts'].get('pointing_game', 0) for m in run['models']), default=0)} "
+        f"image(s) with a mask. Grad-CAM explains the true class where known, else the class most models predict; "
+        f"deletion/insertion use {run['options']['steps']} steps and a {run['options']['deletion_baseline']} baseline."
+    )
+    return f'<section id="models"><h2>Models</h2>{_table(head, rows, left=5)}<p class="note">{html.escape(note)}</p></section>'
+
+
+def _spatial_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    rows = []
+    for model in run["models"]:
+        for gate, stats in summary["models"][model["name"]]["spatial_gates"].items():
+            shape = "×".join(map(str, model["gates"].get(gate, {}).get("shape", [])))
+            rows.append([model["name"], gate, shape, _num(stats.get("mean")),
+                         _rate(stats.get("pointing_game"), stats.get("masked")), _num(stats.get("energy_pointing_game"))])
+    if not rows:
+        return ""
+    head = ("model", "spatial gate", "size", "mean value", "PG", "EPG")
+    note = "Spatial gates are upsampled bilinearly to the mask's size before they are scored."
+    return f'<section id="spatial"><h2>Spatial gates</h2>{_table(head, rows, left=3)}<p class="note">{note}</p></section>'
+
+
+def _confusion_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    blocks = []
+    for model in run["models"]:
+        confusion = summary["models"][model["name"]]["confusion"]
+        if not confusion:
+            continue
+        labels, matrix = confusion["labels"], confusion["matrix"]
+        peak = max((max(row) for row in matrix), default=0) or 1
+        head = "".join(f'<th title="predicted">{html.escape(l)}</th>' for l in labels)
+        body = []
+        for i, row in enumerate(matrix):
+            cells = "".join(
+                f'<td class="{"diag" if i == j else ""}" style="background: rgba(9,105,218,{0.6 * v / peak:.3f})">{v}</td>'
+                for j, v in enumerate(row)
+            )
+            body.append(f'<tr><th class="l">{html.escape(labels[i])}</th>{cells}</tr>')
+        blocks.append(
+            f'<div><h3>{html.escape(model["name"])}</h3><table class="confusion"><tr><th class="l">true \\ predicted</th>'
+            f'{head}</tr>{"".join(body)}</table></div>'
+        )
+    if not blocks:
+        return ""
+    return f'<section id="confusion"><h2>Confusion matrices</h2><div class="wrap">{"".join(blocks)}</div></section>'
+
+
+def _channel_section(run: dict[str, Any], summary: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
+    rows, blocks, keys = [], [], []
+    for model in run["models"]:
+        for gate, stats in summary["models"][model["name"]]["channel_gates"].items():
+            for key in (stats.get("statistics") or {}):
+                if key not in keys and key not in ("images", "channels") and _scalar(stats["statistics"][key]):
+                    keys.append(key)
+    for model in run["models"]:
+        for gate, stats in summary["models"][model["name"]]["channel_gates"].items():
+            statistics = stats.get("statistics") or {}
+            rows.append([model["name"], gate, str(stats["channels"]), str(stats["sample"]),
+                         *[_num(statistics.get(key)) for key in keys], _num(stats.get("class_selectivity"))])
+            src = figures.get(model["name"], {}).get(gate)
+            if src:
+                blocks.append(
+                    f'<details class="fig"><summary>{html.escape(model["name"])} · {html.escape(gate)}: mean excitation per class'
+                    f'</summary><img data-src="{html.escape(src)}" alt="per-class excitation of {html.escape(gate)}"></details>'
+                )
+    if not rows:
+        return ""
+    head = ("model", "channel gate", "channels", "images", *keys, "class selectivity")
+    sample = summary["gate_sample"]
+    note = (
+        f"Gate statistics and class selectivity over {sample} image(s)"
+        + (" (every image)." if sample == summary["images"] else f" (a fixed sample of the {summary['images']}; "
+           "the exact per-class means over every image are in results.json).")
+        + f" Classes: {_grouping(summary, run)}."
+    )
+    return (
+        f'<section id="channels"><h2>Channel gates</h2>{_table(head, rows, left=2)}<p class="note">{html.escape(note)}</p>'
+        f'{"".join(blocks)}</section>'
+    )
+
+
+def _grouping(summary: dict[str, Any], run: dict[str, Any]) -> str:
+    for model in run["models"]:
+        for stats in summary["models"][model["name"]]["channel_gates"].values():
+            return stats["grouped_by"]
+    return ""
+
+
+def _sanity_section(run: dict[str, Any], sanity: dict[str, Any] | None) -> str:
+    if not sanity or not sanity.get("models"):
+        return ""
+    blocks = []
+    for name, steps in sanity["models"].items():
+        keys = [k for k in (steps[0] if steps else {}) if all(_scalar(step.get(k)) or isinstance(step.get(k), list) for step in steps)]
+        rows = [[_cell(step.get(k)) for k in keys] for step in steps]
+        blocks.append(f"<div><h3>{html.escape(name)}</h3>{_table(keys, rows, left=len(keys))}</div>")
+    note = (
+        f"Expensive, so computed on a small fixed subset: the first {len(sanity.get('images', []))} image(s) of the input "
+        f"({', '.join(sanity.get('images', []))}). The model's layers are re-initialised one by one from the top; a map "
+        "that stays similar to the trained model's (high Spearman) does not depend on what the model learned."
+    )
+    return (
+        f'<section id="sanity"><h2>Randomisation sanity check</h2><p class="note">{html.escape(note)}</p>'
+        f'<div class="wrap">{"".join(blocks)}</div></section>'
+    )
+
+
+def _failed_section(failures: list[dict[str, Any]]) -> str:
+    if not failures:
+        return ""
+    items = "".join(
+        f"<li>{html.escape(f['source'])}: <span>{html.escape(f['reason'])}</span></li>" for f in failures
+    )
+    return f'<section id="failed"><h2>Skipped files ({len(failures)})</h2><ul class="failed">{items}</ul></section>'
+
+
+def _definitions(links: dict[str, str]) -> str:
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in DEFINITIONS)
+    more = f' Full definitions: <a href="{html.escape(links["metric definitions"])}">METRICS.md</a>.' if "metric definitions" in links else ""
+    return f'<section id="definitions"><h2>Definitions</h2><ul>{items}</ul><p class="note">{more}</p></section>'
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _table(head: Iterable[str], rows: list[list[str]], left: int = 1) -> str:
+    head_html = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(head))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head_html}</tr>{body}</table>"
+
+
+def _classes(run: dict[str, Any]) -> list[str]:
+    return list(run.get("class_names") or [])
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    if isinstance(value, bool):
+        return "✓" if value else "✗"
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.3f}"
+
+
+def _rate(value: Any, count: Any) -> str:
+    return "–" if value is None or not count else f"{value:.3f} (n={count})"
+
+
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (int, float, str, bool)) or value is None
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value[:8]) + (" …" if len(value) > 8 else "")
+    return value if isinstance(value, str) else _num(value)
+
+
+def _fill(text: str, fields: dict[str, str]) -> str:
+    for key, value in fields.items():
+        text = text.replace("{{" + key + "}}", value)
+    return text
+
+
+def _template() -> str:
+    return _resource("template.html")
+
+
+def _resource(name: str) -> str:
+    return resources.files("attnviz.report").joinpath(name).read_text(encoding="utf-8")

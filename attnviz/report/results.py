@@ -1,0 +1,120 @@
+"""``results.csv`` (one row per image), ``summary.csv`` (one row per aggregated number) and
+``results.json`` (everything but the channel-gate vectors, which stay in ``items/``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable
+from typing import IO, Any
+
+from attnviz.report.records import plain
+
+IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
+MODEL_COLUMNS = ("predicted", "predicted_index", "prob", "correct", "target", "p_target", "deletion_auc",
+                 "insertion_auc", "pointing_game", "energy_pointing_game")
+AGREEMENT_COLUMNS = ("top20_iou", "spearman")
+SPATIAL_COLUMNS = ("mean", "pointing_game", "energy_pointing_game")
+
+
+def csv_columns(run: dict[str, Any]) -> list[str]:
+    """The columns of ``results.csv``: image facts, then per model ``MODEL:metric`` and
+    ``MODEL:GATE:metric`` for each gate."""
+    columns = list(IMAGE_COLUMNS)
+    for model in run["models"]:
+        name = model["name"]
+        columns += [f"{name}:{key}" for key in MODEL_COLUMNS]
+        if name != run["baseline"]:
+            columns += [f"{name}:{key}" for key in AGREEMENT_COLUMNS]
+        for gate, facts in model["gates"].items():
+            keys = SPATIAL_COLUMNS if facts["kind"] == "spatial" else ("mean",) if facts["kind"] == "channel" else ()
+            columns += [f"{name}:{gate}:{key}" for key in keys]
+    return columns
+
+
+def csv_row(record: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """One image's row of ``results.csv``."""
+    row: dict[str, Any] = {key: record.get(key) for key in IMAGE_COLUMNS}
+    for name, entry in (record.get("models") or {}).items():
+        cam = entry["cam"]
+        row.update({
+            f"{name}:predicted": entry["label"], f"{name}:predicted_index": entry["predicted"],
+            f"{name}:prob": entry["prob"], f"{name}:correct": entry["correct"], f"{name}:target": cam["target"],
+            f"{name}:p_target": cam["p_target"],
+        })
+        for key in ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game"):
+            row[f"{name}:{key}"] = cam.get(key)
+        for key, value in entry.get("agreement", {}).items():
+            row[f"{name}:{key}"] = value
+        for gate, values in entry["spatial_gates"].items():
+            for key in SPATIAL_COLUMNS:
+                row[f"{name}:{gate}:{key}"] = values.get(key)
+        for gate, values in entry["channel_gates"].items():
+            row[f"{name}:{gate}:mean"] = values["mean"]
+    return {key: _csv_value(value) for key, value in plain(row).items()}
+
+
+def write_results_csv(file: IO[str], records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
+    """Stream ``results.csv``."""
+    writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(csv_row(record, run))
+
+
+def write_summary_csv(file: IO[str], summary: dict[str, Any]) -> None:
+    """``summary.csv``: ``model, subject, metric, value, n`` (subject: ``model``, ``grad-cam`` or a gate)."""
+    writer = csv.writer(file, lineterminator="\n")
+    writer.writerow(["model", "subject", "metric", "value", "n"])
+    for name, stats in summary["models"].items():
+        accuracy = stats["accuracy"]
+        writer.writerow([name, "model", "accuracy", _csv_value(accuracy["value"]), accuracy["labelled"]])
+        for key, value in stats["means"].items():
+            subject = "model" if key == "prob" else "grad-cam"
+            writer.writerow([name, subject, f"mean_{key}", _csv_value(value), stats["counts"][key]])
+        for gate, values in stats["spatial_gates"].items():
+            for key in SPATIAL_COLUMNS:
+                n = values["masked"] if key != "mean" else stats["images"]
+                writer.writerow([name, gate, f"mean_{key}", _csv_value(values.get(key)), n])
+        for gate, values in stats["channel_gates"].items():
+            for key, value in (values.get("statistics") or {}).items():
+                if isinstance(value, (int, float)) or value is None:
+                    writer.writerow([name, gate, key, _csv_value(value), values["sample"]])
+            writer.writerow([name, gate, "class_selectivity", _csv_value(values.get("class_selectivity")), values["sample"]])
+
+
+def write_results_json(
+    file: IO[str],
+    head: dict[str, Any],
+    records: Iterable[dict[str, Any]],
+) -> None:
+    """Stream ``results.json``: ``head``'s keys, then ``images`` (one entry per record, without
+    the channel-gate vectors)."""
+    file.write("{\n")
+    for key, value in head.items():
+        file.write(f"{json.dumps(key)}: {json.dumps(plain(value), ensure_ascii=False, allow_nan=False)},\n")
+    file.write('"images": [')
+    for index, record in enumerate(records):
+        file.write(",\n" if index else "\n")
+        file.write(json.dumps(plain(_slim(record)), ensure_ascii=False, allow_nan=False))
+    file.write("\n]}\n")
+
+
+def _slim(record: dict[str, Any]) -> dict[str, Any]:
+    if record.get("status") != "ok":
+        return record
+    models = {}
+    for name, entry in record["models"].items():
+        gates = {gate: {"mean": values["mean"]} for gate, values in entry["channel_gates"].items()}
+        models[name] = {**entry, "channel_gates": gates}
+    return {**record, "models": models}
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return repr(value)
+    return value
