@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError, CaptureError, UsageError
+from attnviz.inputs import as_image_batch
 
 __all__ = ["METHODS", "CamResult", "gradcam", "normalise_maps", "resolve_cam_layer", "upsample"]
 
@@ -162,7 +163,7 @@ def gradcam(
         CaptureError: The model's forward pass (or the attribution library) failed.
     """
     method_key = _check_method(method)
-    batch = _check_images(images)
+    batch = as_image_batch(images)
     targets = _parse_targets(target, len(batch), class_names)
     _check_batch_size(batch_size)
     batch = _to_model(batch, model)
@@ -214,7 +215,7 @@ def resolve_cam_layer(model: nn.Module, images: Tensor | None = None) -> str:
     if zoo is not None:
         return zoo
     if images is not None:
-        probe = _to_model(_check_images(images)[:1], model)
+        probe = _to_model(as_image_batch(images)[:1], model)
         return _pick_layer(_trace_outputs(model, probe), model)
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     for size in _PROBE_SIZES:
@@ -258,18 +259,6 @@ def _check_method(method: str) -> str:
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise UsageError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}{hint}")
     return key
-
-
-def _check_images(images: Any) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise UsageError(f"images must be a torch.Tensor [B,C,H,W], got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images[None]
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise UsageError(f"images must be a [B,C,H,W] tensor, got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise UsageError(f"images must be floating point (preprocess them first), got {images.dtype}")
-    return images
 
 
 def _check_batch_size(batch_size: int | None) -> None:

@@ -36,6 +36,7 @@ from attnviz.gates import (
     is_sigmoid_leaf,
     is_spatial_map,
 )
+from attnviz.inputs import as_image_batch
 
 ROOT_NAME = "model"
 
@@ -236,7 +237,7 @@ class Capturer:
 
     def __call__(self, images: torch.Tensor, originals: Sequence[np.ndarray] | None = None) -> Capture:
         """Run one forward pass on ``images`` (``[B,3,H,W]`` or ``[3,H,W]``) and capture it."""
-        images = _as_batch(images)
+        images = as_image_batch(images)
         device = _model_device(self.model)
         images = images.to(device)
         if self._layers is None:
@@ -466,16 +467,6 @@ def _check_layer(model: nn.Module, name: str) -> str:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UsageError(f"the model has no layer named '{name}'{hint}")
     return name
-
-
-def _as_batch(images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor):
-        images = torch.stack(list(images))
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
-    if images.dim() != 4:
-        raise UsageError(f"images must be a [B,C,H,W] or [C,H,W] tensor, got shape {list(images.shape)}")
-    return images
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -257,6 +257,28 @@ def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage
     return InputImage(path=str(path), original=original, tensor=preprocess(original, preset))
 
 
+def as_image_batch(images: Any) -> torch.Tensor:
+    """Check preprocessed images and return them as a contiguous float ``[B,C,H,W]`` batch.
+
+    Accepts a ``[B,C,H,W]`` or ``[C,H,W]`` tensor, or a sequence of ``[C,H,W]`` tensors.
+
+    Raises:
+        UsageError: Not a tensor (or sequence of tensors), an empty batch, a wrong number of
+            dimensions, or integer pixels that were never preprocessed.
+    """
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, torch.Tensor) for i in images):
+        images = torch.stack(list(images))
+    if not isinstance(images, torch.Tensor):
+        raise UsageError(f"images must be a torch.Tensor [B,C,H,W], got {type(images).__name__}")
+    if images.dim() == 3:
+        images = images[None]
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise UsageError(f"images must be a [B,C,H,W] tensor, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise UsageError(f"images must be floating point (preprocess them first), got {images.dtype}")
+    return images.detach().contiguous()
+
+
 # ----------------------------------------------------------------------------- helpers
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.errors import AttnvizError, CaptureError, UsageError
+from attnviz.inputs import as_image_batch
 
 __all__ = [
     "BASELINES",
@@ -242,7 +243,7 @@ def deletion_insertion(
             does not return ``[B,K]`` logits.
         CaptureError: The model's forward pass failed.
     """
-    batch = _to_model(_images(images), model)
+    batch = _to_model(as_image_batch(images), model)
     maps = _resized(_maps(_batched(saliency_maps), len(batch)), batch.shape[-2:])
     pixels = batch.shape[-2] * batch.shape[-1]
     counts = _step_counts(pixels, _positive_int(steps, "steps"))
@@ -335,7 +336,7 @@ def randomisation_sanity(
 
     if order not in ("cascading", "independent"):
         raise UsageError(f"order must be 'cascading' or 'independent', got {order!r}")
-    batch = _images(images)
+    batch = as_image_batch(images)
     twin = _copy_of(model)
     batch = _to_model(batch, twin)
     layer_name = resolve_cam_layer(twin, batch) if layer is None else _layer_name(model, layer)
@@ -561,18 +562,6 @@ def _trapezoid(x: np.ndarray, curves: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- helpers: models
-
-
-def _images(images: Any) -> Tensor:
-    if not isinstance(images, Tensor):
-        raise UsageError(f"images must be a torch.Tensor [B,C,H,W], got {type(images).__name__}")
-    if images.dim() == 3:
-        images = images[None]
-    if images.dim() != 4 or images.shape[0] == 0:
-        raise UsageError(f"images must be a [B,C,H,W] tensor, got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise UsageError(f"images must be floating point (preprocess them first), got {images.dtype}")
-    return images.detach().contiguous()
 
 
 def _to_model(images: Tensor, model: nn.Module) -> Tensor:

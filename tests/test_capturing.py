@@ -501,3 +501,15 @@ def test_capturer_is_reusable_across_batches(zoo_model):
     second = capturer(torch.randn(4, 3, 8, 8))
     assert isinstance(first, Capture) and second.batch_size == 4
     assert second.gates["se"].values.shape == (4, 16)
+
+
+def test_non_contiguous_images_capture_like_contiguous_ones():
+    from attnviz.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cbam_cnn").eval()  # the notebook's forward uses x.view(...)
+    channels_last = torch.randn(2, 32, 32, 3).permute(0, 3, 1, 2)
+    assert not channels_last.is_contiguous()
+    first, second = capture(model, channels_last), capture(model, channels_last.contiguous())
+    torch.testing.assert_close(first.logits, second.logits)
+    torch.testing.assert_close(first.gates["cbam2.spatial_attn"].values, second.gates["cbam2.spatial_attn"].values)
