@@ -1,0 +1,112 @@
+"""Join the folders of ``attnviz report --shard K/N`` runs into one report.
+
+The shards must come from the same models, options and input (their ``run.json`` configuration
+fingerprints agree) and be distinct slices of it. Records and pictures are hard-linked into the
+merged folder where the file system allows it (copied otherwise); the sanity check comes from
+shard 1; then every output is rebuilt from the records, so the merged report equals the report
+of one run over the whole input.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from attnviz.errors import UsageError
+from attnviz.report import records as store
+from attnviz.report.build import BuildResult, build_report
+
+
+def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> BuildResult:
+    """Merge shard report folders ``dirs`` into ``out`` and build its outputs.
+
+    Raises:
+        UsageError: No folders, a folder that is not a report, reports of different
+            configurations, the same shard twice, or ``out`` among the inputs.
+    """
+    folders = [Path(d) for d in dirs]
+    out = Path(out)
+    runs = _check(folders, out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = sorted(tuple(run["shard"]) for run in runs)
+    merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards]}
+    for folder, run in zip(folders, runs):
+        for row in store.read_manifest(folder):
+            _take(folder, out, row["id"], run["config"])
+        if run["shard"][0] == 1 and (folder / store.SANITY_FILE).is_file():
+            _place(folder / store.SANITY_FILE, out / store.SANITY_FILE)
+    store.write_manifest(out, _merged_rows(folders))
+    store.write_json(out / store.RUN_FILE, merged)
+    return build_report(out)
+
+
+def _check(folders: list[Path], out: Path) -> list[dict[str, Any]]:
+    if not folders:
+        raise UsageError("--merge needs the report folders of the shards")
+    if any(folder.resolve() == out.resolve() for folder in folders):
+        raise UsageError(f"the merged report must go to a new folder, not into {out}")
+    runs = [store.read_run(folder) for folder in folders]
+    configs = {run["config"] for run in runs}
+    if len(configs) > 1:
+        raise UsageError("the folders hold reports of different models, options or inputs; merge shards of one command")
+    counts = {run["shard"][1] for run in runs}
+    if len(counts) > 1:
+        raise UsageError(f"the folders hold shards of different splits ({', '.join(f'/{n}' for n in sorted(counts))})")
+    seen: dict[int, Path] = {}
+    for folder, run in zip(folders, runs):
+        k = run["shard"][0]
+        if k in seen:
+            raise UsageError(f"{seen[k]} and {folder} are both shard {k}/{run['shard'][1]}")
+        seen[k] = folder
+    missing = sorted(set(range(1, counts.pop() + 1)) - set(seen))
+    if missing:
+        warnings.warn(f"merging without shard(s) {', '.join(map(str, missing))}: their images are not in the report", stacklevel=3)
+    return runs
+
+
+def _merged_rows(folders: list[Path]) -> Iterator[dict[str, Any]]:
+    """Every shard's manifest rows in source order (each manifest is in source order already)."""
+    return heapq.merge(*(store.read_manifest(folder) for folder in folders), key=lambda row: row["index"])
+
+
+def _take(folder: Path, out: Path, item_id: str, config: str) -> None:
+    """Bring one image's record and pictures over (nothing when the shard has no record of it)."""
+    record = store.read_record(folder, item_id, config)
+    if record is None:
+        return
+    for relative in _picture_files(record.get("pictures")):
+        source = folder / relative
+        if source.is_file():
+            _place(source, out / relative)
+    _place(store.record_path(folder, item_id), store.record_path(out, item_id))
+
+
+def _picture_files(pictures: Any) -> Iterator[str]:
+    if isinstance(pictures, str):
+        yield pictures
+    elif isinstance(pictures, dict):
+        for value in pictures.values():
+            yield from _picture_files(value)
+
+
+def _place(source: Path, target: Path) -> None:
+    """Hard-link (else copy) ``source`` to ``target`` atomically; nothing when they are one file."""
+    if target.exists() and os.path.samefile(source, target):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copy2(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,427 @@
+"""``run_report``: stream images through every model, write one record per image, rebuild the report.
+
+Images are decoded in ``DataLoader`` workers and run through the models batch by batch; only the
+per-image numbers (and the small arrays the pictures need) outlive a batch. Pictures are drawn in
+worker processes that receive arrays only. Each image's record is written after its pictures, so
+a re-run of the same command skips every finished image; ``--shard K/N`` takes a deterministic
+slice of the input, and :func:`attnviz.report.merge.merge_reports` joins the shards' folders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from attnviz.checkpoints import LoadedModel
+from attnviz.errors import UsageError
+from attnviz.report import pictures
+from attnviz.report import records as store
+from attnviz.report.analysis import AnalysisOptions, ModelRun, analyse_batch, prepare_models
+from attnviz.report.build import build_report
+from attnviz.report.progress import progress_bar
+from attnviz.report.sources import DecodingDataset, Item, Source, resolve_source, shard_items, truth_index
+
+#: Images whose pictures may be waiting in the render queue, per render worker.
+QUEUE_PER_WORKER = 4
+
+
+@dataclass
+class ReportOptions:
+    """How ``run_report`` works.
+
+    Attributes:
+        batch_size: Images per forward pass.
+        workers: ``DataLoader`` worker processes that decode images (0: in this process).
+        render_workers: Processes that draw the pictures (0: in this process).
+        shard: ``(K, N)``: process only the K-th of N deterministic slices (1-based).
+        method: CAM method (any of :data:`attnviz.cam.METHODS`).
+        steps: Steps of the deletion/insertion curves.
+        deletion_baseline: What removed pixels become (see :func:`attnviz.metrics.deletion_insertion`).
+        sanity_images: Images of the randomisation sanity check (the first ones of the input; 0: off).
+        pictures: Draw the pictures (off: numbers only).
+        class_names: Overrides the models' class names.
+        masks: Folder of masks mirroring the input folder.
+        data_dir: Where CIFAR-10 lives.
+        seed: Seed of the ``shapes`` data set and of ``folder:`` splits.
+        progress: Show a progress bar on stderr (``None``: when stderr is a terminal).
+    """
+
+    batch_size: int = 32
+    workers: int = 0
+    render_workers: int = 0
+    shard: tuple[int, int] = (1, 1)
+    method: str = "gradcam"
+    steps: int = 10
+    deletion_baseline: str = "blur"
+    sanity_images: int = 4
+    pictures: bool = True
+    class_names: Sequence[str] | None = None
+    masks: str | os.PathLike[str] | None = None
+    data_dir: str | os.PathLike[str] | None = None
+    seed: int = 0
+    progress: bool | None = None
+
+
+@dataclass
+class ReportResult:
+    """What a run did.
+
+    Attributes:
+        out: The report folder.
+        index: Its ``index.html``.
+        total: Images in this run's input (after sharding).
+        processed: Images processed by this run.
+        resumed: Images skipped because an earlier run finished them.
+        failures: ``{"id", "source", "reason"}`` of every input that could not be used.
+        timings: Seconds per stage (``decode``, ``model``, ``cam``, ``metrics``, ``render``,
+            ``sanity``, ``html``...).
+    """
+
+    out: Path
+    index: Path
+    total: int
+    processed: int
+    resumed: int
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when no input was skipped."""
+        return not self.failures
+
+
+def run_report(
+    models: Mapping[str, LoadedModel],
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: ReportOptions | None = None,
+) -> ReportResult:
+    """Run every model on every image of ``source`` and write the report into ``out``.
+
+    Args:
+        models: Name -> loaded model; the first is the baseline the others' maps are compared with.
+        source: A folder, a list file or a data spec (``shapes``, ``shapes:N``, ``cifar10``,
+            ``folder:PATH``); see :mod:`attnviz.report.sources`.
+        out: The report folder (``index.html``, ``results.csv``, ``results.json``...). A folder
+            of an earlier run of the same models and options is resumed.
+        options: How to run; defaults to :class:`ReportOptions()`.
+
+    Returns:
+        What was done; ``failures`` lists the inputs that could not be decoded.
+
+    Raises:
+        UsageError: No models, bad options, or an input with no images.
+    """
+    options = options or ReportOptions()
+    _check(models, options)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    source_obj = resolve_source(source, masks=options.masks, data_dir=options.data_dir, seed=options.seed, exclude=[out])
+    class_names = resolve_class_names(options.class_names, models, source_obj)
+    runs = prepare_models(models, class_names, options.method)
+    run_info = _run_info(runs, source_obj, class_names, options)
+    config = run_info["config"]
+    items = shard_items(source_obj.items, options.shard)
+    _clean(out)
+    store.write_json(out / store.RUN_FILE, run_info)
+    store.write_manifest(out, ({"index": i.index, "id": i.id, "key": i.key, "name": i.name} for i in items))
+    pending = [item for item in items if not store.is_finished(out, item.id, config)]
+    _warn_unknown_labels(source_obj, items, class_names)
+    failures = _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items))
+    if options.shard[0] == 1 and options.sanity_images > 0:
+        start = time.perf_counter()
+        _sanity(runs, source_obj, out, config, options)
+        timings["sanity"] = time.perf_counter() - start
+    built = build_report(out)
+    timings.update({f"build {k}": v for k, v in built.seconds.items()})
+    return ReportResult(out, built.index, len(items), len(pending), len(items) - len(pending), built.failures, timings)
+
+
+def name_models(loaded: Sequence[LoadedModel]) -> dict[str, LoadedModel]:
+    """Name models by architecture, adding the checkpoint's file name when two share one."""
+    named: dict[str, LoadedModel] = {}
+    for model in loaded:
+        name = model.arch
+        if name in named:
+            name = f"{model.arch} ({Path(model.source).stem})" if model.source else f"{model.arch} ({len(named) + 1})"
+        while name in named:
+            name = f"{name}'"
+        named[name] = model
+    return named
+
+
+def resolve_class_names(
+    given: Sequence[str] | None, models: Mapping[str, LoadedModel], source: Source
+) -> list[str] | None:
+    """The report's class names: given, else the first model's, else the input's own (data spec,
+    sub-folders), else CIFAR-10's when every model takes CIFAR-10 input, else none."""
+    from attnviz.inputs import CIFAR10_CLASSES
+
+    if given is not None:
+        return list(given)
+    for loaded in models.values():
+        if loaded.class_names:
+            return list(loaded.class_names)
+    if source.class_names:
+        return list(source.class_names)
+    if all(getattr(m.preset, "name", None) == "cifar10" for m in models.values()):
+        return list(CIFAR10_CLASSES)
+    return None
+
+
+# --------------------------------------------------------------------------- processing
+
+
+def _process(
+    runs: list[ModelRun],
+    source: Source,
+    pending: list[Item],
+    out: Path,
+    config: str,
+    class_names: list[str] | None,
+    options: ReportOptions,
+    timings: dict[str, float],
+    total: int,
+) -> list[dict[str, Any]]:
+    """Decode, analyse and draw every pending image; write their records."""
+    if not pending:
+        return []
+    presets = {run.key: run.preset for run in runs}
+    loader = DataLoader(
+        DecodingDataset(source, pending, presets),
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=list,
+        pin_memory=any(_on_cuda(run) for run in runs),
+    )
+    analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline, max(options.batch_size, 64))
+    failures: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        batches = _timed(iter(loader), timings, "decode")
+        advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
+        pool = None
+        if options.pictures and options.render_workers > 0:
+            import multiprocessing
+
+            pool = stack.enter_context(
+                ProcessPoolExecutor(options.render_workers, mp_context=multiprocessing.get_context("spawn"))
+            )
+        queue: dict[Future, dict[str, Any]] = {}
+        for batch in batches:
+            good = []
+            for sample in batch:
+                item = pending[sample.position]
+                if sample.error is not None:
+                    failures.append(_write_failure(out, item, config, sample.error))
+                    advance(1)
+                else:
+                    good.append(sample)
+            if not good:
+                continue
+            items = [pending[s.position] for s in good]
+            truths = [truth_index(item.truth, class_names) for item in items]
+            results = analyse_batch(runs, good, truths, analysis, timings)
+            for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
+                record = _record(item, sample, truth, class_names, entries, config)
+                if not options.pictures:
+                    store.write_record(out, record)
+                    advance(1)
+                    continue
+                job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
+                if pool is None:
+                    start = time.perf_counter()
+                    record["pictures"], _ = pictures.write(job, str(out))
+                    timings["render"] = timings.get("render", 0.0) + time.perf_counter() - start
+                    store.write_record(out, record)
+                    advance(1)
+                else:
+                    queue[pool.submit(pictures.write, job, str(out))] = record
+                    _drain(queue, out, timings, advance, failures, config, keep=QUEUE_PER_WORKER * options.render_workers)
+        _drain(queue, out, timings, advance, failures, config, keep=0)
+    return failures
+
+
+def _on_cuda(run: ModelRun) -> bool:
+    parameter = next(run.loaded.model.parameters(), None)
+    return parameter is not None and parameter.is_cuda
+
+
+def _drain(
+    queue: dict[Future, dict[str, Any]],
+    out: Path,
+    timings: dict[str, float],
+    advance: Callable[[int], None],
+    failures: list[dict[str, Any]],
+    config: str,
+    keep: int,
+) -> None:
+    """Finish rendered images until at most ``keep`` wait in the queue."""
+    while len(queue) > keep:
+        start = time.perf_counter()
+        done, _ = wait(list(queue), return_when=FIRST_COMPLETED)
+        timings["render (waiting)"] = timings.get("render (waiting)", 0.0) + time.perf_counter() - start
+        for future in done:
+            record = queue.pop(future)
+            try:
+                record["pictures"], seconds = future.result()
+            except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
+                reason = f"could not draw its pictures: {type(error).__name__}: {error}"
+                failures.append(_write_failure(out, _item_of(record), config, reason))
+            else:
+                timings["render (workers)"] = timings.get("render (workers)", 0.0) + seconds
+                store.write_record(out, record)
+            advance(1)
+
+
+def _record(
+    item: Item,
+    sample: Any,
+    truth: int | None,
+    class_names: list[str] | None,
+    entries: dict[str, Any],
+    config: str,
+) -> dict[str, Any]:
+    label = class_names[truth] if truth is not None and class_names and truth < len(class_names) else None
+    return {
+        **_identity(item),
+        "status": "ok",
+        "config": config,
+        "truth": label if label is not None else (str(truth) if truth is not None else None),
+        "truth_index": truth,
+        "size": list(sample.size),
+        "thumb_size": list(sample.thumb.shape[:2]),
+        "has_mask": sample.mask is not None,
+        "note": sample.note,
+        "models": entries,
+        "pictures": None,
+    }
+
+
+def _write_failure(out: Path, item: Item, config: str, reason: str) -> dict[str, Any]:
+    record = {**_identity(item), "status": "failed", "config": config, "reason": reason}
+    store.write_record(out, record)
+    return {"id": item.id, "source": record["source"], "reason": reason}
+
+
+def _identity(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "index": item.index, "key": item.key, "name": item.name, "source": item.path or item.key}
+
+
+def _item_of(record: dict[str, Any]) -> Item:
+    source = record["source"]
+    return Item(record["index"], record["key"], record["name"], source if source != record["key"] else None)
+
+
+def _timed(iterator: Iterator[Any], timings: dict[str, float], key: str) -> Iterator[Any]:
+    """Yield from ``iterator``, adding the time spent waiting for each item to ``timings[key]``."""
+    while True:
+        start = time.perf_counter()
+        try:
+            value = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
+        yield value
+
+
+# --------------------------------------------------------------------------- sanity check
+
+
+def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, options: ReportOptions) -> None:
+    """The randomisation sanity check of every model on the first decodable images of the input."""
+    from attnviz.report.measures import sanity
+
+    path = out / store.SANITY_FILE
+    existing = store.read_json(path)
+    if isinstance(existing, dict) and existing.get("config") == config and existing.get("count") == options.sanity_images:
+        return
+    dataset = DecodingDataset(source, source.items[: 4 * options.sanity_images], {r.key: r.preset for r in runs})
+    chosen = []
+    for position in range(len(dataset)):
+        sample = dataset[position]
+        if sample.error is None:
+            chosen.append(sample)
+        if len(chosen) == options.sanity_images:
+            break
+    if not chosen:
+        return
+    result: dict[str, Any] = {
+        "config": config,
+        "count": options.sanity_images,
+        "images": [dataset.items[s.position].name for s in chosen],
+        "method": options.method,
+        "models": {},
+    }
+    for run in runs:
+        images = torch.stack([s.tensors[run.key] for s in chosen])
+        result["models"][run.name] = sanity(run.loaded.model, images, method=options.method, layer=run.cam_layer or None)
+    store.write_json(path, result)
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _check(models: Mapping[str, LoadedModel], options: ReportOptions) -> None:
+    if not models:
+        raise UsageError("a report needs at least one model")
+    for name in ("batch_size", "steps"):
+        if int(getattr(options, name)) < 1:
+            raise UsageError(f"{name} must be at least 1, got {getattr(options, name)}")
+    for name in ("workers", "render_workers", "sanity_images"):
+        if int(getattr(options, name)) < 0:
+            raise UsageError(f"{name} must be 0 or more, got {getattr(options, name)}")
+    k, n = options.shard
+    if not 1 <= k <= n:
+        raise UsageError(f"shard must be K/N with 1 <= K <= N, got {k}/{n}")
+
+
+def _run_info(runs: list[ModelRun], source: Source, class_names: list[str] | None, options: ReportOptions) -> dict[str, Any]:
+    numbers = {"method": options.method, "steps": options.steps, "deletion_baseline": options.deletion_baseline,
+               "pictures": options.pictures}
+    models = [run.describe() | {"parameters": store.parameters_hash(run.loaded.model)} for run in runs]
+    config = store.fingerprint({
+        "models": [{k: m[k] for k in ("name", "arch", "preset", "cam_layer", "parameters")} for m in models],
+        "class_names": class_names, "options": numbers, "source": source.kind, "seed": options.seed,
+    })
+    return {
+        "format": store.FORMAT,
+        "version": store.VERSION,
+        "config": config,
+        "source": source.describe(),
+        "models": models,
+        "baseline": runs[0].name,
+        "class_names": class_names,
+        "options": numbers | {"batch_size": options.batch_size, "sanity_images": options.sanity_images},
+        "shard": list(options.shard),
+    }
+
+
+def _clean(out: Path) -> None:
+    """Remove temporary files an interrupted run left behind."""
+    store.clean_dir(out)
+    for folder, _, _ in os.walk(out):
+        store.clean_dir(Path(folder))
+
+
+def _warn_unknown_labels(source: Source, items: list[Item], class_names: list[str] | None) -> None:
+    """Say when folder or data-set labels name no class of the models (a list file's parent folders
+    are only candidate labels, so they are not warned about)."""
+    if source.kind == "list":
+        return
+    unknown = sorted({i.truth for i in items if i.truth is not None and truth_index(i.truth, class_names) is None})
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        warnings.warn(f"labels that name no class of the models are ignored: {shown}", stacklevel=3)
