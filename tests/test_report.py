@@ -150,7 +150,7 @@ def test_deletion_and_insertion_in_the_csv_equal_the_metric(shapes_report, shape
             image = shapes_data["images"][i : i + 1]
             target = [shapes_data["labels"][i]]
             cam = gradcam(model, image, target=target)
-            expected = metrics.deletion_insertion(model, image, cam.maps, target, steps=STEPS, baseline="blur", batch_size=64)
+            expected = metrics.deletion_insertion(model, image, cam.maps, target, steps=STEPS, baseline="blur", batch_size=256)
             row = rows[f"shapes:test:0:{i}"]
             assert float(row[f"{name}:deletion_auc"]) == pytest.approx(float(expected["deletion_auc"][0]), abs=1e-9)
             assert float(row[f"{name}:insertion_auc"]) == pytest.approx(float(expected["insertion_auc"][0]), abs=1e-9)
@@ -264,7 +264,7 @@ def test_bad_files_are_listed_with_reasons_and_the_good_ones_reported(tmp_path):
 
     out = tmp_path / "out"
     result = run("report", "--baseline", MODELS["cnn"], "--model", MODELS["cbam_cnn"], folder, "--out", out,
-                 "--steps", 2, "--sanity-images", 0, "--batch-size", 4, "--quiet")
+                 "--steps", 2, "--sanity-images", 0, "--batch-size", 4, "--quiet", "--no-pictures")
     assert result.exit_code == 1
     document = json.loads((out / "results.json").read_text())
     reasons = {Path(f["source"]).name: f["reason"] for f in document["failed"]}
@@ -281,6 +281,7 @@ def test_bad_files_are_listed_with_reasons_and_the_good_ones_reported(tmp_path):
     assert "pointing_game" not in good["sixteen.png"]["models"]["cbam_cnn"]["cam"]
     page = (out / "index.html").read_text(encoding="utf-8")
     assert page.count('<article class="card') == 3 and "Skipped files (4)" in page
+    assert "<img" not in page and not list(out.rglob("*.png"))  # --no-pictures: numbers only
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 4 and all(line.startswith("attnviz: skipped") for line in lines)
 
@@ -314,6 +315,17 @@ def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path):
 
     changed = run_report(models, "shapes:6", out, ReportOptions(steps=3, sanity_images=0, progress=False))
     assert changed.processed == 6  # other numbers asked for: nothing is reused
+
+
+def test_worker_processes_write_the_same_report(shapes_report, tmp_path):
+    out = tmp_path / "workers"
+    result = run("report", *model_args(), f"shapes:{COUNT}", "--out", out, *COMMON, "--workers", 2, "--render-workers", 2)
+    assert result.exit_code == 0, result.output
+    assert (out / "results.csv").read_text() == (shapes_report / "results.csv").read_text()
+    pictures = sorted(p.relative_to(shapes_report) for p in shapes_report.glob("[cgbi]*/**/*.png"))
+    assert len(pictures) == COUNT * (1 + 3 + 3 + 2)  # input, Grad-CAMs, cbam spatial gates, channel strips
+    for relative in pictures:
+        assert (out / relative).read_bytes() == (shapes_report / relative).read_bytes(), relative
 
 
 def test_shards_merged_equal_one_run(shapes_report, tmp_path):

@@ -39,6 +39,7 @@ class ModelRun:
         capturer: Reused for every batch.
         cam_layer: The Grad-CAM layer (``""`` for layer-less methods).
         gates: Gate name -> ``{"kind", "shape"}`` (shape without the batch dimension).
+        num_classes: Number of the model's outputs.
     """
 
     name: str
@@ -49,6 +50,7 @@ class ModelRun:
     capturer: Capturer
     cam_layer: str
     gates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    num_classes: int = 0
 
     def describe(self) -> dict[str, Any]:
         """Plain description for ``run.json``."""
@@ -61,7 +63,12 @@ class ModelRun:
             "preset": self.preset.to_dict(),
             "cam_layer": self.cam_layer,
             "gates": self.gates,
+            "num_classes": self.num_classes,
         }
+
+
+#: Pixels per forward pass of the deletion/insertion curves (256 images of 32×32, 8 of 224×224 at least).
+PERTURBED_PIXELS = 256 * 32 * 32
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,12 @@ class AnalysisOptions:
     method: str = "gradcam"
     steps: int = 10
     deletion_baseline: str = "blur"
-    metrics_batch_size: int = 64
+
+
+def perturbed_batch(preset: Preset) -> int:
+    """Perturbed images per forward pass of the deletion/insertion curves for inputs of ``preset``'s size
+    (large batches run a small CNN several times faster per image on a CPU)."""
+    return max(8, PERTURBED_PIXELS // (preset.size[0] * preset.size[1]))
 
 
 def prepare_models(
@@ -88,11 +100,12 @@ def prepare_models(
         preset = get_preset(loaded.preset or "imagenet")
         capturer = Capturer(loaded.model, layers=[], class_names=class_names, model_name=name)
         probe = torch.zeros(1, 3, *preset.size)
-        gates = {g.name: {"kind": g.kind, "shape": list(g.values.shape[1:])} for g in capturer(probe).gates.values()}
-        layerless = method in ("fullgrad", "integrated_gradients", "occlusion")
+        cap = capturer(probe)
+        gates = {g.name: {"kind": g.kind, "shape": list(g.values.shape[1:])} for g in cap.gates.values()}
+        layerless = method in ("fullgrad", "integrated_gradients", "occlusion")  # the pixel-level methods
         layer = "" if layerless else resolve_cam_layer(loaded.model, probe)
         slug = _unique(re.sub(r"[^\w.-]+", "_", name).strip("._") or "model", slugs)
-        runs.append(ModelRun(name, slug, loaded, preset, preset_key(preset), capturer, layer, gates))
+        runs.append(ModelRun(name, slug, loaded, preset, preset_key(preset), capturer, layer, gates, cap.logits.shape[1]))
     return runs
 
 
@@ -126,7 +139,7 @@ def analyse_batch(
         start = time.perf_counter()
         faithful = measures.faithfulness(
             run.loaded.model, out["images"], cam.maps.detach(), targets,
-            steps=options.steps, baseline=options.deletion_baseline, batch_size=options.metrics_batch_size,
+            steps=options.steps, baseline=options.deletion_baseline, batch_size=perturbed_batch(run.preset),
         )
         for i, sample in enumerate(samples):
             entries[i][run.name] = _entry(run, out, i, targets[i], truths[i], float(scores[i]), faithful[i],

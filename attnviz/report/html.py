@@ -18,6 +18,8 @@ from typing import IO, Any
 from attnviz import __version__
 
 CARDS_MARK = "<!--CARDS-->"
+_NAV = (("models", "models"), ("spatial", "spatial gates"), ("confusion", "confusion"), ("channels", "channel gates"),
+        ("sanity", "sanity check"), ("failed", "skipped"), ("images", "images"))
 
 DEFINITIONS = (
     ("P", "the model's softmax probability of its predicted class"),
@@ -48,7 +50,8 @@ def write_page(
         "css": _resource("report.css"),
         "js": _resource("report.js"),
         "meta": _meta(run, summary),
-        "links": " ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links.items()),
+        "links": " ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links.items())
+        + ' <span class="nav">' + " ".join(f'<a href="#{a}">{t}</a>' for a, t in _NAV) + "</span>",
         "sections": "\n".join(
             [_models_section(run, summary), _spatial_section(run, summary), _confusion_section(run, summary),
              _channel_section(run, summary, figures), _sanity_section(run, sanity), _failed_section(failures),
@@ -84,7 +87,7 @@ def card(record: dict[str, Any], run: dict[str, Any]) -> str:
     }
     data = " ".join(f'data-{k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
     height, width = record["thumb_size"]
-    pictures = record["pictures"]
+    pictures = record.get("pictures") or {"image": None, "models": {name: {"cam": None} for name in models}}
     truth_text = f"truth: {record['truth']}" if record.get("truth") else "truth: unknown"
     figures = [_figure(pictures["image"], width, height, "input", "")]
     for name in models:
@@ -103,16 +106,16 @@ def card(record: dict[str, Any], run: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- cards
 
 
-def _figure(src: str, width: int, height: int, caption: str, css: str, lazy: bool = True) -> str:
-    loading = ' loading="lazy"' if lazy else ""
-    source = f'src="{html.escape(src)}"{loading}'
-    return (
-        f'<figure class="{css}"><img {source} width="{width}" height="{height}" alt="{html.escape(caption)}">'
-        f"<figcaption>{caption}</figcaption></figure>"
+def _figure(src: str | None, width: int, height: int, caption: str, css: str) -> str:
+    """A picture with its caption (the caption alone when the report has no pictures)."""
+    image = "" if src is None else (
+        f'<img src="{html.escape(src)}" loading="lazy" width="{width}" height="{height}" alt="{html.escape(caption)}">'
     )
+    return f'<figure class="{css}">{image}<figcaption>{caption}</figcaption></figure>'
 
 
-def _model_figure(name: str, entry: dict[str, Any], src: str, width: int, height: int, baseline: bool) -> str:
+
+def _model_figure(name: str, entry: dict[str, Any], src: str | None, width: int, height: int, baseline: bool) -> str:
     cam = entry["cam"]
     mark = {True: " ✓", False: " ✗", None: ""}[entry["correct"]]
     css = {True: "m ok", False: "m bad", None: "m"}[entry["correct"]]
@@ -307,9 +310,14 @@ def _sanity_section(run: dict[str, Any], sanity: dict[str, Any] | None) -> str:
         return ""
     blocks = []
     for name, steps in sanity["models"].items():
-        keys = [k for k in (steps[0] if steps else {}) if all(_scalar(step.get(k)) or isinstance(step.get(k), list) for step in steps)]
+        keys = [k for k in (steps[0] if steps else {}) if all(_scalar(s.get(k)) or isinstance(s.get(k), list) for s in steps)]
         rows = [[_cell(step.get(k)) for k in keys] for step in steps]
-        blocks.append(f"<div><h3>{html.escape(name)}</h3>{_table(keys, rows, left=len(keys))}</div>")
+        last = steps[-1] if steps else {}
+        headline = (
+            f"{name}: {len(steps) - 1} step(s); with every layer re-initialised, Spearman with the trained model's map "
+            f"{_num(last.get('spearman_mean'))}, top-20% IoU {_num(last.get('top20_iou_mean'))}"
+        )
+        blocks.append(f'<details class="fig"><summary>{html.escape(headline)}</summary>{_table(keys, rows, left=2)}</details>')
     note = (
         f"Expensive, so computed on a small fixed subset: the first {len(sanity.get('images', []))} image(s) of the input "
         f"({', '.join(sanity.get('images', []))}). The model's layers are re-initialised one by one from the top; a map "
@@ -317,7 +325,7 @@ def _sanity_section(run: dict[str, Any], sanity: dict[str, Any] | None) -> str:
     )
     return (
         f'<section id="sanity"><h2>Randomisation sanity check</h2><p class="note">{html.escape(note)}</p>'
-        f'<div class="wrap">{"".join(blocks)}</div></section>'
+        f'{"".join(blocks)}</section>'
     )
 
 

@@ -49,10 +49,9 @@
     });
   }
   function openAll() {
-    cards.forEach(function (card) {
-      var details = card.querySelector("details.gates");
-      if (details && !details.open) details.open = true;
-      if (details) reveal(details);
+    Array.prototype.forEach.call(document.querySelectorAll("details.gates, details.fig"), function (details) {
+      details.open = true;
+      reveal(details);
     });
   }
   container.addEventListener("toggle", function (event) {

@@ -31,8 +31,9 @@ from attnviz.report.build import build_report
 from attnviz.report.progress import progress_bar
 from attnviz.report.sources import DecodingDataset, Item, Source, resolve_source, shard_items, truth_index
 
-#: Images whose pictures may be waiting in the render queue, per render worker.
-QUEUE_PER_WORKER = 4
+#: Images whose pictures may wait in the render queue: this many batches (so that drawing one batch
+#: overlaps with running the models on the next), and at least this many per render worker.
+QUEUE_BATCHES, QUEUE_PER_WORKER = 2, 4
 
 
 @dataclass
@@ -138,7 +139,7 @@ def run_report(
     store.write_json(out / store.RUN_FILE, run_info)
     store.write_manifest(out, ({"index": i.index, "id": i.id, "key": i.key, "name": i.name} for i in items))
     pending = [item for item in items if not store.is_finished(out, item.id, config)]
-    _warn_unknown_labels(source_obj, items, class_names)
+    _warn_unknown_labels(source_obj, items, class_names, min(run.num_classes for run in runs))
     failures = _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items))
     if options.shard[0] == 1 and options.sanity_images > 0:
         start = time.perf_counter()
@@ -206,7 +207,8 @@ def _process(
         collate_fn=list,
         pin_memory=any(_on_cuda(run) for run in runs),
     )
-    analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline, max(options.batch_size, 64))
+    analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline)
+    classes = min(run.num_classes for run in runs)
     failures: list[dict[str, Any]] = []
     with ExitStack() as stack:
         batches = _timed(iter(loader), timings, "decode")
@@ -219,6 +221,7 @@ def _process(
                 ProcessPoolExecutor(options.render_workers, mp_context=multiprocessing.get_context("spawn"))
             )
         queue: dict[Future, dict[str, Any]] = {}
+        queue_size = max(QUEUE_BATCHES * options.batch_size, QUEUE_PER_WORKER * options.render_workers)
         for batch in batches:
             good = []
             for sample in batch:
@@ -231,7 +234,7 @@ def _process(
             if not good:
                 continue
             items = [pending[s.position] for s in good]
-            truths = [truth_index(item.truth, class_names) for item in items]
+            truths = [_truth(item, class_names, classes) for item in items]
             results = analyse_batch(runs, good, truths, analysis, timings)
             for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
                 record = _record(item, sample, truth, class_names, entries, config)
@@ -248,9 +251,15 @@ def _process(
                     advance(1)
                 else:
                     queue[pool.submit(pictures.write, job, str(out))] = record
-                    _drain(queue, out, timings, advance, failures, config, keep=QUEUE_PER_WORKER * options.render_workers)
+                    _drain(queue, out, timings, advance, failures, config, keep=queue_size)
         _drain(queue, out, timings, advance, failures, config, keep=0)
     return failures
+
+
+def _truth(item: Item, class_names: list[str] | None, classes: int) -> int | None:
+    """The item's class index, if it names one of the models' outputs."""
+    index = truth_index(item.truth, class_names)
+    return index if index is not None and index < classes else None
 
 
 def _on_cuda(run: ModelRun) -> bool:
@@ -416,12 +425,12 @@ def _clean(out: Path) -> None:
         store.clean_dir(Path(folder))
 
 
-def _warn_unknown_labels(source: Source, items: list[Item], class_names: list[str] | None) -> None:
+def _warn_unknown_labels(source: Source, items: list[Item], class_names: list[str] | None, classes: int) -> None:
     """Say when folder or data-set labels name no class of the models (a list file's parent folders
     are only candidate labels, so they are not warned about)."""
     if source.kind == "list":
         return
-    unknown = sorted({i.truth for i in items if i.truth is not None and truth_index(i.truth, class_names) is None})
+    unknown = sorted({i.truth for i in items if i.truth is not None and _truth(i, class_names, classes) is None})
     if unknown:
         shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
         warnings.warn(f"labels that name no class of the models are ignored: {shown}", stacklevel=3)

@@ -1,0 +1,201 @@
+"""Time ``attnviz report`` on the CPU: 1,000 shapes images, three models, where the time goes.
+
+The models are the trained samples (``samples/models/{cnn,se_cnn,cbam_cnn}.pth``) when present,
+else the zoo's ``cnn``, ``se_cnn`` and ``cbam_cnn`` with random weights. Each configuration runs in
+its own process (so its peak memory is its own) into a fresh folder.
+
+    python benchmarks/bench_report.py                      # print the table
+    python benchmarks/bench_report.py --write              # also replace "## Report" in docs/BENCHMARKS.md
+    python benchmarks/bench_report.py --images 200 --configs 0/0
+
+Stages (seconds of the run's wall time, measured in the main process):
+    decode      waiting for the next decoded batch (DataLoader; with workers the decoding overlaps)
+    model       forward pass with gate capture, every model
+    Grad-CAM    one forward and backward pass per model (attnviz.cam.gradcam)
+    metrics     deletion/insertion curves, pointing games, agreement with the baseline
+    sanity      the randomisation sanity check on 4 images (once per report)
+    rendering   drawing and writing the card pictures (with render workers: time the main process waited
+                for them; the workers' own time in parentheses)
+    outputs     results.csv, summary.csv, results.json, excitation figures and index.html from the records
+    other       the rest: reading the input, probing the models, the resume scan, writing records
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+SECTION = "## Report"
+ARCHS = ("cnn", "se_cnn", "cbam_cnn")
+
+
+def child(images: int, workers: int, render_workers: int, steps: int, threads: int | None, random: bool) -> dict:
+    """One report run in this process; returns its timings, wall time and peak memory."""
+    import torch
+
+    from attnviz.checkpoints import LoadedModel, load_model
+    from attnviz.inputs import get_preset
+    from attnviz.models import build_model
+    from attnviz.report import ReportOptions, name_models, run_report
+
+    if threads:
+        torch.set_num_threads(threads)
+    samples = [ROOT / "samples" / "models" / f"{arch}.pth" for arch in ARCHS]
+    if not random and all(path.is_file() for path in samples):
+        models, weights = name_models([load_model(path) for path in samples]), "trained samples"
+    else:
+        torch.manual_seed(0)
+        models = {a: LoadedModel(build_model(a).eval(), a, preset=get_preset("cifar10")) for a in ARCHS}
+        weights = "random weights"
+    with tempfile.TemporaryDirectory() as folder:
+        options = ReportOptions(workers=workers, render_workers=render_workers, steps=steps, progress=False)
+        start = time.perf_counter()
+        result = run_report(models, f"shapes:{images}", Path(folder) / "report", options)
+        wall = time.perf_counter() - start
+        files = sum(len(names) for _, _, names in os.walk(folder))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"timings": result.timings, "wall": wall, "images": result.processed, "peak_mib": peak,
+            "threads": torch.get_num_threads(), "weights": weights, "files": files}
+
+
+def run_config(images: int, config: str, steps: int, threads: int | None, random: bool) -> dict:
+    workers, render = (int(v) for v in config.split("/"))
+    command = [sys.executable, __file__, "--child", "--images", str(images), "--configs", config, "--steps", str(steps)]
+    if threads:
+        command += ["--threads", str(threads)]
+    if random:
+        command.append("--random")
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(workers=workers, render_workers=render)
+    return result
+
+
+def stages(result: dict) -> list[tuple[str, float, str]]:
+    """(stage, seconds, note) rows of one run."""
+    t = result["timings"]
+    outputs = sum(v for k, v in t.items() if k.startswith("build "))
+    if "render" in t:
+        render, note = t["render"], ""
+    else:
+        render, note = t.get("render (waiting)", 0.0), f"({t.get('render (workers)', 0.0):.1f} in workers)"
+    rows = [("decode", t.get("decode", 0.0), ""), ("model", t.get("model", 0.0), ""), ("Grad-CAM", t.get("cam", 0.0), ""),
+            ("metrics", t.get("metrics", 0.0), ""), ("sanity", t.get("sanity", 0.0), ""), ("rendering", render, note),
+            ("outputs", outputs, f"(figures {t.get('build figures', 0.0):.1f})")]
+    rows.append(("other", result["wall"] - sum(r[1] for r in rows), ""))
+    return rows
+
+
+def table(results: list[dict]) -> str:
+    head = "| stage | " + " | ".join(f"workers {r['workers']}, render workers {r['render_workers']}" for r in results) + " |"
+    lines = [head, "| --- |" + " ---: |" * len(results)]
+    per_run = [stages(r) for r in results]
+    for index, (name, _, _) in enumerate(per_run[0]):
+        cells = []
+        for result, rows in zip(results, per_run):
+            seconds, note = rows[index][1], rows[index][2]
+            cells.append(f"{seconds:.1f} s ({100 * seconds / result['wall']:.0f}%){' ' + note if note else ''}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| **wall** | " + " | ".join(f"**{r['wall']:.1f} s** ({r['images'] / r['wall']:.1f} images/s)" for r in results) + " |")
+    lines.append("| peak memory | " + " | ".join(f"{r['peak_mib']:.0f} MiB" for r in results) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def section(results: list[dict], small: dict | None, command: str, images: int, steps: int) -> str:
+    first = results[0]
+    inline = next((r for r in results if r["render_workers"] == 0), first)
+    t = inline["timings"]
+    per_image_model = 1000 * t.get("metrics", 0.0) / (inline["images"] * len(ARCHS))
+    render_ms = 1000 * t.get("render", 0.0) / max(1, inline["images"])
+    memory = (
+        f"- Memory does not grow with the number of images: peak {small['peak_mib']:.0f} MiB for {small['images']} images "
+        f"against {first['peak_mib']:.0f} MiB for {first['images']} (same configuration as the first column).\n"
+        if small else ""
+    )
+    return (
+        f"{SECTION}\n\n"
+        f"Command: `{command}`  \n"
+        f"Date: {datetime.date.today().isoformat()}  \n"
+        f"Machine: {machine()}, torch threads {first['threads']}  \n"
+        f"`attnviz report` on `shapes:{images}` with `cnn` (baseline), `se_cnn` and `cbam_cnn` ({first['weights']}), "
+        f"deletion/insertion with {steps} steps, sanity check on 4 images, batch size 32, pictures on "
+        f"({first['files']} files written). Each configuration ran once, in its own process, into a fresh folder; "
+        "the CPU was shared with other work, so expect some noise. Seconds are the main process's wall "
+        "time per stage (see the script's docstring).\n\n"
+        f"{table(results)}\n\n"
+        "- Deletion/insertion dominates: each curve runs the model on `steps + 1` perturbed copies of every image, "
+        f"two curves per model, about `2 × (steps + 1)` forward passes per image and model ({per_image_model:.0f} ms per "
+        "image and model here, in batches of 256 perturbed 32×32 images). `--steps` trades the curves' resolution "
+        "for time.\n"
+        f"- Rendering draws 9 pictures per image (input, 3 Grad-CAM overlays, 3 spatial gates, 2 channel strips; "
+        f"{render_ms:.1f} ms per image in the main process). Render workers take it off the main process; on 2 cores "
+        "they then compete with the models' threads, so the stages they overlap with get slower.\n"
+        f"{memory}"
+    )
+
+
+def write_section(body: str) -> None:
+    """Replace the report section of docs/BENCHMARKS.md, keeping every other section."""
+    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--configs", default="0/0,1/1", help="comma-separated WORKERS/RENDER_WORKERS")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--random", action="store_true", help="random weights even when the samples exist")
+    parser.add_argument("--small", type=int, default=100, help="also run the first configuration on this many images "
+                        "to compare peak memory (0: skip)")
+    parser.add_argument("--write", action="store_true", help="replace the section in docs/BENCHMARKS.md")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        workers, render = (int(v) for v in args.configs.split("/"))
+        print(json.dumps(child(args.images, workers, render, args.steps, args.threads, args.random)))
+        return
+    configs = args.configs.split(",")
+    results = [run_config(args.images, config, args.steps, args.threads, args.random) for config in configs]
+    small = run_config(args.small, configs[0], args.steps, args.threads, args.random) if args.small else None
+    command = "python benchmarks/bench_report.py " + " ".join(sys.argv[1:])
+    body = section(results, small, command.strip(), args.images, args.steps)
+    print(body)
+    if args.write:
+        write_section(body)
+
+
+if __name__ == "__main__":
+    main()
