@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -286,12 +287,28 @@ def test_bad_files_are_listed_with_reasons_and_the_good_ones_reported(tmp_path):
     assert len(lines) == 4 and all(line.startswith("attnviz: skipped") for line in lines)
 
 
-def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path):
+def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path, monkeypatch):
+    from attnviz.report import pictures
+
     models = name_models([load_model(MODELS["cnn"]), load_model(MODELS["se_cnn"])])
     options = ReportOptions(steps=2, sanity_images=0, batch_size=4, progress=False)
     out = tmp_path / "out"
+    calls, draw = [], pictures.write
+
+    def interrupted(job, folder):
+        calls.append(job["id"])
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return draw(job, folder)
+
+    monkeypatch.setattr(pictures, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_report(models, "shapes:6", out, options)
+    monkeypatch.undo()
+    assert len(list((out / "items").glob("*.json"))) == 3 and not list(out.rglob("*.tmp"))
+
     first = run_report(models, "shapes:6", out, options)
-    assert (first.processed, first.resumed) == (6, 0)
+    assert (first.processed, first.resumed) == (3, 3)
     items = sorted((out / "items").glob("*.json"))
     stamps = {p.name: p.stat().st_mtime_ns for p in items}
 
@@ -313,7 +330,7 @@ def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path):
     assert not list(out.rglob("*.tmp"))
     assert len(read_csv(out / "results.csv")) == 6
 
-    changed = run_report(models, "shapes:6", out, ReportOptions(steps=3, sanity_images=0, progress=False))
+    changed = run_report(models, "shapes:6", out, ReportOptions(steps=3, sanity_images=0, batch_size=4, progress=False))
     assert changed.processed == 6  # other numbers asked for: nothing is reused
 
 
@@ -366,6 +383,10 @@ def test_list_files_folders_and_specs_resolve_to_stable_items(tmp_path):
     source = resolve_source(folder)
     assert [(i.key, i.truth, i.mask is not None) for i in source.items] == [("b.png", "dog", False), ("cat/a.png", "cat", True)]
     assert source.class_names == ["cat"]
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    assert resolve_source(other).identity() != source.identity()  # same keys, another folder: no resuming across
+    assert resolve_source("shapes:3").identity() == resolve_source("shapes:9").identity() == "shapes"
 
     listing = tmp_path / "list.txt"
     listing.write_text("# two images\nimgs/cat/a.png\n\n" + str(folder / "b.png") + "\n")

@@ -140,7 +140,7 @@ def run_report(
     store.write_manifest(out, ({"index": i.index, "id": i.id, "key": i.key, "name": i.name} for i in items))
     pending = [item for item in items if not store.is_finished(out, item.id, config)]
     _warn_unknown_labels(source_obj, items, class_names, min(run.num_classes for run in runs))
-    failures = _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items))
+    _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items))
     if options.shard[0] == 1 and options.sanity_images > 0:
         start = time.perf_counter()
         _sanity(runs, source_obj, out, config, options)
@@ -195,10 +195,10 @@ def _process(
     options: ReportOptions,
     timings: dict[str, float],
     total: int,
-) -> list[dict[str, Any]]:
-    """Decode, analyse and draw every pending image; write their records."""
+) -> None:
+    """Decode, analyse and draw every pending image; write their records (failures included)."""
     if not pending:
-        return []
+        return
     presets = {run.key: run.preset for run in runs}
     loader = DataLoader(
         DecodingDataset(source, pending, presets),
@@ -209,7 +209,6 @@ def _process(
     )
     analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline)
     classes = min(run.num_classes for run in runs)
-    failures: list[dict[str, Any]] = []
     with ExitStack() as stack:
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
@@ -227,7 +226,7 @@ def _process(
             for sample in batch:
                 item = pending[sample.position]
                 if sample.error is not None:
-                    failures.append(_write_failure(out, item, config, sample.error))
+                    _write_failure(out, item, config, sample.error)
                     advance(1)
                 else:
                     good.append(sample)
@@ -251,9 +250,8 @@ def _process(
                     advance(1)
                 else:
                     queue[pool.submit(pictures.write, job, str(out))] = record
-                    _drain(queue, out, timings, advance, failures, config, keep=queue_size)
-        _drain(queue, out, timings, advance, failures, config, keep=0)
-    return failures
+                    _drain(queue, out, timings, advance, config, keep=queue_size)
+        _drain(queue, out, timings, advance, config, keep=0)
 
 
 def _truth(item: Item, class_names: list[str] | None, classes: int) -> int | None:
@@ -272,7 +270,6 @@ def _drain(
     out: Path,
     timings: dict[str, float],
     advance: Callable[[int], None],
-    failures: list[dict[str, Any]],
     config: str,
     keep: int,
 ) -> None:
@@ -287,7 +284,7 @@ def _drain(
                 record["pictures"], seconds = future.result()
             except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
                 reason = f"could not draw its pictures: {type(error).__name__}: {error}"
-                failures.append(_write_failure(out, _item_of(record), config, reason))
+                _write_failure(out, _item_of(record), config, reason)
             else:
                 timings["render (workers)"] = timings.get("render (workers)", 0.0) + seconds
                 store.write_record(out, record)
@@ -318,10 +315,8 @@ def _record(
     }
 
 
-def _write_failure(out: Path, item: Item, config: str, reason: str) -> dict[str, Any]:
-    record = {**_identity(item), "status": "failed", "config": config, "reason": reason}
-    store.write_record(out, record)
-    return {"id": item.id, "source": record["source"], "reason": reason}
+def _write_failure(out: Path, item: Item, config: str, reason: str) -> None:
+    store.write_record(out, {**_identity(item), "status": "failed", "config": config, "reason": reason})
 
 
 def _identity(item: Item) -> dict[str, Any]:
@@ -403,7 +398,7 @@ def _run_info(runs: list[ModelRun], source: Source, class_names: list[str] | Non
     models = [run.describe() | {"parameters": store.parameters_hash(run.loaded.model)} for run in runs]
     config = store.fingerprint({
         "models": [{k: m[k] for k in ("name", "arch", "preset", "cam_layer", "parameters")} for m in models],
-        "class_names": class_names, "options": numbers, "source": source.kind, "seed": options.seed,
+        "class_names": class_names, "options": numbers, "source": source.identity(), "seed": options.seed,
     })
     return {
         "format": store.FORMAT,

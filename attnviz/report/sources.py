@@ -96,7 +96,19 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         """Plain description for ``run.json``."""
-        return {"input": self.text, "kind": self.kind, "count": len(self.items), "ignored": self.ignored}
+        return {"input": self.text, "kind": self.kind, "count": len(self.items), "ignored": self.ignored,
+                "identity": self.identity()}
+
+    def identity(self) -> str:
+        """What makes two sources the same for resuming: the resolved folder or list file (item keys
+        are relative to it), or the data set (its keys hold the split and seed)."""
+        if self.kind in ("folder", "list"):
+            return f"{self.kind}:{Path(self.text).expanduser().resolve()}"
+        if self.kind == "folder-spec":
+            return f"folder:{Path(self.text.split(':', 1)[1].strip()).expanduser().resolve()}"
+        if self.kind == "cifar10":
+            return f"cifar10:{Path(self.options.get('data_dir') or '.').resolve()}"
+        return self.kind
 
 
 @dataclass
