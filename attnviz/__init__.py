@@ -10,8 +10,9 @@ The public API, imported lazily so that ``import attnviz`` stays light::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from attnviz._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -45,11 +46,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.models import build_model, list_architectures
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'attnviz' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

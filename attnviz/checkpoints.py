@@ -136,6 +136,7 @@ def save_checkpoint(
     preset: str | Preset | None = "cifar10",
     class_names: Sequence[str] | None = None,
     record: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> None:
     """Write ``model`` in attnviz's format, atomically (temp file + ``os.replace``).
 
@@ -151,6 +152,8 @@ def save_checkpoint(
         preset: Input preset the model expects, or None.
         class_names: One name per output.
         record: Training record (hyper-parameters, metrics, history).
+        extra: More top-level entries, stored as they are (e.g. an optimizer's state to resume
+            from); tensors and plain containers only, so the file stays weights_only-readable.
 
     Raises:
         UsageError: A non-plain value in ``arch_kwargs``/``record``, bad ``class_names``, or
@@ -168,6 +171,10 @@ def save_checkpoint(
         "class_names": _check_class_names(class_names),
         "record": dict(_plain(dict(record or {}), "record")),
     }
+    clashes = sorted(set(extra or {}) & set(checkpoint))
+    if clashes:
+        raise UsageError(f"extra entries may not replace the checkpoint's own: {', '.join(clashes)}")
+    checkpoint.update(extra or {})
     _atomic_save(checkpoint, Path(path))
 
 

@@ -131,8 +131,6 @@ class Comparison:
         return written
 
     def _repr_html_(self) -> str:
-        from attnviz import render
-
         buffer = io.BytesIO()
         self.figure().savefig(buffer, format="png", dpi=80)
         encoded = base64.b64encode(buffer.getvalue()).decode("ascii")

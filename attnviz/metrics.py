@@ -76,7 +76,7 @@ def top_region_iou(first: Any, second: Any, fraction: float = 0.2) -> float:
     """Intersection over union of the top-``fraction`` regions of two maps of the same shape."""
     a, b = top_fraction_mask(first, fraction), top_fraction_mask(second, fraction)
     if a.shape != b.shape:
-        raise ValueError(f"maps must have the same shape, got {a.shape} and {b.shape}")
+        raise UsageError(f"maps must have the same shape, got {a.shape} and {b.shape}")
     return float((a & b).sum() / (a | b).sum())
 
 
@@ -87,7 +87,7 @@ def spearman(first: Any, second: Any) -> float:
     """
     x, y = _average_ranks(_as_numpy(first).ravel()), _average_ranks(_as_numpy(second).ravel())
     if x.shape != y.shape:
-        raise ValueError(f"maps must have the same number of pixels, got {x.size} and {y.size}")
+        raise UsageError(f"maps must have the same number of pixels, got {x.size} and {y.size}")
     x, y = x - x.mean(), y - y.mean()
     denominator = np.sqrt((x * x).sum() * (y * y).sum())
     return float((x * y).sum() / denominator) if denominator > 0 else float("nan")

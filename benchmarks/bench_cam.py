@@ -23,16 +23,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +37,10 @@ from torch import nn
 from attnviz.cam import gradcam
 from attnviz.capturing import Capturer, capture
 from attnviz.models import build_model
+from _doc import DOC, machine, write_section
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 SECTION = "## Capture and Grad-CAM"
+PACKAGES = ("torch", "torchvision", "grad-cam", "captum", "torchcam")
 
 
 @dataclass(frozen=True)
@@ -185,29 +181,12 @@ def table(results: list[tuple[Case, str, dict[str, list[float]]]]) -> str:
     return "\n".join(lines)
 
 
-def machine(threads: list[int]) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
-    counts = " and ".join(str(count) for count in threads)
-    parts = [f"CPU: {cpu}, {os.cpu_count()} logical cores, torch.set_num_threads {counts}"]
-    if torch.cuda.is_available():
-        parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
-    packages = ("torch", "torchvision", "grad-cam", "captum", "torchcam")
-    versions = ", ".join(f"{package} {metadata.version(package)}" for package in packages)
-    parts.append(f"Python {platform.python_version()}, {versions}")
-    return "; ".join(parts)
-
-
 def section(text: str, command: str, threads: list[int], warmup: int, repeats: int) -> str:
     return (
         f"{SECTION}\n\n"
         f"Command: `{command}`  \n"
         f"Date: {datetime.date.today().isoformat()}  \n"
-        f"Machine: {machine(threads)}  \n"
+        f"Machine: {machine(PACKAGES)}; torch.set_num_threads {' and '.join(map(str, threads))}  \n"
         f"Random weights, model in eval mode, {warmup} warm-up rounds, median of {repeats} rounds "
         "(methods take turns). Every library is given the target layer; pytorch-grad-cam's and "
         "torchcam's objects are built per call, as in their READMEs. captum gets the predicted "
@@ -217,17 +196,6 @@ def section(text: str, command: str, threads: list[int], warmup: int, repeats: i
         "within one device and thread count.\n\n"
         f"{text}\n"
     )
-
-
-def write_section(body: str) -> None:
-    """Replace the Grad-CAM section of docs/BENCHMARKS.md, keeping every other section."""
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
 
 
 def main() -> None:
@@ -252,7 +220,7 @@ def main() -> None:
     print(text)
     if args.write:
         command = "python benchmarks/bench_cam.py " + " ".join(sys.argv[1:])
-        write_section(section(text, command.strip(), thread_counts, args.warmup, args.repeats))
+        write_section(SECTION, section(text, command.strip(), thread_counts, args.warmup, args.repeats))
         print(f"wrote {DOC}", file=sys.stderr)
 
 

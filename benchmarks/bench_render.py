@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import tempfile
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 
 from attnviz import render
+from _doc import machine, write_section
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 SECTION = "## Rendering"
 
 
@@ -90,15 +89,13 @@ def main() -> None:
             build_s, draw_s, save_s = measure(build, args.repeats, Path(folder))
             rows.append(f"| {name} | {build_s * 1e3:.0f} | {draw_s * 1e3:.0f} | {save_s * 1e3:.0f} |")
     rows.extend(overlay_speed(rng))
-    cpu = _cpu_name()
     body = "\n".join(
         [
             SECTION,
             "",
             f"Command: `python benchmarks/bench_render.py --repeats {args.repeats}{' --write' if args.write else ''}`  ",
             f"Date: {datetime.date.today().isoformat()}  ",
-            f"Machine: {cpu}; Python {platform.python_version()}, torch {torch.__version__}, "
-            f"matplotlib {_version('matplotlib')}  ",
+            f"Machine: {machine(('torch', 'matplotlib'))}; {torch.get_num_threads()} torch threads  ",
             f"Median of {args.repeats} runs per picture. Each picture is one matplotlib figure; "
             "`attnviz maps` draws each once to pixels (PNG output reuses those pixels) and composes the index sheet from them.",
             "",
@@ -108,34 +105,7 @@ def main() -> None:
     )
     print(body)
     if args.write:
-        _replace_section(body)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {torch.get_num_threads()} torch threads"
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _version(package: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(package)
-
-
-def _replace_section(body: str) -> None:
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    start = text.find(SECTION)
-    if start == -1:
-        text = text.rstrip("\n") + "\n\n" + body
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + ("" if end == -1 else text[end:])
-    DOC.write_text(text, encoding="utf-8")
+        write_section(SECTION, body)
 
 
 if __name__ == "__main__":

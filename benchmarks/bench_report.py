@@ -26,8 +26,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import resource
 import subprocess
 import sys
@@ -35,8 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _doc import machine, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 SECTION = "## Report"
 ARCHS = ("cnn", "se_cnn", "cbam_cnn")
 
@@ -113,20 +112,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"CPU: {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}, torch {torch.__version__}"
-
-
 def section(results: list[dict], small: dict | None, command: str, images: int, steps: int) -> str:
     first = results[0]
     inline = next((r for r in results if r["render_workers"] == 0), first)
@@ -160,17 +145,6 @@ def section(results: list[dict], small: dict | None, command: str, images: int, 
     )
 
 
-def write_section(body: str) -> None:
-    """Replace the report section of docs/BENCHMARKS.md, keeping every other section."""
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: body + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
@@ -194,7 +168,7 @@ def main() -> None:
     body = section(results, small, command.strip(), args.images, args.steps)
     print(body)
     if args.write:
-        write_section(body)
+        write_section(SECTION, body)
 
 
 if __name__ == "__main__":

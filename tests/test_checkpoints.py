@@ -112,6 +112,23 @@ def test_save_is_atomic_unwraps_and_validates(tmp_path, zoo):
     assert not (tmp_path / "x.pt").exists()
 
 
+def test_extra_entries_are_stored_and_stay_weights_only_readable(tmp_path, zoo):
+    optimizer = torch.optim.Adam(zoo["cnn"].parameters(), lr=1e-3)
+    zoo["cnn"](torch.rand(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "last.pth"
+    save_checkpoint(path, zoo["cnn"], "cnn", extra={"train_state": {"epoch": 3, "optimizer": optimizer.state_dict()}})
+    payload = torch.load(path, weights_only=True)
+    assert payload["train_state"]["epoch"] == 3
+    saved, live = payload["train_state"]["optimizer"]["state"], optimizer.state_dict()["state"]
+    assert saved.keys() == live.keys()
+    assert all(torch.equal(saved[k]["exp_avg"], live[k]["exp_avg"]) for k in live)
+    assert load_model(str(path)).arch == "cnn"
+    with pytest.raises(UsageError, match="state_dict"):
+        save_checkpoint(tmp_path / "y.pth", zoo["cnn"], "cnn", extra={"state_dict": {}})
+    assert not (tmp_path / "y.pth").exists()
+
+
 # ---------------------------------------------------------------- notebook state_dicts
 
 

@@ -477,3 +477,7 @@ def test_map_agreement_is_the_compare_numbers() -> None:
     assert map_agreement(a, a) == {"top20_iou": 1.0, "spearman": 1.0}
     with pytest.raises(UsageError, match="same shape"):
         map_agreement(a, b[:5])
+    with pytest.raises(UsageError, match="same shape"):
+        top_region_iou(a, b[:5])
+    with pytest.raises(UsageError, match="same number of pixels"):
+        spearman(a, b[:5])

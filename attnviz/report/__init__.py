@@ -20,8 +20,9 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from attnviz._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "run_report": "attnviz.report.runner",
@@ -43,7 +44,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.report.sources import resolve_source
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'attnviz.report' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

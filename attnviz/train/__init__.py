@@ -10,8 +10,9 @@ Names are imported lazily, so ``import attnviz.train`` stays light.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from attnviz._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "fit": "attnviz.train.trainer",
@@ -37,11 +38,4 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.train.trainer import FitResult, checkpoint_paths, fit
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'attnviz.train' has no attribute '{name}'")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -387,17 +387,9 @@ def _write(path: Path, model: nn.Module, run: _Run, record: dict[str, Any],
     """Save an attnviz checkpoint atomically, with the training state when given."""
     from attnviz.checkpoints import save_checkpoint
 
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        save_checkpoint(tmp, model, run.arch, arch_kwargs=run.arch_kwargs, preset=PRESET,
-                        class_names=run.class_names, record=record)
-        if train_state is not None:
-            payload = torch.load(tmp, map_location="cpu", weights_only=True)
-            payload["train_state"] = train_state
-            torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_checkpoint(path, model, run.arch, arch_kwargs=run.arch_kwargs, preset=PRESET,
+                    class_names=run.class_names, record=record,
+                    extra=None if train_state is None else {"train_state": train_state})
 
 
 def _load_resume(path: Path, arch: str) -> dict[str, Any]:
