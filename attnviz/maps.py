@@ -18,10 +18,11 @@ import logging
 import os
 import re
 import tempfile
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,12 +32,19 @@ from attnviz.checkpoints import LoadedModel
 from attnviz.errors import AttnvizError
 from attnviz.inputs import InputImage, Preset, get_preset, load_input
 
+if TYPE_CHECKING:
+    from attnviz.maps_pictures import PictureJob
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class MapsOptions:
-    """What ``run_maps`` draws and how."""
+    """What ``run_maps`` draws and how.
+
+    ``render_workers`` > 0 draws the pictures in that many worker processes while the model runs
+    on the next images (0: draw them in this process).
+    """
 
     pictures: bool = True
     format: str = "png"
@@ -46,6 +54,7 @@ class MapsOptions:
     top_n: int = 8
     batch_size: int = 16
     layers: Sequence[str] | None = None
+    render_workers: int = 0
 
 
 @dataclass
@@ -85,7 +94,8 @@ def run_maps(
         options: What to draw; defaults to everything.
         preset: Overrides the checkpoint's input preset.
         class_names: Overrides the checkpoint's class names.
-        on_image: Called after each image, with its result or its failure (progress, printing).
+        on_image: Called after each image, in input order, with its result or its failure
+            (progress, printing).
 
     Returns:
         The images written and the inputs skipped.
@@ -98,32 +108,91 @@ def run_maps(
     folders = _output_folders([Path(p) for p in paths])
     results: list[ImageResult] = []
     failures: list[Failure] = []
-    for start in range(0, len(paths), options.batch_size):
-        chunk = [str(p) for p in paths[start : start + options.batch_size]]
-        inputs: list[InputImage] = []
-        for path in chunk:
-            try:
-                inputs.append(load_input(path, preset))
-            except AttnvizError as error:
-                failures.append(Failure(path, str(error)))
-                if on_image:
-                    on_image(failures[-1])
-        if not inputs:
-            continue
-        cap = capturer(torch.stack([item.tensor for item in inputs]), originals=[item.original for item in inputs])
-        cams = _gradcam(loaded, cap, names) if options.cam else None
-        for index, item in enumerate(inputs):
-            folder = out / folders[item.path]
-            try:
-                outcome: ImageResult | Failure = _write_image(loaded, preset, cap, index, item, cams, folder, options)
-                results.append(outcome)
-            except Exception as error:  # one picture failing must not lose the other images
-                logger.debug("writing %s failed", item.path, exc_info=True)
-                outcome = Failure(str(item.path), f"could not write its outputs: {type(error).__name__}: {error}")
-                failures.append(outcome)
-            if on_image:
-                on_image(outcome)
+
+    def done(outcome: ImageResult | Failure) -> None:
+        (failures if isinstance(outcome, Failure) else results).append(outcome)
+        if on_image:
+            on_image(outcome)
+
+    with _Painter(options, len(paths)) as painter:
+        for start in range(0, len(paths), options.batch_size):
+            inputs: list[InputImage] = []
+            for path in (str(p) for p in paths[start : start + options.batch_size]):
+                try:
+                    inputs.append(load_input(path, preset))
+                except AttnvizError as error:
+                    painter.put(Failure(path, str(error)), done)
+            if not inputs:
+                continue
+            cap = capturer(torch.stack([item.tensor for item in inputs]), originals=[item.original for item in inputs])
+            cams = _gradcam(loaded, cap, names) if options.cam else None
+            for index, item in enumerate(inputs):
+                folder = out / folders[item.path]
+                try:
+                    result, job = _write_arrays(loaded, preset, cap, index, item, cams, folder)
+                except Exception as error:  # one image failing must not lose the others
+                    logger.debug("writing %s failed", item.path, exc_info=True)
+                    painter.put(Failure(str(item.path), f"could not write its outputs: {type(error).__name__}: {error}"), done)
+                    continue
+                painter.put(result, done, job)
     return results, failures
+
+
+class _Painter:
+    """Draws each image's pictures (in this process or in worker processes), then writes its
+    ``summary.json`` and hands the outcome on, in input order, at most ``window`` images behind."""
+
+    def __init__(self, options: MapsOptions, n_images: int) -> None:
+        self.options = options
+        workers = min(options.render_workers, n_images) if options.pictures and n_images > 1 else 0
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self.window = 2 * workers
+        self.pending: deque[tuple[ImageResult | Failure, Callable[[Any], None], Any]] = deque()
+
+    def __enter__(self) -> _Painter:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        try:
+            if kind is None:
+                while self.pending:
+                    self._finish()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
+        from attnviz.maps_pictures import draw_pictures
+
+        work: Any = None
+        if isinstance(outcome, ImageResult) and self.options.pictures and job is not None:
+            if self.pool is None:
+                work = lambda: draw_pictures(job, outcome.out_dir, self.options)  # noqa: E731
+            else:
+                work = self.pool.submit(draw_pictures, job, outcome.out_dir, self.options)
+        self.pending.append((outcome, done, work))
+        while len(self.pending) > self.window:
+            self._finish()
+
+    def _finish(self) -> None:
+        outcome, done, work = self.pending.popleft()
+        if isinstance(outcome, ImageResult):
+            try:
+                if work is not None:
+                    pictures = work() if callable(work) else work.result()
+                    outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in pictures]
+                    outcome.files.extend(pictures)
+                text = json.dumps(outcome.summary, indent=2, ensure_ascii=False)
+                outcome.files.append(_atomic(outcome.out_dir / "summary.json", lambda f: f.write(text.encode("utf-8"))))
+            except Exception as error:  # a picture failing must not lose the other images
+                logger.debug("drawing %s failed", outcome.path, exc_info=True)
+                outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
+        done(outcome)
 
 
 def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None) -> dict[str, Any]:
@@ -143,7 +212,7 @@ def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, 
     }
 
 
-def _write_image(
+def _write_arrays(
     loaded: LoadedModel,
     preset: Preset,
     cap: Capture,
@@ -151,8 +220,10 @@ def _write_image(
     item: InputImage,
     cams: torch.Tensor | None,
     folder: Path,
-    options: MapsOptions,
-) -> ImageResult:
+) -> tuple[ImageResult, PictureJob]:
+    """Write one image's ``attention.npz``; return its result (summary not yet written) and picture job."""
+    from attnviz.maps_pictures import PictureJob
+
     folder.mkdir(parents=True, exist_ok=True)
     summary = summary_dict(loaded, preset, cap, index, item.path)
     arrays = cap.arrays(index)
@@ -161,16 +232,7 @@ def _write_image(
         summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
     result = ImageResult(str(item.path), folder, summary)
     result.files.append(_atomic(folder / "attention.npz", lambda f: np.savez_compressed(f, **arrays)))
-    if options.pictures:
-        from attnviz.maps_pictures import draw_pictures
-
-        summary["pictures"] = [
-            str(path.relative_to(folder)) for path in draw_pictures(cap, index, item.original, cams, folder, options)
-        ]
-        result.files.extend(folder / name for name in summary["pictures"])
-    text = json.dumps(summary, indent=2, ensure_ascii=False)
-    result.files.append(_atomic(folder / "summary.json", lambda f: f.write(text.encode("utf-8"))))
-    return result
+    return result, PictureJob.from_capture(cap, index, item.original, arrays)
 
 
 def _gradcam(loaded: LoadedModel, cap: Capture, class_names: Sequence[str] | None) -> torch.Tensor:

@@ -1,29 +1,57 @@
-"""The pictures ``attnviz maps`` draws for one image of a :class:`~attnviz.capturing.Capture`."""
+"""The pictures ``attnviz maps`` draws for one image, from arrays only (so worker processes can draw them)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-
-from attnviz.capturing import Capture
 
 if TYPE_CHECKING:
+    from attnviz.capturing import Capture
     from attnviz.maps import MapsOptions
 
 
-def draw_pictures(
-    cap: Capture,
-    index: int,
-    original: np.ndarray,
-    cams: torch.Tensor | None,
-    folder: Path,
-    options: MapsOptions,
-) -> list[Path]:
-    """Draw every picture of image ``index`` into ``folder``; return the files written.
+@dataclass
+class PictureJob:
+    """Everything the pictures of one image need: plain arrays and strings, picklable.
+
+    ``arrays`` holds the keys of ``attention.npz`` (``gate/``, ``in/``, ``out/``, ``feature/``,
+    ``cam/gradcam``); ``gate_kinds`` maps each gate to its kind and ``gated_modules`` to the
+    module whose input and output it gates.
+    """
+
+    arrays: dict[str, np.ndarray]
+    original: np.ndarray
+    gate_kinds: dict[str, str]
+    gated_modules: dict[str, str]
+    label: str
+    prob: float
+    model_name: str = ""
+    cam_layer: str = ""
+
+    @classmethod
+    def from_capture(cls, cap: Capture, index: int, original: np.ndarray, arrays: dict[str, np.ndarray]) -> PictureJob:
+        top = cap.topk(index, 1)[0]
+        return cls(
+            arrays=arrays,
+            original=original,
+            gate_kinds={name: gate.kind for name, gate in cap.gates.items()},
+            gated_modules={name: gate.gated_module for name, gate in cap.gates.items() if gate.gated_module},
+            label=top.label,
+            prob=top.prob,
+            model_name=cap.model_name or "",
+            cam_layer=str(cap.metadata.get("cam_layer", "")),
+        )
+
+    def group(self, prefix: str) -> dict[str, np.ndarray]:
+        return {key[len(prefix) + 1 :]: value for key, value in self.arrays.items() if key.startswith(prefix + "/")}
+
+
+def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[Path]:
+    """Draw every picture of one image into ``folder``; return the files written.
 
     Channel bars per channel gate, an overlay per spatial gate, before/after feature grids per
     attention module, a grid per feature layer, the Grad-CAM overlay, and ``index.<fmt>``: a
@@ -32,38 +60,39 @@ def draw_pictures(
     from attnviz import render
 
     pictures: list[tuple[str, Path, Any]] = []
-    prediction = cap.topk(index, 1)[0]
-    for name, gate in cap.gates.items():
-        values = gate.values[index].float().numpy()
-        if gate.kind == "channel":
+    gates = job.group("gate")
+    for name, values in gates.items():
+        if job.gate_kinds.get(name) == "channel":
             title = f"{name}: channel gate, {values.size} channels"
             figure = render.channel_bars(values, title=title, order=options.order)
             pictures.append((f"{name} (channel)", folder / "bars" / f"{_safe(name)}.{options.format}", figure))
-        elif gate.kind == "spatial":
+        elif job.gate_kinds.get(name) == "spatial":
             title = f"{name}: spatial gate {values.shape[0]}x{values.shape[1]}"
-            figure = render.spatial_overlay(original, values, title=title, scale=options.scale)
+            figure = render.spatial_overlay(job.original, values, title=title, scale=options.scale)
             pictures.append((f"{name} (spatial)", folder / "spatial" / f"{_safe(name)}.{options.format}", figure))
-    for module, before in cap.inputs.items():
-        after = cap.outputs[module][index].float().numpy()
-        channel_gate = next((g for g in cap.gates.values() if g.gated_module == module and g.kind == "channel"), None)
+    outputs = job.group("out")
+    for module, before in job.group("in").items():
+        channel_gate = next(
+            (g for g, m in job.gated_modules.items() if m == module and job.gate_kinds.get(g) == "channel"), None
+        )
         kwargs: dict[str, Any] = {"top_n": options.top_n}
         if channel_gate is not None:
-            weights = channel_gate.values[index].float().numpy()
+            weights = gates[channel_gate]
             kwargs.update(channels=np.argsort(-weights, kind="stable")[: options.top_n].tolist(), rank_by="given",
                           channel_weights=weights)
-        figure = render.feature_grid(before[index].float().numpy(), after=after,
+        figure = render.feature_grid(before, after=outputs[module],
                                      title=f"{module}: features before and after gating", **kwargs)
         pictures.append((f"{module} before/after", folder / "features" / f"{_safe(module)}.gating.{options.format}", figure))
-    for layer, features in cap.features.items():
-        if any(torch.equal(features, gated) for gated in cap.outputs.values()):
+    for layer, features in job.group("feature").items():
+        if any(np.array_equal(features, gated) for gated in outputs.values()):
             continue  # the same tensor as an attention module's output, already drawn after gating
-        figure = render.feature_grid(features[index].float().numpy(), top_n=options.top_n,
+        figure = render.feature_grid(features, top_n=options.top_n,
                                      title=f"{layer}: top {options.top_n} channels by mean activation")
         pictures.append((f"{layer} features", folder / "features" / f"{_safe(layer)}.{options.format}", figure))
-    if cams is not None:
-        layer = cap.metadata.get("cam_layer", "")
-        title = f"Grad-CAM at {layer} for '{prediction.label}' (P = {prediction.prob:.3f})"
-        figure = render.spatial_overlay(original, cams[index].numpy(), title=title, scale="absolute", quantity="Grad-CAM")
+    cam = job.arrays.get("cam/gradcam")
+    if cam is not None:
+        title = f"Grad-CAM at {job.cam_layer} for '{job.label}' (P = {job.prob:.3f})"
+        figure = render.spatial_overlay(job.original, cam, title=title, scale="absolute", quantity="Grad-CAM")
         pictures.append(("Grad-CAM", folder / f"gradcam.{options.format}", figure))
 
     written = []
@@ -76,10 +105,13 @@ def draw_pictures(
             written.append(render.save_figure(figure, path, options.format))
         panels.append((label, rgb))
     if panels:
-        sheet = render.index_figure(
-            panels, columns=3, title=f"{cap.model_name or 'model'}: predicted '{prediction.label}' (P = {prediction.prob:.3f})"
-        )
-        written.append(render.save_figure(sheet, folder / f"index.{options.format}", options.format))
+        title = f"{job.model_name or 'model'}: predicted '{job.label}' (P = {job.prob:.3f})"
+        sheet = render.index_figure(panels, columns=3, title=title)
+        path = folder / f"index.{options.format}"
+        if options.format == "png":  # at the panels' own resolution: a larger sheet would only upsample them
+            written.append(render.save_rgb(render.figure_to_rgb(sheet), path))
+        else:
+            written.append(render.save_figure(sheet, path, options.format))
     return written
 
 

@@ -30,7 +30,9 @@ Examples:
 @click.option("--no-pictures", is_flag=True, help="Write only attention.npz and summary.json.")
 @click.option("--no-cam", is_flag=True, help="Skip Grad-CAM.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file, images, out, fmt, order, scale, layers, no_pictures, no_cam, batch_size):
+@click.option("--render-workers", type=click.IntRange(min=0), default=None,
+              help="Processes that draw the pictures (0: in this process). Default: one per core, up to 4, for 3 or more images.")
+def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file, images, out, fmt, order, scale, layers, no_pictures, no_cam, batch_size, render_workers):
     """Capture every SE/CBAM gate of MODEL on IMAGES and write arrays, JSON and pictures.
 
     For each image, prints the top prediction and a table of gates, and writes
@@ -53,6 +55,7 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
         scale=scale,
         cam=not no_cam,
         batch_size=batch_size,
+        render_workers=_auto_workers(len(images)) if render_workers is None else render_workers,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
     )
     console.print(f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}")
@@ -67,6 +70,12 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
     console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""))
     if failures:
         sys.exit(1)
+
+
+def _auto_workers(n_images: int) -> int:
+    import os
+
+    return min(4, os.cpu_count() or 1) if n_images >= 3 else 0
 
 
 def _print_result(console, result) -> None:
