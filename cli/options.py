@@ -19,7 +19,8 @@ ARCH_HELP = (
 def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
     """Add --arch, --trust-checkpoint and --device."""
     function = click.option(
-        "--device", default="cpu", show_default=True, help="Device to run the model on (cpu, cuda, cuda:1, ...)."
+        "--device", default="auto", show_default=True,
+        help="Device to run the model on: auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...",
     )(function)
     function = click.option(
         "--trust-checkpoint",
@@ -69,8 +70,11 @@ def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_fi
 
 
 def check_device(device: str) -> str:
+    """The device to use: ``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``."""
     import torch
 
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         parsed = torch.device(device)
     except RuntimeError as error:

@@ -214,3 +214,21 @@ def test_help_has_examples():
     for command in ("maps", "compare", "inspect"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Examples" in result.stdout
+
+
+def test_device_auto_picks_the_gpu_only_when_there_is_one(monkeypatch, workspace, tmp_path):
+    from attnviz.cli.options import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_device("auto") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_device("auto") == "cuda"
+    monkeypatch.undo()
+    result = run("maps", "--model", workspace["cnn"], workspace["a"], "--out", tmp_path, "--no-pictures")
+    assert result.exit_code == 0, result.output  # the default, auto, runs here with or without a GPU
+    if not torch.cuda.is_available():
+        result = run("maps", "--model", workspace["cnn"], workspace["a"], "--out", tmp_path, "--device", "cuda")
+        assert result.exit_code != 0
+        assert [line for line in result.stderr.splitlines() if line.strip()] == [
+            "attnviz: error: device 'cuda' asked for, but no CUDA GPU is available; use --device cpu"
+        ]
