@@ -16,7 +16,9 @@ Stages (seconds of the run's wall time, measured in the main process):
     sanity      the randomisation sanity check on 4 images (once per report)
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
-    outputs     results.csv, summary.csv, results.json, excitation figures and index.html from the records
+    aggregates, CSV, JSON   per-model and per-gate aggregates, results.csv, summary.csv, results.json
+    excitation figures      the per-class channel-excitation figures
+    HTML                    index.html from the records
     other       the rest: reading the input, probing the models, the resume scan, writing records
 """
 
@@ -85,14 +87,15 @@ def run_config(images: int, config: str, steps: int, threads: int | None, random
 def stages(result: dict) -> list[tuple[str, float, str]]:
     """(stage, seconds, note) rows of one run."""
     t = result["timings"]
-    outputs = sum(v for k, v in t.items() if k.startswith("build "))
+    tables = sum(t.get(f"build {k}", 0.0) for k in ("aggregate", "csv", "json"))
     if "render" in t:
         render, note = t["render"], ""
     else:
         render, note = t.get("render (waiting)", 0.0), f"({t.get('render (workers)', 0.0):.1f} in workers)"
     rows = [("decode", t.get("decode", 0.0), ""), ("model", t.get("model", 0.0), ""), ("Grad-CAM", t.get("cam", 0.0), ""),
             ("metrics", t.get("metrics", 0.0), ""), ("sanity", t.get("sanity", 0.0), ""), ("rendering", render, note),
-            ("outputs", outputs, f"(figures {t.get('build figures', 0.0):.1f})")]
+            ("aggregates, CSV, JSON", tables, ""), ("excitation figures", t.get("build figures", 0.0), ""),
+            ("HTML", t.get("build html", 0.0), "")]
     rows.append(("other", result["wall"] - sum(r[1] for r in rows), ""))
     return rows
 

@@ -93,6 +93,17 @@ def test_single_image_bars_are_the_gate_values_sorted(rng):
     assert "one image" in fig.get_suptitle()
 
 
+def test_a_constant_gate_is_said_to_be_constant_instead_of_ranked(rng):
+    values = np.full(64, 0.5) + rng.uniform(-1e-5, 1e-5, 64)  # a dead SE/CBAM MLP: sigmoid(0) everywhere
+    ax = axes_by_label(channel_bars(values, title="cbam2.channel_attn"), "bars")
+    assert not [t for t in ax.texts if t.get_gid() == "channel-label"]
+    notes = [t.get_text() for t in ax.texts if t.get_gid() == "constant-note"]
+    assert len(notes) == 1 and "constant gate" in notes[0] and "0.500" in notes[0]
+    varied = axes_by_label(channel_bars(rng.uniform(0.2, 0.8, 64)), "bars")
+    assert not [t for t in varied.texts if t.get_gid() == "constant-note"]
+    assert [t for t in varied.texts if t.get_gid() == "channel-label"]
+
+
 def test_channel_order_keeps_channel_order(rng):
     values = rng.uniform(size=10)
     fig = channel_bars(values, order="channel", top_k=0)

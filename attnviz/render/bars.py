@@ -20,6 +20,8 @@ ORDERS: tuple[str, ...] = ("weight", "channel")
 SPREADS: tuple[str, ...] = ("std", "quantile")
 QUANTILES: tuple[float, float] = (0.1, 0.9)
 UNTRAINED_GATE = 0.5
+# Channel means closer than this (max - min) make a constant gate: its bars cannot be ranked.
+CONSTANT_GATE_SPREAD = 1e-3
 # Channel indices are written under every bar up to this many channels.
 MAX_TICKED_CHANNELS = 64
 # Above this many channels the spread is drawn as a band instead of individual error bars.
@@ -129,7 +131,12 @@ def _draw_bars(ax: Axes, gates: np.ndarray, positions: np.ndarray, top_k: int, s
     ax.axhline(UNTRAINED_GATE, color="tab:red", linestyle="--", linewidth=1.0, label="0.5 (untrained sigmoid gate)")
     mean = float(means.mean())
     ax.axhline(mean, color="tab:green", linestyle=":", linewidth=1.5, label=f"mean = {mean:.3f}")
-    _label_extremes(ax, heights, tops, positions, top_k)
+    if float(np.ptp(means)) < CONSTANT_GATE_SPREAD:  # ties: no highest or lowest channels to name
+        ax.text(0.5, 0.93, f"constant gate: every channel ≈ {mean:.3f}, so it does not tell channels apart",
+                transform=ax.transAxes, ha="center", va="top", fontsize=9, color="0.2", gid="constant-note",
+                bbox={"boxstyle": "round,pad=0.3", "facecolor": "lightyellow", "edgecolor": "0.6"})
+    else:
+        _label_extremes(ax, heights, tops, positions, top_k)
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("gate value" if gates.shape[0] == 1 else "mean gate value")
     ax.set_label("bars")
