@@ -11,7 +11,7 @@
   :func:`class_selectivity` (motivated by the excitation analysis of Hu et al.'s SE networks).
 
 Maps and masks may be numpy arrays or torch tensors; results are floats or numpy arrays.
-``docs/METRICS.md`` gives every definition with its formula and source.
+``attnviz/METRICS.md`` (shipped with the package) gives every definition with its formula and source.
 """
 
 from __future__ import annotations

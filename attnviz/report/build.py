@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +22,8 @@ from attnviz.report.html import write_page
 from attnviz.report.results import write_results_csv, write_results_json, write_summary_csv
 
 FIGURES_DIR = "figures"
-METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "METRICS.md"
+#: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.
+METRICS_DOC = "METRICS.md"
 
 
 @dataclass
@@ -122,9 +124,10 @@ def _figures(out: Path, run: dict[str, Any], aggregator: Aggregator) -> dict[str
 
 def _links(out: Path) -> dict[str, str]:
     links = {"results.csv": "results.csv", "summary.csv": "summary.csv", "results.json": "results.json"}
-    if METRICS_DOC.is_file():
-        store.write_bytes(out / "METRICS.md", METRICS_DOC.read_bytes())
-        links["metric definitions"] = "METRICS.md"
+    definitions = resources.files("attnviz").joinpath(METRICS_DOC)
+    if definitions.is_file():
+        store.write_bytes(out / METRICS_DOC, definitions.read_bytes())
+        links["metric definitions"] = METRICS_DOC
     return links
 
 
