@@ -322,11 +322,12 @@ def randomisation_sanity(
     Returns:
         One dict per step, step 0 being the original model: ``step``, ``layers`` (modules
         re-initialised at this step), ``randomised`` (all modules re-initialised in the copy
-        now), ``spearman`` ``[B]`` (``nan`` where either map is constant, e.g. a Grad-CAM
-        that the ReLU zeroes everywhere) and ``spearman_mean`` (mean over the other images;
-        ``nan`` if none), ``constant`` ``[B]`` (this step's map is constant), ``top20_iou``
-        ``[B]`` and ``top20_iou_mean``, ``maps`` ``[B,H,W]`` float32 in [0, 1] and ``targets``
-        ``[B]``.
+        now), ``spearman`` ``[B]`` (0 where this step's map is constant, e.g. a Grad-CAM that
+        the ReLU zeroes everywhere: no rank information about the original is left; ``nan``
+        only where the original map itself is constant), ``spearman_mean`` (mean over the
+        images with a defined ρ; ``nan`` if none) and ``n`` (their number), ``constant``
+        ``[B]`` (this step's map is constant), ``top20_iou`` ``[B]`` and ``top20_iou_mean``,
+        ``maps`` ``[B,H,W]`` float32 in [0, 1] and ``targets`` ``[B]``.
 
     Raises:
         UsageError: Bad order, depth, steps, images, layer, method or targets.
@@ -802,16 +803,23 @@ def _default_reinit(module: nn.Module) -> None:
 def _sanity_record(
     step: int, names: list[str], done: list[str], reference: np.ndarray, maps: np.ndarray, targets: Tensor
 ) -> dict[str, Any]:
-    rho = np.array([spearman(a, b) for a, b in zip(reference, maps)])
+    flat, original = maps.reshape(len(maps), -1), reference.reshape(len(reference), -1)
+    constant = (flat == flat[:, :1]).all(axis=1)
+    informative = ~(original == original[:, :1]).all(axis=1)
+    # A map that randomisation made constant keeps no rank information about the original: ρ = 0.
+    rho = np.array([
+        (0.0 if flat_constant else spearman(a, b)) if has_ranks else float("nan")
+        for a, b, flat_constant, has_ranks in zip(reference, maps, constant, informative)
+    ])
     iou = np.array([top_region_iou(a, b, 0.2) for a, b in zip(reference, maps)])
-    flat = maps.reshape(len(maps), -1)
     return {
         "step": step,
         "layers": list(names),
         "randomised": list(done),
-        "constant": (flat == flat[:, :1]).all(axis=1),
+        "constant": constant,
         "spearman": rho,
         "spearman_mean": _nanmean(rho),
+        "n": int(np.isfinite(rho).sum()),
         "top20_iou": iou,
         "top20_iou_mean": float(iou.mean()),
         "maps": maps.astype(np.float32),

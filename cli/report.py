@@ -48,7 +48,7 @@ Re-running the same command resumes: finished images are skipped.
 @click.option("--method", default="gradcam", show_default=True, help="CAM method (gradcam, gradcam++, layercam, ...).")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps of the deletion/insertion curves.")
 @click.option("--deletion-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur", show_default=True, help="What deleted pixels become.")
-@click.option("--sanity-images", type=click.IntRange(min=0), default=4, show_default=True, help="Images of the randomisation sanity check (0: skip it).")
+@click.option("--sanity-images", type=click.IntRange(min=0), default=16, show_default=True, help="Images of the randomisation sanity check (0: skip it).")
 @click.option("--no-pictures", is_flag=True, help="Numbers only: no per-image pictures.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
 def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoint, device, classes_file, masks, data_dir,

@@ -309,19 +309,29 @@ def _sanity_section(run: dict[str, Any], sanity: dict[str, Any] | None) -> str:
     if not sanity or not sanity.get("models"):
         return ""
     blocks = []
+    head = ("step", "re-initialised", "mean ρ", "n", "constant maps", "mean top-20% IoU", "ρ per image")
     for name, steps in sanity["models"].items():
-        keys = [k for k in (steps[0] if steps else {}) if all(_scalar(s.get(k)) or isinstance(s.get(k), list) for s in steps)]
-        rows = [[_cell(step.get(k)) for k in keys] for step in steps]
-        last = steps[-1] if steps else {}
+        rows = [
+            [str(step.get("step", "")), ", ".join(step.get("layers") or []) or "(trained model)",
+             _num(step.get("spearman_mean")), _num(step.get("n")), _num(step.get("constant")),
+             _num(step.get("top20_iou_mean")), _cell(step.get("spearman") or [])]
+            for step in steps
+        ]
+        first, last = (steps[1], steps[-1]) if len(steps) > 1 else ({}, {})
         headline = (
-            f"{name}: {len(steps) - 1} step(s); with every layer re-initialised, Spearman with the trained model's map "
-            f"{_num(last.get('spearman_mean'))}, top-20% IoU {_num(last.get('top20_iou_mean'))}"
+            f"{name}: {len(steps) - 1} step(s); Spearman with the trained model's map "
+            f"{_num(first.get('spearman_mean'))} after re-initialising {', '.join(first.get('layers') or []) or '–'}, "
+            f"{_num(last.get('spearman_mean'))} with every layer re-initialised (n={_num(last.get('n'))}); "
+            f"top-20% IoU {_num(last.get('top20_iou_mean'))}"
         )
-        blocks.append(f'<details class="fig"><summary>{html.escape(headline)}</summary>{_table(keys, rows, left=2)}</details>')
+        blocks.append(f'<details class="fig"><summary>{html.escape(headline)}</summary>{_table(head, rows, left=2)}</details>')
+    images = sanity.get("images", [])
+    shown = ", ".join(images[:8]) + (" …" if len(images) > 8 else "")
     note = (
-        f"Expensive, so computed on a small fixed subset: the first {len(sanity.get('images', []))} image(s) of the input "
-        f"({', '.join(sanity.get('images', []))}). The model's layers are re-initialised one by one from the top; a map "
-        "that stays similar to the trained model's (high Spearman) does not depend on what the model learned."
+        f"Expensive, so computed on a small fixed subset: the first {len(images)} image(s) of the input ({shown}). "
+        "The model's layers are re-initialised one by one from the top; a map that stays similar to the trained "
+        "model's (high Spearman ρ) does not depend on what the model learned. A map that re-initialising made "
+        "constant keeps no rank information, so its ρ is 0; n is the number of images the mean is over."
     )
     return (
         f'<section id="sanity"><h2>Randomisation sanity check</h2><p class="note">{html.escape(note)}</p>'

@@ -37,12 +37,23 @@ def localisation(saliency: Any, mask: np.ndarray) -> dict[str, Any]:
     }
 
 
+#: Version of ``sanity.json``'s numbers (2: a map made constant by the randomisation counts as ρ = 0).
+SANITY_FORMAT = 2
+
+
 def sanity(model: torch.nn.Module, images: torch.Tensor, *, method: str, layer: str | None) -> list[dict[str, Any]]:
     """The randomisation sanity check's steps without their maps: ``step``, ``layers``,
-    ``spearman_mean``, ``top20_iou_mean`` and the per-image ``spearman`` and ``top20_iou``."""
+    ``spearman_mean`` and ``n`` (the images it is the mean of), ``constant`` (how many of this
+    step's maps are constant; their ρ is 0), ``top20_iou_mean`` and the per-image ``spearman``
+    and ``top20_iou``."""
     steps = metrics.randomisation_sanity(model, images, method=method, layer=layer)
-    keys = ("step", "layers", "spearman_mean", "top20_iou_mean", "spearman", "top20_iou")
-    return [{key: step[key] for key in keys if key in step} for step in steps]
+    keys = ("step", "layers", "spearman_mean", "n", "constant", "top20_iou_mean", "spearman", "top20_iou")
+    result = []
+    for step in steps:
+        row = {key: step[key] for key in keys if key in step}
+        row["constant"] = int(np.asarray(step["constant"]).sum())
+        result.append(row)
+    return result
 
 
 def agreement(first: Any, second: Any) -> dict[str, float]:

@@ -64,7 +64,7 @@ class ReportOptions:
     method: str = "gradcam"
     steps: int = 10
     deletion_baseline: str = "blur"
-    sanity_images: int = 4
+    sanity_images: int = 16
     pictures: bool = True
     class_names: Sequence[str] | None = None
     masks: str | os.PathLike[str] | None = None
@@ -346,11 +346,12 @@ def _timed(iterator: Iterator[Any], timings: dict[str, float], key: str) -> Iter
 
 def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, options: ReportOptions) -> None:
     """The randomisation sanity check of every model on the first decodable images of the input."""
-    from attnviz.report.measures import sanity
+    from attnviz.report.measures import SANITY_FORMAT, sanity
 
     path = out / store.SANITY_FILE
     existing = store.read_json(path)
-    if isinstance(existing, dict) and existing.get("config") == config and existing.get("count") == options.sanity_images:
+    if (isinstance(existing, dict) and existing.get("config") == config and existing.get("count") == options.sanity_images
+            and existing.get("format") == SANITY_FORMAT):
         return
     dataset = DecodingDataset(source, source.items[: 4 * options.sanity_images], {r.key: r.preset for r in runs})
     chosen = []
@@ -365,6 +366,7 @@ def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, option
     result: dict[str, Any] = {
         "config": config,
         "count": options.sanity_images,
+        "format": SANITY_FORMAT,
         "images": [dataset.items[s.position].name for s in chosen],
         "method": options.method,
         "models": {},
