@@ -79,7 +79,7 @@ def build_report(out: str | Path) -> BuildResult:
 
     start = time.perf_counter()
     _write_text(out / "results.csv", lambda f: write_results_csv(f, _ok_or_failed(out, run), run))
-    _write_text(out / "summary.csv", lambda f: write_summary_csv(f, summary))
+    _write_text(out / "summary.csv", lambda f: write_summary_csv(f, summary, sanity))
     seconds["csv"] = time.perf_counter() - start
     start = time.perf_counter()
     head = {"report": _report_head(run), "summary": summary, "sanity": sanity, "failed": failures}

@@ -62,8 +62,11 @@ def write_results_csv(file: IO[str], records: Iterable[dict[str, Any]], run: dic
         writer.writerow(csv_row(record, run))
 
 
-def write_summary_csv(file: IO[str], summary: dict[str, Any]) -> None:
-    """``summary.csv``: ``model, subject, metric, value, n`` (subject: ``model``, ``grad-cam`` or a gate)."""
+def write_summary_csv(file: IO[str], summary: dict[str, Any], sanity: dict[str, Any] | None = None) -> None:
+    """``summary.csv``: ``model, subject, metric, value, n`` (subject: ``model``, ``grad-cam``, a gate, or
+    ``sanity:STEP:LAYERS`` for each step of the randomisation sanity check, with its ``spearman_mean`` and
+    ``top20_iou_mean``; ``LAYERS`` are the modules re-initialised at that step joined by ``+``, ``-`` for
+    the trained model)."""
     writer = csv.writer(file, lineterminator="\n")
     writer.writerow(["model", "subject", "metric", "value", "n"])
     for name, stats in summary["models"].items():
@@ -81,6 +84,11 @@ def write_summary_csv(file: IO[str], summary: dict[str, Any]) -> None:
                 if isinstance(value, (int, float)) or value is None:
                     writer.writerow([name, gate, key, _csv_value(value), values["sample"]])
             writer.writerow([name, gate, "class_selectivity", _csv_value(values.get("class_selectivity")), values["sample"]])
+        for step in ((sanity or {}).get("models") or {}).get(name, []):
+            subject = f"sanity:{step['step']}:{'+'.join(step.get('layers') or []) or '-'}"
+            images = len(step.get("top20_iou") or [])
+            writer.writerow([name, subject, "spearman_mean", _csv_value(step.get("spearman_mean")), step.get("n", "")])
+            writer.writerow([name, subject, "top20_iou_mean", _csv_value(step.get("top20_iou_mean")), images])
 
 
 def write_results_json(
