@@ -4,16 +4,26 @@ Per image: the thumbnail, each model's Grad-CAM overlay, an overlay per spatial 
 gate's absolute [0, 1] scale) and one strip of channel bars per model (every channel gate, in
 channel order, with the 0.5 line of an untrained gate). The strips are drawn straight into an
 array (no matplotlib), so thousands of them cost little.
+
+Beside the pictures, ``arrays/<id>.npz`` holds the maps they were drawn from, as float16:
+``cam/<model>`` (the Grad-CAM ``[h,w]`` at the model's input size, in [0, 1]) and
+``gate/<model>/<gate>`` (each spatial gate ``[h,w]`` at its own resolution). The channel gates'
+values are in the image's record (``items/<id>.json``) at full precision.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: The colormap of every overlay (Grad-CAM and spatial gates, both on [0, 1]); the page's colour bar uses it too.
+OVERLAY_CMAP = "jet"
 
 BAR_COLOUR = (31, 119, 180)  # matplotlib's tab:blue
 HALF_COLOUR = (214, 39, 40)  # tab:red, the 0.5 line
@@ -25,7 +35,7 @@ PNG_COMPRESSION = 3
 
 def picture_paths(item_id: str, job: dict[str, Any]) -> dict[str, Any]:
     """Where the pictures of ``job`` go, relative to the report folder."""
-    paths: dict[str, Any] = {"image": f"images/{item_id}.png", "models": {}}
+    paths: dict[str, Any] = {"image": f"images/{item_id}.png", "arrays": f"arrays/{item_id}.npz", "models": {}}
     for name, slug in job["slugs"].items():
         entry: dict[str, Any] = {"cam": f"cam/{slug}/{item_id}.png"}
         entry["spatial"] = {g: f"gates/{slug}/{item_id}.{_safe(g)}.png" for g in job["spatial"].get(name, {})}
@@ -49,16 +59,39 @@ def draw(job: dict[str, Any]) -> dict[str, np.ndarray]:
     thumb = job["thumb"]
     pictures = {paths["image"]: thumb}
     for name, entry in paths["models"].items():
-        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(job["cams"][name], 0.0, 1.0))
+        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(job["cams"][name], 0.0, 1.0), cmap=OVERLAY_CMAP)
         for gate, path in entry["spatial"].items():
-            pictures[path] = render.overlay_rgb(thumb, job["spatial"][name][gate], vmin=0.0, vmax=1.0)
+            pictures[path] = render.overlay_rgb(thumb, job["spatial"][name][gate], vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP)
         if "bars" in entry:
             pictures[entry["bars"]] = channel_strip(job["channel"][name])
     return pictures
 
 
+def maps(job: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The maps behind one card's overlays as float16 arrays: ``cam/<model>`` and ``gate/<model>/<gate>``."""
+    arrays = {}
+    for name in job["slugs"]:
+        arrays[f"cam/{name}"] = np.asarray(job["cams"][name], dtype=np.float16)
+        for gate, values in job["spatial"].get(name, {}).items():
+            arrays[f"gate/{name}/{gate}"] = np.asarray(values, dtype=np.float16).reshape(np.shape(values)[-2:])
+    return arrays
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``arrays`` as a compressed ``.npz`` (``numpy.load`` reads it) with fixed time stamps, so the
+    same maps always give the same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, "w") as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
 def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
-    """Draw one card's pictures and write them atomically under ``out``.
+    """Draw one card's pictures and write them, and the maps they show (:func:`maps`), atomically under ``out``.
 
     Returns:
         The relative paths (as :func:`picture_paths`) and the seconds it took.
@@ -74,7 +107,9 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
         if not ok:
             raise RuntimeError(f"could not encode {relative} as PNG")
         write_bytes(root / relative, encoded.tobytes())
-    return picture_paths(job["id"], job), time.perf_counter() - start
+    paths = picture_paths(job["id"], job)
+    write_bytes(root / paths["arrays"], npz_bytes(maps(job)))
+    return paths, time.perf_counter() - start
 
 
 def channel_strip(gates: dict[str, np.ndarray]) -> np.ndarray:
