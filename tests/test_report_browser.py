@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -33,18 +34,28 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not instal
 
 
 class _Page(HTMLParser):
-    """The body's attributes and every <img> of a dumped DOM."""
+    """The body's attributes, every <img> and the sort keys offered by a dumped DOM."""
 
     def __init__(self) -> None:
         super().__init__()
         self.body: dict[str, str] = {}
         self.images: list[dict[str, str | None]] = []
+        self.sort_keys: list[str] = []
+        self._select: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "body":
             self.body = {k: v or "" for k, v in attrs}
         elif tag == "img":
             self.images.append(dict(attrs))
+        elif tag == "select":
+            self._select = dict(attrs).get("id")
+        elif tag == "option" and self._select == "f-sort":
+            self.sort_keys.append(dict(attrs).get("value") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +136,34 @@ def test_filters_and_sorting_show_the_right_cards(report, tmp_path):
     assert json.loads(page.body["data-order"]) == expected
 
 
+def test_sorting_by_pointing_game_and_spatial_gate_metrics(report, tmp_path):
+    with open(report / "results.csv", newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["status"] == "ok"]
+    page, _ = browse(report / "index.html", "", tmp_path / "p1", "--dump-dom")
+    gates = ("cbam1.spatial_attn", "cbam2.spatial_attn", "cbam3.spatial_attn")
+    for model in ("cnn", "cbam_cnn"):
+        assert f"pointing_game:{model}" in page.sort_keys and f"energy_pointing_game:{model}" in page.sort_keys
+    for gate in gates:
+        for key in ("gate_mean", "gate_pointing_game", "gate_energy_pointing_game"):
+            assert f"{key}:cbam_cnn:{gate}" in page.sort_keys
+    assert not any(key.startswith("gate_") and ":cnn:" in key for key in page.sort_keys)  # cnn has no spatial gate
+
+    # descending energy pointing game of a spatial gate; equal values keep the page's order (sort is stable)
+    column = "cbam_cnn:cbam2.spatial_attn:energy_pointing_game"
+    expected = [row["id"] for row in sorted(rows, key=lambda row: -float(row[column]))]
+    page, _ = browse(report / "index.html", f"sort=gate_energy_pointing_game%3Acbam_cnn%3A{gates[1]}&dir=desc",
+                     tmp_path / "p2", "--dump-dom")
+    assert json.loads(page.body["data-order"]) == expected
+    # pointing game (of a map that both hits and misses here): every hit before every miss
+    keys = {f"{m}:pointing_game": f"pointing_game:{m}" for m in ("cnn", "cbam_cnn")}
+    keys |= {f"cbam_cnn:{g}:pointing_game": f"gate_pointing_game:cbam_cnn:{g}" for g in gates}
+    column = next(column for column in keys if {row[column] for row in rows} == {"0", "1"})
+    page, _ = browse(report / "index.html", f"sort={keys[column].replace(':', '%3A')}&dir=desc", tmp_path / "p3", "--dump-dom")
+    hits = {row["id"]: row[column] for row in rows}
+    order = [hits[i] for i in json.loads(page.body["data-order"])]
+    assert order == sorted(order, reverse=True) and len(order) == 6
+
+
 def test_the_checks_see_a_missing_picture_and_a_script_error(report, tmp_path):
     broken = tmp_path / "copy"
     shutil.copytree(report, broken)
@@ -140,9 +179,18 @@ def test_the_checks_see_a_missing_picture_and_a_script_error(report, tmp_path):
 
 
 def test_screenshot_of_the_report(report, tmp_path):
-    shot = tmp_path / "report.png"
+    """Kept in $ATTNVIZ_SCREENSHOT_DIR (as report.png) when that is set, else in a temporary folder."""
+    folder = Path(os.environ["ATTNVIZ_SCREENSHOT_DIR"]) if os.environ.get("ATTNVIZ_SCREENSHOT_DIR") else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    shot = folder / "report.png"
+    shot.unlink(missing_ok=True)
     browse(report / "index.html", "eager=1", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2400",
            "--hide-scrollbars")
-    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     assert pixels.shape == (2400, 1280, 3)
     assert pixels.std() > 20  # tables, cards and pictures, not a blank page
+    ink = (pixels < 200).all(axis=2).mean()  # text, lines and dark picture areas
+    assert 0.01 < ink < 0.6, ink
+    rows = np.flatnonzero((pixels.max(axis=2) - pixels.min(axis=2) > 80).any(axis=1))
+    assert rows.size > 100  # strongly coloured rows: colour bar, overlays, pictures
+    assert rows.max() - rows.min() > 400  # spread down the page, not one stray picture

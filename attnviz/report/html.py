@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from importlib import resources
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from attnviz import __version__
+from attnviz.report.pictures import OVERLAY_CMAP
 
 CARDS_MARK = "<!--CARDS-->"
 _NAV = (("models", "models"), ("spatial", "spatial gates"), ("confusion", "confusion"), ("channels", "channel gates"),
@@ -58,7 +60,9 @@ def write_page(
              _definitions(links)]
         ),
         "class_options": "".join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in _classes(run)),
-        "sort_options": _sort_options(models, run["baseline"]),
+        "sort_options": _sort_options(run, summary),
+        "colorbar_css": colorbar_css(),
+        "legend": legend() if run["options"].get("pictures", True) else "",
     }
     file.write(_fill(head, fields))
     count = 0
@@ -94,11 +98,17 @@ def card(record: dict[str, Any], run: dict[str, Any]) -> str:
         figures.append(_model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"]))
     gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height) for name in models)
     note = f'<p class="note">{html.escape(record["note"])}</p>' if record.get("note") else ""
-    details = f'<details class="gates"><summary>spatial gates and channel bars</summary>{gates}</details>' if gates else ""
+    scale = legend() if any(pictures["models"][name].get("spatial") for name in models) else ""
+    details = f'<details class="gates"><summary>spatial gates and channel bars</summary>{scale}{gates}</details>' if gates else ""
+    arrays = pictures.get("arrays")
+    data_link = (
+        f'<a class="data" href="{html.escape(arrays)}" title="the maps of these pictures (Grad-CAM, spatial gates) '
+        f'as float16 arrays">npz</a>' if arrays else ""
+    )
     return (
         f'<article class="card{" mis" if mis else ""}" {data}>'
         f'<header><span class="name" title="{html.escape(record["source"])}">{html.escape(record["name"])}</span>'
-        f'<span class="truth">{html.escape(truth_text)}</span></header>'
+        f'<span class="truth">{html.escape(truth_text)}{data_link}</span></header>'
         f'<div class="row">{"".join(figures)}</div>{note}{details}</article>\n'
     )
 
@@ -162,25 +172,71 @@ def _sort_values(record: dict[str, Any], models: list[str]) -> dict[str, Any]:
         values[f"p_target:{name}"] = cam["p_target"]
         values[f"deletion_auc:{name}"] = cam.get("deletion_auc")
         values[f"insertion_auc:{name}"] = cam.get("insertion_auc")
+        values[f"pointing_game:{name}"] = _hit(cam.get("pointing_game"))
         values[f"energy_pointing_game:{name}"] = cam.get("energy_pointing_game")
         if "agreement" in entry:
             values[f"top20_iou:{name}"] = entry["agreement"]["top20_iou"]
             values[f"spearman:{name}"] = entry["agreement"]["spearman"]
+        for gate, stats in entry.get("spatial_gates", {}).items():
+            values[f"gate_mean:{name}:{gate}"] = stats.get("mean")
+            values[f"gate_pointing_game:{name}:{gate}"] = _hit(stats.get("pointing_game"))
+            values[f"gate_energy_pointing_game:{name}:{gate}"] = stats.get("energy_pointing_game")
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
 
 
-def _sort_options(models: list[str], baseline: str) -> str:
+def _hit(value: Any) -> int | None:
+    """A pointing-game hit as 1/0 for sorting (hits first when descending); ``None`` without a mask."""
+    return None if value is None else int(bool(value))
+
+
+def _sort_options(run: dict[str, Any], summary: dict[str, Any]) -> str:
+    """The keys the cards can be sorted by; localisation keys only for models scored against masks."""
+    models, baseline = [m["name"] for m in run["models"]], run["baseline"]
     options = [("name", "name")]
     labels = (("prob", "confidence P"), ("p_target", "P of the explained class"), ("deletion_auc", "deletion AUC"),
-              ("insertion_auc", "insertion AUC"), ("energy_pointing_game", "energy pointing game"))
-    for name in models:
+              ("insertion_auc", "insertion AUC"))
+    localisation = (("pointing_game", "pointing game (hits first)"), ("energy_pointing_game", "energy pointing game"))
+    for model in run["models"]:
+        name = model["name"]
+        stats = summary["models"].get(name, {})
+        masked = bool(stats.get("counts", {}).get("pointing_game"))
         options += [(f"{key}:{name}", f"{text}: {name}") for key, text in labels]
+        if masked:
+            options += [(f"{key}:{name}", f"Grad-CAM {text}: {name}") for key, text in localisation]
         if name != baseline:
             options += [(f"top20_iou:{name}", f"top-20% IoU with {baseline}: {name}"),
                         (f"spearman:{name}", f"Spearman with {baseline}: {name}")]
+        for gate, facts in model["gates"].items():
+            if facts["kind"] != "spatial":
+                continue
+            options.append((f"gate_mean:{name}:{gate}", f"mean of {gate}: {name}"))
+            if stats.get("spatial_gates", {}).get(gate, {}).get("masked"):
+                options += [(f"gate_{key}:{name}:{gate}", f"{gate} {text}: {name}") for key, text in localisation]
     default = f"prob:{models[0]}"
     return "".join(
         f'<option value="{html.escape(v)}"{" selected" if v == default else ""}>{html.escape(t)}</option>' for v, t in options
+    )
+
+
+def colorbar_css() -> str:
+    """The page's one colour bar: the overlays' colormap as a CSS gradient, one hard-edged band per
+    entry of its lookup table (value ``v`` is drawn with entry ``floor(v·N)``, as the overlays do)."""
+    from attnviz.render import colormap_lut
+
+    lut = colormap_lut(OVERLAY_CMAP)
+    size = len(lut)
+    stops = ",".join(
+        f"#{r:02x}{g:02x}{b:02x} {100 * i / size:.4g}% {100 * (i + 1) / size:.4g}%" for i, (r, g, b) in enumerate(lut.tolist())
+    )
+    return f".colorbar {{ background: linear-gradient(to right,{stops}); }}"
+
+
+def legend() -> str:
+    """The colour scale of the overlays: 0 to 1 on the colormap of :data:`OVERLAY_CMAP`."""
+    return (
+        f'<div class="legend" title="colormap {html.escape(OVERLAY_CMAP)}"><span class="tick">0</span>'
+        '<span class="colorbar"></span><span class="tick">1</span><span class="text">Grad-CAM (each map min-max '
+        "scaled to [0, 1]) and spatial gates (their own sigmoid values)</span></div>"
     )
 
 
@@ -395,9 +451,9 @@ def _cell(value: Any) -> str:
 
 
 def _fill(text: str, fields: dict[str, str]) -> str:
-    for key, value in fields.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text
+    """Replace every ``{{name}}`` of the template in one pass, so that ``{{…}}`` inside a filled-in
+    value (an input's or a model's name) stays as it is."""
+    return re.sub(r"\{\{(\w+)\}\}", lambda match: fields.get(match.group(1), match.group(0)), text)
 
 
 def _template() -> str:
