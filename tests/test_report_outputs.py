@@ -278,7 +278,9 @@ def test_installed_package_ships_the_metric_definitions(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert Path(done.stdout.splitlines()[0]).is_relative_to(site)  # the installed copy, not this checkout
     page = (out / "index.html").read_text(encoding="utf-8")
-    assert '<a href="METRICS.md">metric definitions</a>' in page
+    assert '<a href="metrics.html">metric definitions</a>' in page
+    shown = (out / "metrics.html").read_text(encoding="utf-8")
+    assert shown.startswith("<!DOCTYPE html>") and "Randomisation sanity check" in shown
     assert (out / "METRICS.md").read_bytes() == (ROOT / "attnviz" / "METRICS.md").read_bytes()
     assert "Randomisation sanity check" in (out / "METRICS.md").read_text(encoding="utf-8")
     # docs/METRICS.md is a pointer to that one copy, not a second one

@@ -24,6 +24,7 @@ from attnviz.report.results import write_results_csv, write_results_json, write_
 FIGURES_DIR = "figures"
 #: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.
 METRICS_DOC = "METRICS.md"
+METRICS_PAGE = "metrics.html"
 
 
 @dataclass
@@ -126,9 +127,23 @@ def _links(out: Path) -> dict[str, str]:
     links = {"results.csv": "results.csv", "summary.csv": "summary.csv", "results.json": "results.json"}
     definitions = resources.files("attnviz").joinpath(METRICS_DOC)
     if definitions.is_file():
-        store.write_bytes(out / METRICS_DOC, definitions.read_bytes())
-        links["metric definitions"] = METRICS_DOC
+        text = definitions.read_bytes()
+        store.write_bytes(out / METRICS_DOC, text)
+        store.write_bytes(out / METRICS_PAGE, _text_page("attnviz: metric definitions", text.decode("utf-8")))
+        links["metric definitions"] = METRICS_PAGE
     return links
+
+
+def _text_page(title: str, text: str) -> bytes:
+    """A page that shows ``text`` (Markdown) as it is, wrapped: browsers open it from disk, unlike a .md file."""
+    import html
+
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title></head>'
+        '<body style="max-width:60rem;margin:2rem auto;padding:0 1rem">'
+        f'<pre style="white-space:pre-wrap;font:0.95rem/1.5 ui-monospace,monospace">{html.escape(text)}</pre>'
+        "</body></html>\n"
+    ).encode("utf-8")
 
 
 def _report_head(run: dict[str, Any]) -> dict[str, Any]:

@@ -406,7 +406,7 @@ def _failed_section(failures: list[dict[str, Any]]) -> str:
 
 def _definitions(links: dict[str, str]) -> str:
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in DEFINITIONS)
-    more = f' Full definitions: <a href="{html.escape(links["metric definitions"])}">METRICS.md</a>.' if "metric definitions" in links else ""
+    more = f' Full definitions: <a href="{html.escape(links["metric definitions"])}">metrics.html</a>.' if "metric definitions" in links else ""
     return f'<section id="definitions"><h2>Definitions</h2><ul>{items}</ul><p class="note">{more}</p></section>'
 
 
