@@ -8,11 +8,13 @@ For every image, ``OUT/<image stem>/`` receives:
 - with pictures on: channel bars per channel gate, overlays per spatial gate, feature grids,
   the Grad-CAM overlay and ``index.<fmt>``, a sheet of all of them.
 
-A file that cannot be decoded is skipped and reported; the others are still processed.
+A file that cannot be decoded is skipped and reported; the others are still processed. After a
+Ctrl-C, the folders of images whose pictures were not finished hold only ``attention.npz``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -147,10 +149,9 @@ class _Painter:
         workers = min(options.render_workers, n_images) if options.pictures and n_images > 1 else 0
         self.pool = None
         if workers > 0:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+            from attnviz._pool import WorkerPool
 
-            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = WorkerPool(workers)  # workers ignore Ctrl-C: the main process stops them
         self.window = 2 * workers
         self.pending: deque[tuple[ImageResult | Failure, Callable[[Any], None], Any]] = deque()
 
@@ -158,13 +159,21 @@ class _Painter:
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        failed = kind is not None
         try:
-            if kind is None:
+            if not failed:
                 while self.pending:
                     self._finish()
+        except BaseException:
+            failed = True
+            raise
         finally:
             if self.pool is not None:
-                self.pool.shutdown(wait=True, cancel_futures=True)
+                self.pool.close(failed=failed)  # after a Ctrl-C: busy workers stopped after a grace time
+            if failed:
+                for outcome, _, _ in self.pending:
+                    if isinstance(outcome, ImageResult):
+                        _remove_unfinished(outcome)
 
     def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
         from attnviz.maps_pictures import draw_pictures
@@ -180,7 +189,7 @@ class _Painter:
             self._finish()
 
     def _finish(self) -> None:
-        outcome, done, work = self.pending.popleft()
+        outcome, done, work = self.pending[0]  # stays pending (see __exit__) until its pictures are in
         if isinstance(outcome, ImageResult):
             try:
                 if work is not None:
@@ -192,7 +201,20 @@ class _Painter:
             except Exception as error:  # a picture failing must not lose the other images
                 logger.debug("drawing %s failed", outcome.path, exc_info=True)
                 outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
+        self.pending.popleft()
         done(outcome)
+
+
+def _remove_unfinished(outcome: ImageResult) -> None:
+    """Leave an abandoned image's folder with its ``attention.npz`` only: pictures of a worker
+    stopped while drawing may be cut short, and no ``summary.json`` lists them."""
+    keep = {Path(path) for path in outcome.files}
+    for path in sorted(outcome.out_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir():
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only when empty
+        elif path not in keep:
+            path.unlink(missing_ok=True)
 
 
 def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None) -> dict[str, Any]:

@@ -1,0 +1,86 @@
+"""Worker processes that leave Ctrl-C to the main process.
+
+A terminal's Ctrl-C sends SIGINT to every process of the foreground group: without care each
+worker would die with its own ``KeyboardInterrupt`` traceback while the main process is still
+shutting down cleanly. Workers of :class:`WorkerPool` ignore SIGINT (the main process stops them),
+and SIGINT is blocked in the main thread while a submit may start a worker, so that a Ctrl-C that
+arrives while a worker is starting up reaches the main process only (it is delivered there as
+soon as the submit returns). On the way out after a Ctrl-C, queued jobs are dropped and a job
+still running after a short grace time is stopped, so that the command ends promptly.
+
+Light on purpose (no torch): the spawned workers import this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing.connection import wait
+from typing import Any
+
+#: After a Ctrl-C, how long busy workers may finish their current job before they are terminated.
+GRACE_SECONDS = 3.0
+
+
+def ignore_interrupts() -> None:
+    """Pool initializer: ignore SIGINT in this worker (and unblock it, see :func:`_sigint_blocked`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in the calling (main) thread; a child started meanwhile inherits the block."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class WorkerPool:
+    """A spawn-context ``ProcessPoolExecutor`` whose workers ignore Ctrl-C."""
+
+    def __init__(self, workers: int) -> None:
+        import multiprocessing
+
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+        )
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        with _sigint_blocked():  # the executor starts workers on demand, inside submit
+            return self._executor.submit(function, *args)
+
+    def close(self, failed: bool = False) -> None:
+        """Stop the workers once their jobs are done. After a failure or a Ctrl-C (``failed``),
+        jobs that have not started are dropped, and workers still busy after GRACE_SECONDS are
+        terminated (a picture they were writing is left as a temporary ``.*.tmp`` file)."""
+        if not failed:
+            self._executor.shutdown(wait=True)
+            return
+        processes = list((getattr(self._executor, "_processes", None) or {}).values())
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + GRACE_SECONDS
+        waiting = {process.sentinel: process for process in processes}
+        while waiting and time.monotonic() < deadline:
+            for sentinel in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
+                waiting.pop(sentinel)
+        for process in waiting.values():
+            with contextlib.suppress(OSError, ValueError):
+                process.terminate()  # SIGTERM: no traceback
+        self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self.close(failed=kind is not None)
