@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package and is imported only when it is
 run, so ``attnviz --help`` stays fast. Errors that derive from :class:`AttnvizError` become
-one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead.
+one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead. Warnings
+raised while a command runs are one line too (``attnviz: warning: …``); Python's own warning
+display is back in place when the command returns.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 
 import click
 
@@ -44,6 +47,11 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+        with warnings.catch_warnings():  # restores showwarning and the filters when the command ends
+            warnings.showwarning = _one_line_warning
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except AttnvizError as error:
@@ -64,6 +72,15 @@ class LazyGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as ``attnviz: warning: …`` on one line (``--debug``: with where it came from)."""
+    text = " ".join(str(message).split())
+    context = click.get_current_context(silent=True)
+    if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
+        text += f" [{category.__name__} at {filename}:{lineno}]"
+    click.echo(f"attnviz: warning: {text}", err=True)
 
 
 def _command_available(name: str) -> bool:
