@@ -7,6 +7,7 @@
   ``labels.csv`` (columns ``image,label``) in the folder gives classes too. A mask is a file beside
   the image named ``<stem>.mask.<ext>`` (or, with ``masks=DIR``, the file of the same relative path
   in ``DIR``); non-zero pixels are the object;
+* an image file: that image alone;
 * a list file: one image path per line (relative to the file's folder; ``#`` starts a comment);
   an image's parent folder is its class when that folder is named after a class;
 * a data spec: ``shapes`` / ``shapes:N`` (the test split of the generated data set, or its first
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import re
 import warnings
@@ -80,7 +82,8 @@ class Source:
 
     Attributes:
         text: The input as given.
-        kind: ``"folder"``, ``"list"``, ``"shapes"``, ``"cifar10"`` or ``"folder-spec"``.
+        kind: ``"folder"``, ``"list"``, ``"image"`` (one image file), ``"shapes"``, ``"cifar10"`` or
+            ``"folder-spec"``.
         items: Every image, in order.
         class_names: The source's own classes (data spec, sub-folders), if any.
         ignored: Files left out because their names are not image names.
@@ -102,7 +105,7 @@ class Source:
     def identity(self) -> str:
         """What makes two sources the same for resuming: the resolved folder or list file (item keys
         are relative to it), or the data set (its keys hold the split and seed)."""
-        if self.kind in ("folder", "list"):
+        if self.kind in ("folder", "list", "image"):
             return f"{self.kind}:{Path(self.text).expanduser().resolve()}"
         if self.kind == "folder-spec":
             return f"folder:{Path(self.text.split(':', 1)[1].strip()).expanduser().resolve()}"
@@ -159,17 +162,21 @@ def resolve_source(
         masks: A folder of masks with the same relative paths as the images.
         data_dir: Where CIFAR-10 lives (``cifar10`` specs).
         seed: Seed of the ``shapes`` data set and of ``folder:`` splits.
-        exclude: Folders never scanned (the report's own output folder).
+        exclude: Folders never scanned (the report's own output folder); a folder input that is
+            one of them or inside one is refused. Sub-folders that hold a report are skipped too.
 
     Raises:
-        UsageError: Nothing found, an unknown spec, or an unreadable list file.
+        UsageError: Nothing found, an unknown spec, an unreadable list file, a file that is
+            neither an image nor a list, or a folder input that is (or is inside) a report folder.
     """
     raw = str(text)
     path = Path(raw).expanduser()
     if path.is_dir():
-        source = _folder(path, Path(masks) if masks else None, [Path(e).resolve() for e in exclude])
+        excluded = [Path(e).expanduser().resolve() for e in exclude]
+        _check_not_a_report(raw, path, excluded)
+        source = _folder(path, Path(masks) if masks else None, excluded)
     elif path.is_file():
-        source = _list_file(path)
+        source = _single_image(path, Path(masks) if masks else None) if _is_image_file(path) else _list_file(path)
     else:
         source = _spec(raw.strip(), data_dir, seed)
     source.text = raw
@@ -315,7 +322,10 @@ def _folder(root: Path, masks: Path | None, exclude: list[Path]) -> Source:
     files, ignored = [], []
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in exclude)
+        dirs[:] = sorted(
+            d for d in dirs
+            if not d.startswith(".") and (here / d).resolve() not in exclude and not is_report_folder(here / d)
+        )
         for name in sorted(names):
             if name.startswith(".") or _is_mask_name(name) or (here == root and name == LABELS_FILE):
                 continue
@@ -333,6 +343,32 @@ def _folder(root: Path, masks: Path | None, exclude: list[Path]) -> Source:
         )
     classes = sorted({p.parts[0] for p in files if len(p.parts) > 1}) or None
     return Source(str(root), "folder", items, classes, [p.as_posix() for p in ignored])
+
+
+def is_report_folder(folder: Path) -> bool:
+    """True when ``folder`` holds an attnviz report (its ``run.json``)."""
+    from attnviz.report.records import FORMAT, RUN_FILE
+
+    run = folder / RUN_FILE
+    if not run.is_file():
+        return False
+    try:
+        return json.loads(run.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_not_a_report(raw: str, root: Path, excluded: list[Path]) -> None:
+    """A report must not read its own output: refuse a folder that is (or is inside) an excluded
+    one, or that holds a report."""
+    resolved = root.resolve()
+    for folder in excluded:
+        if resolved == folder or folder in resolved.parents:
+            where = "is" if resolved == folder else "is inside"
+            raise UsageError(f"INPUT {raw!r} {where} the report folder {str(folder)!r}; "
+                             "write the report to another folder (--out)")
+    if is_report_folder(root):
+        raise UsageError(f"INPUT {raw!r} is an attnviz report folder (it holds {'run.json'}); give the folder of the images")
 
 
 def _labels_table(path: Path) -> dict[str, str]:
@@ -355,11 +391,46 @@ def _mask_for(image: Path, explicit: Path | None) -> str | None:
     return None
 
 
+def _is_image_file(path: Path) -> bool:
+    """An image by its name, or (a file that is no text) by its content."""
+    if path.suffix.lower() in _image_suffixes():
+        return True
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+        head.decode("utf-8-sig")
+        if b"\0" not in head:
+            return False
+    except UnicodeDecodeError:
+        pass
+    except OSError:
+        return False
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, UnidentifiedImageError, ValueError):
+        return False
+
+
+def _single_image(path: Path, masks: Path | None) -> Source:
+    """One image file as the whole input (its mask beside it, or of the same name in ``masks``)."""
+    item = Item(0, path.name, path.name, str(path), None, _mask_for(path, masks / path.name if masks else None))
+    return Source(str(path), "image", [item])
+
+
 def _list_file(path: Path) -> Source:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{str(path)!r} is neither an image nor a list file (a text file with one image path per line)"
+        ) from error
+    except OSError as error:
         raise UsageError(f"cannot read the list file {str(path)!r}: {error}") from error
+    if any("\0" in line for line in lines):
+        raise UsageError(f"{str(path)!r} is neither an image nor a list file (a text file with one image path per line)")
     items = []
     for line in lines:
         entry = line.split("#", 1)[0].strip()
