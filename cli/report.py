@@ -57,16 +57,19 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
     (accuracy, confusion matrices, pointing game, deletion/insertion, agreement with the
     baseline, gate statistics) in OUT/index.html, OUT/results.csv and OUT/results.json.
 
-    Exits with 1 when some images could not be decoded (they are listed in the report)."""
+    Exits with 1 when some images could not be decoded (they are listed in the report) or, with
+    --merge, when a shard is missing or not finished (the merged report holds what is finished)."""
     from attnviz.errors import UsageError
 
     if merge:
         if baseline_path or model_paths:
             raise UsageError("--merge joins finished report folders; it takes no --baseline/--model")
+        from attnviz.report import records
         from attnviz.report.merge import merge_reports
 
         built = merge_reports([Path(i) for i in inputs], out)
-        _finish(built.index, built.images, None, built.failures, quiet)
+        missing = records.read_run(out).get("missing_shards") or []
+        _finish(built.index, built.images, None, built.failures, quiet, pending=built.pending, incomplete=bool(missing))
         return
     if len(inputs) != 1:
         raise UsageError(f"give one INPUT (a folder, a list file or a data spec), got {len(inputs)}")
@@ -89,12 +92,16 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
     _finish(result.index, result.total - len(result.failures), (result.processed, result.resumed), result.failures, quiet)
 
 
-def _finish(index: Path, images: int, work: tuple[int, int] | None, failures: list[dict], quiet: bool) -> None:
+def _finish(index: Path, images: int, work: tuple[int, int] | None, failures: list[dict], quiet: bool,
+            pending: int = 0, incomplete: bool = False) -> None:
+    """List the skipped inputs, say what was written; exit 1 when something was skipped or is not
+    finished (the unfinished shards have said so in a warning)."""
     for failure in failures:
         click.echo(f"attnviz: skipped {failure['source']}: {failure['reason']}", err=True)
     if not quiet:
         done = f" ({work[0]} processed now, {work[1]} resumed)" if work else ""
         skipped = f"; {len(failures)} skipped" if failures else ""
-        click.echo(f"wrote {index}: {images} image(s){done}{skipped}")
-    if failures:
+        unfinished = f"; {pending} not finished" if pending else ""
+        click.echo(f"wrote {index}: {images} image(s){done}{skipped}{unfinished}")
+    if failures or pending or incomplete:
         sys.exit(1)

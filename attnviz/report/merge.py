@@ -25,19 +25,29 @@ from attnviz.report.build import BuildResult, build_report
 def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> BuildResult:
     """Merge shard report folders ``dirs`` into ``out`` and build its outputs.
 
+    Unfinished shards (an interrupted run) and missing ones are merged as far as they go, with a
+    warning; the result's ``pending`` counts the unfinished images (``results.json``:
+    ``summary.pending``), ``run.json``'s ``missing_shards`` the shards not given.
+
     Raises:
         UsageError: No folders, a folder that is not a report, reports of different
             configurations, the same shard twice, or ``out`` among the inputs.
     """
     folders = [Path(d) for d in dirs]
     out = Path(out)
-    runs = _check(folders, out)
+    runs, missing = _check(folders, out)
     out.mkdir(parents=True, exist_ok=True)
     shards = sorted(tuple(run["shard"]) for run in runs)
-    merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards]}
+    merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards], "missing_shards": missing}
     for folder, run in zip(folders, runs):
+        rows = unfinished = 0
         for row in store.read_manifest(folder):
-            _take(folder, out, row["id"], run["config"])
+            rows += 1
+            unfinished += not _take(folder, out, row["id"], run["config"])
+        if unfinished:
+            k, n = run["shard"]
+            warnings.warn(f"shard {k}/{n} ({folder}) is not finished: {unfinished} of {rows} image(s) have no result "
+                          "yet; finish it (re-run its command) and merge again", stacklevel=2)
         if run["shard"][0] == 1 and (folder / store.SANITY_FILE).is_file():
             _place(folder / store.SANITY_FILE, out / store.SANITY_FILE)
     store.write_manifest(out, _merged_rows(folders))
@@ -45,7 +55,8 @@ def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     return build_report(out)
 
 
-def _check(folders: list[Path], out: Path) -> list[dict[str, Any]]:
+def _check(folders: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The shards' ``run.json`` and the numbers K of the shards not given."""
     if not folders:
         raise UsageError("--merge needs the report folders of the shards")
     if any(folder.resolve() == out.resolve() for folder in folders):
@@ -66,7 +77,7 @@ def _check(folders: list[Path], out: Path) -> list[dict[str, Any]]:
     missing = sorted(set(range(1, counts.pop() + 1)) - set(seen))
     if missing:
         warnings.warn(f"merging without shard(s) {', '.join(map(str, missing))}: their images are not in the report", stacklevel=3)
-    return runs
+    return runs, missing
 
 
 def _merged_rows(folders: list[Path]) -> Iterator[dict[str, Any]]:
@@ -74,16 +85,18 @@ def _merged_rows(folders: list[Path]) -> Iterator[dict[str, Any]]:
     return heapq.merge(*(store.read_manifest(folder) for folder in folders), key=lambda row: row["index"])
 
 
-def _take(folder: Path, out: Path, item_id: str, config: str) -> None:
-    """Bring one image's record and pictures over (nothing when the shard has no record of it)."""
+def _take(folder: Path, out: Path, item_id: str, config: str) -> bool:
+    """Bring one image's record and pictures over; ``False`` (nothing done) when the shard has no
+    record of it yet."""
     record = store.read_record(folder, item_id, config)
     if record is None:
-        return
+        return False
     for relative in _picture_files(record.get("pictures")):
         source = folder / relative
         if source.is_file():
             _place(source, out / relative)
     _place(store.record_path(folder, item_id), store.record_path(out, item_id))
+    return True
 
 
 def _picture_files(pictures: Any) -> Iterator[str]:
