@@ -1,8 +1,9 @@
 """attnviz's exception hierarchy.
 
 Every error a user can cause derives from :class:`AttnvizError` and carries a one-line
-message that says what went wrong and what to do. The CLI prints that line and exits
-non-zero; ``--debug`` shows the traceback.
+message that says what went wrong and what to do. The CLI prints that line and exits with the
+error's ``exit_code`` (2: the command could not run with what it was given; see the README's exit
+codes); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 class AttnvizError(Exception):
     """Base class for every error attnviz raises on purpose."""
 
-    exit_code: int = 1
+    exit_code: int = 2
 
 
 class UsageError(AttnvizError):
