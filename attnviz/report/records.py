@@ -6,7 +6,8 @@
 ``DIR/sanity.json``     the randomisation sanity check (shard 1 only)
 
 A record is written after the image's pictures, so its presence means the image is finished;
-a re-run with the same configuration skips it. Every write goes through a temporary sibling and
+a re-run with the same configuration skips it, unless the image's file (or its mask) has another
+size or modification time than when the record was made (``files``). Every write goes through a temporary sibling and
 ``os.replace``, so an interrupted run never leaves a half-written file behind.
 """
 
@@ -104,10 +105,27 @@ def read_record(out: Path, item_id: str, config: str | None = None) -> dict[str,
     return record
 
 
-def is_finished(out: Path, item_id: str, config: str) -> bool:
-    """True when the image has a successful record of this configuration."""
+def is_finished(out: Path, item_id: str, config: str, stamp: Any = None) -> bool:
+    """True when the image has a successful record of this configuration, made from files of
+    this ``stamp`` (see :func:`file_stamp`; ``None`` for generated images)."""
     record = read_record(out, item_id, config)
-    return record is not None and record.get("status") == "ok"
+    return record is not None and record.get("status") == "ok" and record.get("files") == plain(stamp)
+
+
+def file_stamp(*paths: str | os.PathLike[str] | None) -> list[list[int] | None] | None:
+    """``[size, mtime in ns]`` of each file (``None`` for a missing one or no file); ``None`` when
+    no path is given. Stored in each record, so that a resumed run redoes an image whose image or
+    mask file changed since."""
+    if all(path is None for path in paths):
+        return None
+    stamps: list[list[int] | None] = []
+    for path in paths:
+        try:
+            status = os.stat(path) if path is not None else None
+        except OSError:
+            status = None
+        stamps.append([status.st_size, status.st_mtime_ns] if status is not None else None)
+    return stamps
 
 
 def write_manifest(out: Path, rows: Iterable[dict[str, Any]]) -> Path:

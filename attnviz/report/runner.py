@@ -13,7 +13,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from attnviz.report import pictures
 from attnviz.report import records as store
 from attnviz.report.analysis import AnalysisOptions, ModelRun, analyse_batch, prepare_models
 from attnviz.report.build import build_report
-from attnviz.report.progress import progress_bar
+from attnviz.report.progress import phase, progress_bar
 from attnviz.report.sources import DecodingDataset, Item, Source, resolve_source, shard_items, truth_index
 
 #: Images whose pictures may wait in the render queue: this many batches (so that drawing one batch
@@ -127,24 +127,29 @@ def run_report(
     options = options or ReportOptions()
     _check(models, options)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     source_obj = resolve_source(source, masks=options.masks, data_dir=options.data_dir, seed=options.seed, exclude=[out])
     class_names = resolve_class_names(options.class_names, models, source_obj)
     runs = prepare_models(models, class_names, options.method)
+    _check_outputs(runs, options.class_names is not None)
+    out.mkdir(parents=True, exist_ok=True)  # only once the input and the models are known to be usable
     run_info = _run_info(runs, source_obj, class_names, options)
     config = run_info["config"]
     items = shard_items(source_obj.items, options.shard)
     _clean(out)
     store.write_json(out / store.RUN_FILE, run_info)
     store.write_manifest(out, ({"index": i.index, "id": i.id, "key": i.key, "name": i.name} for i in items))
-    pending = [item for item in items if not store.is_finished(out, item.id, config)]
+    stamps = {item.id: store.file_stamp(item.path, item.mask) for item in items}  # taken before decoding
+    pending = [item for item in items if not store.is_finished(out, item.id, config, stamps[item.id])]
     _warn_unknown_labels(source_obj, items, class_names, min(run.num_classes for run in runs))
-    _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items))
+    if not pending:
+        phase(f"report: all {len(items)} image(s) finished earlier", options.progress)
+    _process(runs, source_obj, pending, out, config, class_names, options, timings, len(items), stamps)
     if options.shard[0] == 1 and options.sanity_images > 0:
         start = time.perf_counter()
         _sanity(runs, source_obj, out, config, options)
         timings["sanity"] = time.perf_counter() - start
+    phase(f"report: writing {out / 'index.html'}, results.csv and results.json", options.progress)
     built = build_report(out)
     timings.update({f"build {k}": v for k, v in built.seconds.items()})
     return ReportResult(out, built.index, len(items), len(pending), len(items) - len(pending), built.failures, timings)
@@ -166,15 +171,26 @@ def name_models(loaded: Sequence[LoadedModel]) -> dict[str, LoadedModel]:
 def resolve_class_names(
     given: Sequence[str] | None, models: Mapping[str, LoadedModel], source: Source
 ) -> list[str] | None:
-    """The report's class names: given, else the first model's, else the input's own (data spec,
-    sub-folders), else CIFAR-10's when every model takes CIFAR-10 input, else none."""
+    """The report's class names: given, else the models' (which must agree), else the input's own
+    (data spec, sub-folders), else CIFAR-10's when every model takes CIFAR-10 input, else none.
+
+    Raises:
+        UsageError: Two models' checkpoints name their classes differently (and none are given).
+    """
     from attnviz.inputs import CIFAR10_CLASSES
 
     if given is not None:
         return list(given)
-    for loaded in models.values():
-        if loaded.class_names:
-            return list(loaded.class_names)
+    named = {name: list(loaded.class_names) for name, loaded in models.items() if loaded.class_names}
+    if named:
+        (first, names), *others = named.items()
+        for other, other_names in others:
+            if other_names != names:
+                raise UsageError(
+                    f"the models' classes differ ({first}: {_shown(names)}; {other}: {_shown(other_names)}); "
+                    "report models of the same classes, or give the names with --classes"
+                )
+        return names
     if source.class_names:
         return list(source.class_names)
     if all(getattr(m.preset, "name", None) == "cifar10" for m in models.values()):
@@ -195,8 +211,10 @@ def _process(
     options: ReportOptions,
     timings: dict[str, float],
     total: int,
+    stamps: Mapping[str, Any],
 ) -> None:
-    """Decode, analyse and draw every pending image; write their records (failures included)."""
+    """Decode, analyse and draw every pending image; write their records (failures included);
+    ``stamps``: each item's :func:`records.file_stamp`, kept in its record."""
     if not pending:
         return
     presets = {run.key: run.preset for run in runs}
@@ -210,15 +228,16 @@ def _process(
     analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline)
     classes = min(run.num_classes for run in runs)
     with ExitStack() as stack:
+        # runs last: after a Ctrl-C, remove what picture workers stopped mid-write left (records are whole)
+        stack.push(lambda kind, error, trace: bool(kind is not None and _clean(out)))
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
         pool = None
         if options.pictures and options.render_workers > 0:
-            import multiprocessing
+            from attnviz._pool import WorkerPool
 
-            pool = stack.enter_context(
-                ProcessPoolExecutor(options.render_workers, mp_context=multiprocessing.get_context("spawn"))
-            )
+            # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
+            pool = stack.enter_context(WorkerPool(options.render_workers))
         queue: dict[Future, dict[str, Any]] = {}
         queue_size = max(QUEUE_BATCHES * options.batch_size, QUEUE_PER_WORKER * options.render_workers)
         for batch in batches:
@@ -236,7 +255,7 @@ def _process(
             truths = [_truth(item, class_names, classes) for item in items]
             results = analyse_batch(runs, good, truths, analysis, timings)
             for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
-                record = _record(item, sample, truth, class_names, entries, config)
+                record = _record(item, sample, truth, class_names, entries, config) | {"files": stamps[item.id]}
                 if not options.pictures:
                     store.write_record(out, record)
                     advance(1)
@@ -363,6 +382,7 @@ def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, option
             break
     if not chosen:
         return
+    phase(f"report: randomisation sanity check on {len(chosen)} image(s), {len(runs)} model(s)", options.progress)
     result: dict[str, Any] = {
         "config": config,
         "count": options.sanity_images,
@@ -392,6 +412,19 @@ def _check(models: Mapping[str, LoadedModel], options: ReportOptions) -> None:
     k, n = options.shard
     if not 1 <= k <= n:
         raise UsageError(f"shard must be K/N with 1 <= K <= N, got {k}/{n}")
+
+
+def _check_outputs(runs: list[ModelRun], given: bool) -> None:
+    """The models must have as many outputs as each other, unless the class names are given."""
+    counts = {run.name: run.num_classes for run in runs}
+    if len(set(counts.values())) > 1 and not given:
+        shown = ", ".join(f"{name}: {count}" for name, count in counts.items())
+        raise UsageError(f"the models have different numbers of classes ({shown}); report models of the same "
+                         "classes, or give the names with --classes")
+
+
+def _shown(names: Sequence[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _run_info(runs: list[ModelRun], source: Source, class_names: list[str] | None, options: ReportOptions) -> dict[str, Any]:
