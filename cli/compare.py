@@ -59,7 +59,9 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
         except Exception as error:  # noqa: BLE001 - reported per file, the rest go on
             errors.print(f"attnviz: skipped {path}: {error}", markup=False)
     if not originals:
-        raise click.ClickException("no image could be read")
+        from attnviz.errors import InputImageError
+
+        raise InputImageError(f"none of the {len(images)} image(s) could be read; nothing to compare")
     names = next((m.class_names for m in models.values() if m.class_names), None)
     if names is None:
         from attnviz.inputs import CIFAR10_CLASSES

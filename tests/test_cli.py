@@ -232,3 +232,14 @@ def test_device_auto_picks_the_gpu_only_when_there_is_one(monkeypatch, workspace
         assert [line for line in result.stderr.splitlines() if line.strip()] == [
             "attnviz: error: device 'cuda' asked for, but no CUDA GPU is available; use --device cpu"
         ]
+
+
+def test_compare_with_no_readable_image_is_one_line_and_exit_2(workspace, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    result = run("compare", "--baseline", workspace["cnn"], "--model", workspace["cbam_cnn"],
+                 tmp_path / "text.png", tmp_path / "missing.png", "--out", tmp_path / "fig.png")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 3 and lines[:2] == [line for line in lines if line.startswith("attnviz: skipped")]
+    assert lines[2] == "attnviz: error: none of the 2 image(s) could be read; nothing to compare"
+    assert not (tmp_path / "fig.png").exists()

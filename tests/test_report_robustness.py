@@ -115,12 +115,15 @@ def test_merging_an_unfinished_or_missing_shard_says_so_and_exits_1(tmp_path):
     document = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert document["summary"]["pending"] == unfinished
     assert len(document["images"]) == 8 - unfinished  # what is finished is still merged
-    assert (tmp_path / "merged" / "index.html").is_file()
+    page = (tmp_path / "merged" / "index.html").read_text(encoding="utf-8")
+    assert f"INCOMPLETE: {unfinished} image(s) not processed yet" in page
 
     alone = run("report", "--merge", shards[0], "--out", tmp_path / "half")
     assert alone.exit_code == 1
     assert lines(alone.stderr) == ["attnviz: warning: merging without shard(s) 2: their images are not in the report"]
     assert json.loads((tmp_path / "half" / "run.json").read_text())["missing_shards"] == [2]
+    assert "INCOMPLETE: shard(s) 2 missing from this merge" in (tmp_path / "half" / "index.html").read_text(encoding="utf-8")
+    assert "INCOMPLETE" not in (shards[0] / "index.html").read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- 3. class names

@@ -252,6 +252,13 @@ def _meta(run: dict[str, Any], summary: dict[str, Any]) -> str:
         f"{len(run['models'])} model(s), baseline {run['baseline']}{shard_text} · Grad-CAM method "
         f"{run['options']['method']} · built {created}"
     )
+    unfinished = []
+    if summary.get("pending"):
+        unfinished.append(f"{summary['pending']} image(s) not processed yet (an interrupted run: re-run the command)")
+    if run.get("missing_shards"):
+        unfinished.append(f"shard(s) {', '.join(map(str, run['missing_shards']))} missing from this merge")
+    if unfinished:
+        return html.escape(text) + f' <strong class="unfinished">INCOMPLETE: {html.escape("; ".join(unfinished))}</strong>'
     return html.escape(text)
 
 
