@@ -13,7 +13,7 @@ Stages (seconds of the run's wall time, measured in the main process):
     model       forward pass with gate capture, every model
     Grad-CAM    one forward and backward pass per model (attnviz.cam.gradcam)
     metrics     deletion/insertion curves, pointing games, agreement with the baseline
-    sanity      the randomisation sanity check on 4 images (once per report)
+    sanity      the randomisation sanity check (ReportOptions' default number of images, once per report)
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
     aggregates, CSV, JSON   per-model and per-gate aggregates, results.csv, summary.csv, results.json
@@ -68,7 +68,8 @@ def child(images: int, workers: int, render_workers: int, steps: int, threads: i
         files = sum(len(names) for _, _, names in os.walk(folder))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"timings": result.timings, "wall": wall, "images": result.processed, "peak_mib": peak,
-            "threads": torch.get_num_threads(), "weights": weights, "files": files}
+            "threads": torch.get_num_threads(), "weights": weights, "files": files,
+            "sanity_images": options.sanity_images}
 
 
 def run_config(images: int, config: str, steps: int, threads: int | None, random: bool) -> dict:
@@ -132,7 +133,7 @@ def section(results: list[dict], small: dict | None, command: str, images: int, 
         f"Date: {datetime.date.today().isoformat()}  \n"
         f"Machine: {machine()}, torch threads {first['threads']}  \n"
         f"`attnviz report` on `shapes:{images}` with `cnn` (baseline), `se_cnn` and `cbam_cnn` ({first['weights']}), "
-        f"deletion/insertion with {steps} steps, sanity check on 4 images, batch size 32, pictures on "
+        f"deletion/insertion with {steps} steps, sanity check on {first['sanity_images']} images, batch size 32, pictures on "
         f"({first['files']} files written). Each configuration ran once, in its own process, into a fresh folder; "
         "the CPU was shared with other work, so expect some noise. Seconds are the main process's wall "
         "time per stage (see the script's docstring).\n\n"
