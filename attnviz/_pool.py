@@ -3,10 +3,10 @@
 A terminal's Ctrl-C sends SIGINT to every process of the foreground group: without care each
 worker would die with its own ``KeyboardInterrupt`` traceback while the main process is still
 shutting down cleanly. Workers of :class:`WorkerPool` ignore SIGINT (the main process stops them),
-and SIGINT is blocked in the main thread while a submit may start a worker, so that a Ctrl-C that
-arrives while a worker is starting up reaches the main process only (it is delivered there as
-soon as the submit returns). On the way out after a Ctrl-C, queued jobs are dropped and a job
-still running after a short grace time is stopped, so that the command ends promptly.
+and SIGINT is blocked in the main thread while a submit may start a worker, so that a worker
+that is starting up does not get it either. On the way out after a Ctrl-C, queued jobs are
+dropped and a job still running after a short grace time (or at a second Ctrl-C) is stopped, so
+that the command ends promptly.
 
 Light on purpose (no torch): the spawned workers import this module.
 """
@@ -46,6 +46,19 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT in the main thread for the duration (elsewhere: do nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class WorkerPool:
     """A spawn-context ``ProcessPoolExecutor`` whose workers ignore Ctrl-C."""
 
@@ -71,13 +84,23 @@ class WorkerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + GRACE_SECONDS
         waiting = {process.sentinel: process for process in processes}
-        while waiting and time.monotonic() < deadline:
-            for sentinel in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
-                waiting.pop(sentinel)
-        for process in waiting.values():
-            with contextlib.suppress(OSError, ValueError):
-                process.terminate()  # SIGTERM: no traceback
-        self._executor.shutdown(wait=True)
+        try:
+            while waiting and time.monotonic() < deadline:
+                for sentinel in wait(list(waiting), timeout=max(0.0, deadline - time.monotonic())):
+                    waiting.pop(sentinel)
+        except KeyboardInterrupt:
+            pass  # another Ctrl-C: stop the busy workers now
+        with _sigint_ignored():  # stopping takes a moment; a further Ctrl-C must not cut it short
+            for process in waiting.values():
+                with contextlib.suppress(OSError, ValueError):
+                    process.terminate()  # SIGTERM: no traceback
+            for process in waiting.values():
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    process.join(1.0)
+                    if process.is_alive():
+                        process.kill()
+                        process.join(1.0)
+            self._executor.shutdown(wait=True)
 
     def __enter__(self) -> WorkerPool:
         return self

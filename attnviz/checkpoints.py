@@ -174,7 +174,7 @@ def save_checkpoint(
     clashes = sorted(set(extra or {}) & set(checkpoint))
     if clashes:
         raise UsageError(f"extra entries may not replace the checkpoint's own: {', '.join(clashes)}")
-    checkpoint.update(extra or {})
+    checkpoint.update({key: _plain(value, f"extra[{key!r}]", tensors=True) for key, value in (extra or {}).items()})
     _atomic_save(checkpoint, Path(path))
 
 
@@ -702,23 +702,25 @@ def _is_plain(value: Any) -> bool:
     return False
 
 
-def _plain(value: Any, where: str) -> Any:
-    """Return ``value`` if it holds only plain types; otherwise name the first offender."""
-    if value is None or type(value) in _SCALARS:
+def _plain(value: Any, where: str, *, tensors: bool = False) -> Any:
+    """Return ``value`` if it holds only plain types (and tensors, int keys when ``tensors``), which
+    ``torch.load(weights_only=True)`` reads back; otherwise name the first offender."""
+    if value is None or type(value) in _SCALARS or (tensors and isinstance(value, torch.Tensor)):
         return value
     if type(value) in (list, tuple):
         for i, item in enumerate(value):
-            _plain(item, f"{where}[{i}]")
+            _plain(item, f"{where}[{i}]", tensors=tensors)
         return value
     if type(value) in (dict, OrderedDict):
         for key, item in value.items():
-            if type(key) is not str:
-                raise UsageError(f"{where} has a non-string key {key!r}; checkpoint records need str keys")
-            _plain(item, f"{where}[{key!r}]")
+            if type(key) is not str and not (tensors and type(key) is int):
+                raise UsageError(f"{where} has a key {key!r} of type {type(key).__name__}; use str keys")
+            _plain(item, f"{where}[{key!r}]", tensors=tensors)
         return value
+    allowed = "tensors, None, bool, int, float, str" if tensors else "None, bool, int, float, str"
     raise UsageError(
-        f"{where} is a {type(value).__module__}.{type(value).__qualname__}; checkpoints store only None, bool, "
-        "int, float, str and lists/tuples/dicts of those (convert with float(), int() or .tolist())"
+        f"{where} is a {type(value).__module__}.{type(value).__qualname__}; checkpoints store only {allowed} "
+        "and lists/tuples/dicts of those (convert with float(), int() or .tolist())"
     )
 
 

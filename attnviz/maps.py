@@ -168,12 +168,14 @@ class _Painter:
             failed = True
             raise
         finally:
-            if self.pool is not None:
-                self.pool.close(failed=failed)  # after a Ctrl-C: busy workers stopped after a grace time
-            if failed:
-                for outcome, _, _ in self.pending:
-                    if isinstance(outcome, ImageResult):
-                        _remove_unfinished(outcome)
+            try:
+                if self.pool is not None:
+                    self.pool.close(failed=failed)  # after a Ctrl-C: busy workers stopped after a grace time
+            finally:
+                if failed:
+                    for outcome, _, _ in self.pending:
+                        if isinstance(outcome, ImageResult):
+                            _remove_unfinished(outcome)
 
     def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
         from attnviz.maps_pictures import draw_pictures

@@ -67,6 +67,10 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
             _print_result(console, item)
 
     results, failures = run_maps(loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report)
+    if not results:
+        from attnviz.errors import InputImageError
+
+        raise InputImageError(f"none of the {len(images)} image(s) could be used; nothing written")
     console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""))
     if failures:
         sys.exit(1)

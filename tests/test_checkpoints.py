@@ -126,6 +126,8 @@ def test_extra_entries_are_stored_and_stay_weights_only_readable(tmp_path, zoo):
     assert load_model(str(path)).arch == "cnn"
     with pytest.raises(UsageError, match="state_dict"):
         save_checkpoint(tmp_path / "y.pth", zoo["cnn"], "cnn", extra={"state_dict": {}})
+    with pytest.raises(UsageError, match=r"extra\['train_state'\]\['fn'\] is a builtins.function"):
+        save_checkpoint(tmp_path / "y.pth", zoo["cnn"], "cnn", extra={"train_state": {"fn": lambda: 0}})
     assert not (tmp_path / "y.pth").exists()
 
 

@@ -243,3 +243,13 @@ def test_compare_with_no_readable_image_is_one_line_and_exit_2(workspace, tmp_pa
     assert len(lines) == 3 and lines[:2] == [line for line in lines if line.startswith("attnviz: skipped")]
     assert lines[2] == "attnviz: error: none of the 2 image(s) could be read; nothing to compare"
     assert not (tmp_path / "fig.png").exists()
+
+
+def test_maps_with_no_usable_image_is_exit_2(workspace, tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    result = run("maps", "--model", workspace["cnn"], tmp_path / "text.png", tmp_path / "missing.png", "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert [line.split(":")[1].strip() for line in lines[:2]] == ["skipped " + str(tmp_path / "text.png"), "skipped " + str(tmp_path / "missing.png")]
+    assert lines[2] == "attnviz: error: none of the 2 image(s) could be used; nothing written"
+    assert "Traceback" not in result.output

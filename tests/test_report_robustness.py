@@ -165,9 +165,9 @@ def test_models_with_other_classes_are_a_usage_error_unless_classes_are_given(tm
 # --------------------------------------------------------------------------- 4. Ctrl-C with workers
 
 
-def _interrupt(args: list, out: Path) -> subprocess.CompletedProcess:
+def _interrupt(args: list, out: Path, times: int = 1) -> subprocess.CompletedProcess:
     """Start the CLI in a process group of its own, wait until its workers draw, then Ctrl-C the
-    whole group (as a terminal does)."""
+    whole group (as a terminal does), ``times`` times."""
     process = subprocess.Popen(
         [sys.executable, "-m", "attnviz.cli.main", *map(str, args)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -180,7 +180,9 @@ def _interrupt(args: list, out: Path) -> subprocess.CompletedProcess:
             time.sleep(0.1)
         time.sleep(0.5)
         assert process.poll() is None, "finished before it could be interrupted"
-        os.killpg(process.pid, signal.SIGINT)
+        for _ in range(times):
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.3)
         stdout, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -203,7 +205,8 @@ def test_ctrl_c_with_render_workers_stops_cleanly_and_keeps_the_finished_images(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT are POSIX")
-def test_ctrl_c_with_maps_render_workers_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "twice"])
+def test_ctrl_c_with_maps_render_workers_stops_cleanly(tmp_path, times):
     folder = tmp_path / "in"
     folder.mkdir()
     for copy in range(4):
@@ -211,7 +214,7 @@ def test_ctrl_c_with_maps_render_workers_stops_cleanly(tmp_path):
             shutil.copy(path, folder / f"{copy}-{path.name}")
     out = tmp_path / "maps"
     done = _interrupt(["maps", "--model", MODELS / "cbam_cnn.pth", *sorted(folder.iterdir()), "--out", out,
-                       "--render-workers", 2, "--batch-size", 4], out)
+                       "--render-workers", 2, "--batch-size", 4], out, times)
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "SpawnProcess" not in done.stderr
     assert lines(done.stderr)[-1] == "attnviz: interrupted"

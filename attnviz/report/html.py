@@ -45,7 +45,6 @@ def write_page(
 ) -> int:
     """Write the whole page to ``file``; returns the number of cards written."""
     head, tail = _template().split(CARDS_MARK)
-    models = [m["name"] for m in run["models"]]
     fields = {
         "version": __version__,
         "title": html.escape(f"attnviz report: {run['source']['input']}"),

@@ -5,6 +5,7 @@ whichever comes first, and a line per later phase (sanity check, writing the out
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -56,7 +57,7 @@ class _Lines:
         self.total, self.start_done, self.done, self.description = total, done, done, description
         self.clock = clock
         self.started = self.last_time = clock()
-        self.step = max(1, int(total * LINE_FRACTION))
+        self.step = max(1, math.ceil(total * LINE_FRACTION))
         self.next_count = done + self.step
         earlier = f" ({done} finished earlier)" if done else ""
         self._say(f"{total - done} of {total} image(s) to process{earlier}")
