@@ -337,6 +337,17 @@ def test_index_image_is_a_contact_sheet(rng):
         index_image([])
 
 
+def test_index_rows_are_as_tall_as_their_own_pictures(rng):
+    wide = [(f"bars {k}", rng.integers(0, 256, size=(100, 400, 3), dtype=np.uint8)) for k in range(3)]
+    square = [(f"overlay {k}", rng.integers(0, 256, size=(400, 400, 3), dtype=np.uint8)) for k in range(3)]
+    fig = index_figure(wide + square, columns=3)
+    figure_to_rgb(fig)  # lay it out
+    heights = {ax.get_label(): ax.get_position().height * fig.get_figheight() for ax in fig.axes if ax.images}
+    assert max(heights[f"bars {k}"] for k in range(3)) < 0.5 * min(heights[f"overlay {k}"] for k in range(3))
+    uniform = index_figure(square + square, columns=3)
+    assert fig.get_figheight() < 0.8 * uniform.get_figheight()
+
+
 # ---------------------------------------------------------------- fonts
 
 

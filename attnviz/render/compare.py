@@ -84,11 +84,12 @@ def index_figure(panels: Sequence[tuple[str, Any]], *, columns: int = 3, title: 
     pictures = [_sheet_panel(panel, k) for k, panel in enumerate(panels)]
     n_cols = min(columns, len(pictures))
     n_rows = -(-len(pictures) // n_cols)
-    aspect = max(p.shape[0] / p.shape[1] for _, p in pictures)
+    # Each row as tall as its tallest picture (a sheet of wide bars and square overlays wastes no space).
+    aspects = [max(p.shape[0] / p.shape[1] for _, p in pictures[r * n_cols : (r + 1) * n_cols]) for r in range(n_rows)]
     cell = float(np.clip(max(p.shape[1] for _, p in pictures) / 100.0, SHEET_CELL_MIN_IN, SHEET_CELL_MAX_IN))
     with font_context([title, *(name for name, _ in pictures)]):
-        fig = new_figure(cell * n_cols, (cell * aspect + 0.4) * n_rows + (0.4 if title else 0.0))
-        axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+        fig = new_figure(cell * n_cols, sum(cell * a + 0.4 for a in aspects) + (0.4 if title else 0.0))
+        axes = fig.subplots(n_rows, n_cols, squeeze=False, gridspec_kw={"height_ratios": aspects}).ravel()
         for ax, (name, picture) in zip(axes, pictures):
             _panel(ax, picture, name)
             ax.set_title(name)
