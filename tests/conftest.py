@@ -17,3 +17,13 @@ def rng() -> np.random.Generator:
 def seeded() -> None:
     """Seed torch's global generator for tests that build randomly initialised models."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> object:
+    """One intra-op thread: these small models gain nothing from more, and a shared CPU thrashes.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

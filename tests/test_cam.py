@@ -85,16 +85,9 @@ def assert_no_hooks(model: nn.Module) -> None:
     assert not torch.nn.modules.module._global_forward_hooks
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """One intra-op thread: these small models gain nothing from more, and a shared CPU thrashes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

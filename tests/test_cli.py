@@ -15,10 +15,7 @@ from attnviz.checkpoints import load_model, save_checkpoint
 from attnviz.cli.main import cli
 from attnviz.inputs import CIFAR10_CLASSES, get_preset, load_rgb, preprocess
 from attnviz.models import build_model
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from support import run
 
 
 def _image(path: Path, seed: int) -> Path:

@@ -13,28 +13,24 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 from PIL import Image
 
 from attnviz import metrics
 from attnviz.checkpoints import load_model
-from attnviz.cli.main import cli
 from attnviz.errors import UsageError
 from attnviz.inputs import preprocess
 from attnviz.report import ReportOptions, merge_reports, name_models, resolve_source, run_report
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.sources import parse_shard, shard_items
 from attnviz.train.shapes import SHAPES_CLASSES, make_sample
+from support import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODELS = {name: ROOT / "samples" / "models" / f"{name}.pth" for name in ("cnn", "se_cnn", "cbam_cnn")}
 COUNT = 12
 STEPS = 4
 COMMON = ("--steps", STEPS, "--sanity-images", 2, "--batch-size", 1, "--quiet")
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def model_args() -> list:
@@ -44,14 +40,6 @@ def model_args() -> list:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as file:
         return list(csv.DictReader(file))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

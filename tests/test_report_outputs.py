@@ -18,31 +18,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 from PIL import Image
 from scipy import stats
 
 from attnviz.checkpoints import load_model
-from attnviz.cli.main import cli
 from attnviz.inputs import preprocess
 from attnviz.train.shapes import make_sample
+from support import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODELS = {name: ROOT / "samples" / "models" / f"{name}.pth" for name in ("cnn", "se_cnn", "cbam_cnn")}
 COUNT = 16  # the default number of sanity-check images, so every one of them is in the report
 CNN_TOP_DOWN = ["fc2", "fc1", "bn3", "conv3", "bn2", "conv2", "bn1", "conv1"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,24 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from attnviz.checkpoints import load_model
-from attnviz.cli.main import cli
 from attnviz.errors import UsageError
 from attnviz.report import ReportOptions, name_models, resolve_source, run_report
 from attnviz.report.progress import _Lines
 from attnviz.train.shapes import make_sample
+from support import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MODELS = ROOT / "samples" / "models"
 IMAGES = ROOT / "samples" / "images"
 FAST = ("--steps", 2, "--sanity-images", 0, "--batch-size", 4, "--no-pictures")
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def lines(text: str) -> list[str]:
@@ -47,14 +43,6 @@ def images_in(folder: Path, count: int = 3) -> Path:
     for path in sorted(IMAGES.glob("*.png"))[:count]:
         shutil.copy(path, folder / path.name)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- 1. own output as input
