@@ -23,7 +23,7 @@ from attnviz.report import ReportOptions, merge_reports, name_models, resolve_so
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.sources import parse_shard, shard_items
 from attnviz.train.shapes import SHAPES_CLASSES, make_sample
-from support import ROOT, run
+from support import ROOT, hand_gradcam, hooked_output, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -65,23 +65,6 @@ def by_source(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {row["source"]: row for row in rows}
 
 
-def hand_gradcam(model: torch.nn.Module, layer: str, images: torch.Tensor, targets: list[int]) -> np.ndarray:
-    """Grad-CAM written out: gradient-weighted channel sum at the layer, ReLU, bilinear, min-max."""
-    seen = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, o: seen.__setitem__("a", o))
-    try:
-        logits = model(images)
-    finally:
-        handle.remove()
-    activation = seen["a"]
-    (grads,) = torch.autograd.grad(logits[torch.arange(len(targets)), targets].sum(), activation)
-    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * activation).sum(1)).detach()
-    cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    low = cam.flatten(1).min(1).values[:, None, None]
-    span = cam.flatten(1).max(1).values[:, None, None] - low
-    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-30), (cam > 0).float()).numpy()
-
-
 def hand_pointing(saliency: np.ndarray, mask: np.ndarray) -> tuple[bool, bool]:
     """Is the maximum inside the mask? (every near-maximal pixel, any near-maximal pixel)."""
     peaks = saliency >= saliency.max() - 1e-5
@@ -108,13 +91,8 @@ def test_pointing_game_equals_a_hand_check_on_the_shapes_masks(shapes_report, sh
     assert decided >= 20
 
     # a spatial gate, taken from the model's own sigmoid and upsampled to the 32x32 mask
-    model = load_model(MODELS["cbam_cnn"]).model
-    seen = {}
-    handle = model.get_submodule("cbam1.spatial_attn.sigmoid").register_forward_hook(lambda m, a, o: seen.__setitem__("g", o))
-    with torch.no_grad():
-        model(shapes_data["images"])
-    handle.remove()
-    gates = F.interpolate(seen["g"], size=(32, 32), mode="bilinear", align_corners=False)[:, 0].numpy()
+    gates = hooked_output(load_model(MODELS["cbam_cnn"]).model, "cbam1.spatial_attn.sigmoid", shapes_data["images"])
+    gates = F.interpolate(gates, size=(32, 32), mode="bilinear", align_corners=False)[:, 0].numpy()
     for i, mask in enumerate(shapes_data["masks"]):
         row = rows[f"shapes:test:0:{i}"]
         every, any_ = hand_pointing(gates[i], mask)
@@ -173,13 +151,8 @@ def test_accuracy_and_confusion_matrix_equal_a_count(shapes_report, shapes_data)
 
 
 def test_per_class_excitation_is_the_mean_of_the_models_own_gate_values(shapes_report, shapes_data):
-    model = load_model(MODELS["se_cnn"]).model
-    seen = {}
-    handle = model.get_submodule("ca2.fc").register_forward_hook(lambda m, a, o: seen.__setitem__("g", o))
-    with torch.no_grad():
-        model(shapes_data["images"])
-    handle.remove()
-    gates = seen["g"].reshape(COUNT, -1).double().numpy()
+    gates = hooked_output(load_model(MODELS["se_cnn"]).model, "ca2.fc", shapes_data["images"])
+    gates = gates.reshape(COUNT, -1).double().numpy()
     labels = np.array(shapes_data["labels"])
     channel = json.loads((shapes_report / "results.json").read_text())["summary"]["models"]["se_cnn"]["channel_gates"]["ca2"]
     for k in np.unique(labels):

@@ -24,7 +24,7 @@ from scipy import stats
 from attnviz.checkpoints import load_model
 from attnviz.inputs import preprocess
 from attnviz.train.shapes import make_sample
-from support import ROOT, run
+from support import ROOT, hand_gradcam, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,23 +54,6 @@ def data() -> dict:
 
 def document(report: Path) -> dict:
     return json.loads((report / "results.json").read_text(encoding="utf-8"))
-
-
-def hand_gradcam(model: torch.nn.Module, layer: str, images: torch.Tensor, targets) -> np.ndarray:
-    """Grad-CAM written out: gradient-weighted channel sum at the layer, ReLU, bilinear, min-max."""
-    seen = {}
-    handle = model.get_submodule(layer).register_forward_hook(lambda m, a, o: seen.__setitem__("a", o))
-    try:
-        logits = model(images)
-    finally:
-        handle.remove()
-    activation = seen["a"]
-    (grads,) = torch.autograd.grad(logits[torch.arange(len(targets)), torch.as_tensor(targets)].sum(), activation)
-    cam = F.relu((grads.mean(dim=(2, 3), keepdim=True) * activation).sum(1)).detach()
-    cam = F.interpolate(cam[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    low = cam.flatten(1).min(1).values[:, None, None]
-    span = cam.flatten(1).max(1).values[:, None, None] - low
-    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-30), (cam > 0).float()).numpy()
 
 
 def rank_correlation(original: np.ndarray, randomised: np.ndarray) -> float:
