@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from attnviz._files import atomic_file, write_bytes
 from attnviz.capturing import Capture, Capturer
 from attnviz.checkpoints import LoadedModel
 from attnviz.errors import AttnvizError
@@ -199,7 +199,7 @@ class _Painter:
                     outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in pictures]
                     outcome.files.extend(pictures)
                 text = json.dumps(outcome.summary, indent=2, ensure_ascii=False)
-                outcome.files.append(_atomic(outcome.out_dir / "summary.json", lambda f: f.write(text.encode("utf-8"))))
+                outcome.files.append(write_bytes(outcome.out_dir / "summary.json", text.encode("utf-8")))
             except Exception as error:  # a picture failing must not lose the other images
                 logger.debug("drawing %s failed", outcome.path, exc_info=True)
                 outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
@@ -255,7 +255,9 @@ def _write_arrays(
         arrays["cam/gradcam"] = cams[index].numpy()
         summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
     result = ImageResult(str(item.path), folder, summary)
-    result.files.append(_atomic(folder / "attention.npz", lambda f: np.savez_compressed(f, **arrays)))
+    with atomic_file(folder / "attention.npz") as file:
+        np.savez_compressed(file, **arrays)
+    result.files.append(folder / "attention.npz")
     return result, PictureJob.from_capture(cap, index, item.original, arrays)
 
 
@@ -277,16 +279,3 @@ def _output_folders(paths: list[Path]) -> dict[str, str]:
         used[stem] = count + 1
         folders[str(path)] = stem if count == 0 else f"{stem}-{count + 1}"
     return folders
-
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> Path:
-    """Write a file through a temporary sibling and rename it, so no half-written file is left."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
+from attnviz._files import atomic_file, write_bytes
 from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
@@ -128,8 +129,8 @@ def _links(out: Path) -> dict[str, str]:
     definitions = resources.files("attnviz").joinpath(METRICS_DOC)
     if definitions.is_file():
         text = definitions.read_bytes()
-        store.write_bytes(out / METRICS_DOC, text)
-        store.write_bytes(out / METRICS_PAGE, _text_page("attnviz: metric definitions", text.decode("utf-8")))
+        write_bytes(out / METRICS_DOC, text)
+        write_bytes(out / METRICS_PAGE, _text_page("attnviz: metric definitions", text.decode("utf-8")))
         links["metric definitions"] = METRICS_PAGE
     return links
 
@@ -152,5 +153,5 @@ def _report_head(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_text(path: Path, write: Callable[[IO[str]], Any]) -> None:
-    with store.atomic_file(path, "w") as file:
+    with atomic_file(path, "w") as file:
         write(file)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz.report.records import write_bytes
+from attnviz._files import write_bytes
 
 
 def excitation_png(

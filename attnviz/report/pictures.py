@@ -98,7 +98,7 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
     """
     import cv2
 
-    from attnviz.report.records import write_bytes
+    from attnviz._files import write_bytes
 
     start = time.perf_counter()
     root = Path(out)

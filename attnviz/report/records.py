@@ -13,16 +13,15 @@ size or modification time than when the record was made (``files``). Every write
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from attnviz._files import write_bytes
 from attnviz.errors import UsageError
 
 FORMAT = "attnviz-report"
@@ -31,32 +30,6 @@ RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.jsonl"
 SANITY_FILE = "sanity.json"
 ITEMS_DIR = "items"
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on success it replaces ``path``
-    (``os.replace``), on any error it is removed and ``path`` is left as it was.
-
-    (The scheme of :mod:`attnviz.maps`; kept here so that picture workers need not import torch.)
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(handle, mode, **text) as file:
-            yield file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically, creating parent folders."""
-    with atomic_file(path) as file:
-        file.write(data)
-    return path
 
 
 def write_json(path: Path, value: Any) -> Path:
