@@ -25,7 +25,6 @@ import inspect
 import os
 import pickle
 import re
-import secrets
 import sys
 import warnings
 import zipfile
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from attnviz._files import atomic_file
 from attnviz.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError, UsageError
 from attnviz.inputs import Preset, get_preset
 from attnviz.models import (
@@ -726,23 +726,12 @@ def _plain(value: Any, where: str, *, tensors: bool = False) -> Any:
 
 def _atomic_save(checkpoint: dict[str, Any], path: Path) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    except OSError as exc:
-        raise UsageError(f"cannot write checkpoint {str(path)!r}: {exc.strerror}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_file(path) as handle:
             torch.save(checkpoint, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
     except OSError as exc:
-        temp.unlink(missing_ok=True)
         raise UsageError(f"cannot write checkpoint {str(path)!r}: {exc.strerror or exc}") from exc
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- misc

@@ -1,0 +1,41 @@
+"""Atomic writes: all or nothing, with the permissions of any new file."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from attnviz._files import atomic_file, write_bytes
+
+
+def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "summary.json"
+    write_bytes(target, b"old")
+    write_bytes(target, b"new contents")
+    assert target.read_bytes() == b"new contents"
+    assert os.listdir(target.parent) == ["summary.json"]
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "attention.npz"
+    write_bytes(target, b"finished")
+    with pytest.raises(RuntimeError), atomic_file(target) as file:
+        file.write(b"half")
+        raise RuntimeError("interrupted")
+    assert target.read_bytes() == b"finished"
+    assert os.listdir(tmp_path) == ["attention.npz"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_files_get_the_permissions_of_any_new_file(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        path = write_bytes(tmp_path / "index.html", b"<html>")
+        with atomic_file(tmp_path / "results.csv", "w") as file:
+            file.write("id\n")
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "results.csv").read_text() == "id\n"
