@@ -6,30 +6,51 @@
 * a bare ``state_dict`` or one wrapped under ``state_dict`` / ``model_state_dict`` /
   ``model`` / ``net`` (``module.`` and ``_orig_mod.`` prefixes are stripped), whose
   architecture is inferred from its keys and shapes or named by the caller;
-* a TorchScript archive;
+* a TorchScript archive, only when the caller trusts the file;
 * a whole pickled model (``torch.save(model)``), only when the caller trusts the file.
 
-Everything except the last is read with ``torch.load(weights_only=True)``, which cannot run
-code from the file. A state_dict that does not fit its architecture is never loaded
-partially: the error lists the differing keys.
+What is safe without trust (``trust=False``, no ``--trust-checkpoint``):
+
+* The file's format is recognised from its bytes before anything is deserialised; a file that
+  is not a PyTorch checkpoint (text, ONNX, safetensors, a plain pickle, ...) is called what it is.
+* State dicts and attnviz's format are read with ``torch.load(weights_only=True)``, which
+  cannot run code from the file on torch >= 2.6 (CVE-2025-32434: older torch is refused).
+* Loading TorchScript runs code: ``torch.jit.load`` executes the archive's own compiled code
+  (``__setstate__``, which can read and write files), so a TorchScript archive needs trust.
+  Detection only lists the zip's entries (``constants.pkl``, as ``torch.load`` tests it).
+* Architectures are built from attnviz's registry or timm/torchvision by name; code named in a
+  file (``file.py:Class``, ``package.module:Class``) is imported only when the caller names it.
+* Arguments stored in a file (``arch_kwargs``) may only be plain numbers, flags and short names:
+  arguments that download or read files (``weights``, ``weights_backbone``, ``pretrained*``,
+  ``checkpoint_path``, paths, URLs, dicts) need trust. The model is first built on the ``meta``
+  device (shapes only, no memory) and compared with the state_dict: nothing larger than the
+  file's own tensors is allocated, and a stored input size is bounded.
+
+A state_dict that does not fit its architecture is never loaded partially: the error lists the
+differing keys.
 """
 
 from __future__ import annotations
 
 import builtins
+import codecs
 import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
+import io
+import math
 import pickle
+import pickletools
 import re
 import sys
+import tarfile
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +81,10 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")
 _ARCH_FORMS = "a registry name, timm:NAME, torchvision:NAME, path/to/file.py:Class or package.module:Class"
 _TRUST_HINT = "pass --trust-checkpoint (CLI) / trust=True (API) only if you trust the file's source"
+_WHAT_WE_READ = "attnviz reads PyTorch checkpoints: a state_dict, a whole model or TorchScript"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a (pre-1.6) torch.save file
+_MAX_STORED_SIDE = 4096  # pixels per side of a stored input preset without trust
+_MAX_UNSAVED_ELEMENTS = 1 << 26  # elements of buffers a stored architecture adds beyond the state_dict
 
 
 @dataclass
@@ -102,20 +127,27 @@ def load_model(
         arch: Architecture of a state_dict: a registry name, ``timm:NAME``,
             ``torchvision:NAME``, ``path/to/file.py:Class`` or ``package.module:Class``.
             ``None`` infers a zoo architecture from the keys and shapes.
-        trust: Allow unpickling arbitrary Python objects (whole pickled models). Only for
-            files whose source you trust: unpickling can run any code.
+        trust: Allow what runs code from the file: unpickling arbitrary Python objects (whole
+            pickled models), loading TorchScript, stored ``arch_kwargs`` beyond plain numbers and
+            names. Only for files whose source you trust.
         device: Where to put the model.
 
     Raises:
         CheckpointError: Missing, empty or unreadable file, or no model in it.
-        UnsafeCheckpointError: The file needs arbitrary unpickling and ``trust`` is False.
+        UnsafeCheckpointError: ``trust`` is False and the file needs arbitrary unpickling, is
+            TorchScript, stores arguments that could read files or download, or torch is < 2.6.
         ArchitectureError: The architecture cannot be built or the weights do not fit it.
         UsageError: Unknown or unavailable device.
     """
     source = str(path)
     target = _parse_device(device)
     _check_file(source)
-    if _is_torchscript(source):
+    if _file_kind(source) == "torchscript":
+        if not trust:
+            raise UnsafeCheckpointError(
+                f"{source!r} is a TorchScript archive, and loading one runs code stored in it (which can read "
+                f"and write files); {_TRUST_HINT}"
+            )
         if arch is not None:
             warnings.warn(
                 f"{source}: TorchScript archives carry their own code; arch={arch!r} is ignored", stacklevel=2
@@ -194,28 +226,120 @@ def _check_file(source: str) -> None:
         raise CheckpointError(f"checkpoint {source!r} is empty (0 bytes)")
 
 
-def _is_torchscript(source: str) -> bool:
-    """TorchScript archives are zips holding ``constants.pkl`` and ``code/``."""
+def _file_kind(source: str) -> str:
+    """``"torchscript"``, ``"zip"``, ``"legacy"`` or ``"tar"``, read from the bytes without deserialising.
+
+    Raises:
+        CheckpointError: The file is not a PyTorch checkpoint; the message says what it looks like.
+    """
+    head = _head(source)
+    names = _zip_names(source)
+    if names is not None and _has_record(names, "constants.pkl"):
+        return "torchscript"  # torch.load itself hands any zip with constants.pkl to torch.jit.load
+    if head.startswith(b"PK\x03\x04") and (names is None or _has_record(names, "data.pkl")):
+        return "zip"  # a damaged zip is left to torch.load, which says why it cannot read it
+    if _starts_with_legacy_magic(head):
+        return "legacy"
+    if _is_legacy_tar(source):
+        return "tar"
+    raise CheckpointError(f"{source!r} is not a PyTorch checkpoint: it {_looks_like(head, source, names)} ({_WHAT_WE_READ})")
+
+
+def _head(source: str, size: int = 512) -> bytes:
+    try:
+        with open(source, "rb") as handle:
+            return handle.read(size)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {source!r}: {exc.strerror or exc}") from None
+
+
+def _zip_names(source: str) -> list[str] | None:
+    """The entries of a zip archive (its central directory only), or None if it is not one."""
     try:
         with zipfile.ZipFile(source) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
+def _has_record(names: Sequence[str], record: str) -> bool:
+    """Whether the archive holds ``record`` in its top-level folder, as torch's zip reader names it."""
+    return any(name == record or name.split("/", 1)[-1] == record for name in names)
+
+
+def _starts_with_legacy_magic(head: bytes) -> bool:
+    """Whether the first pickle is torch's magic number (read with ``pickletools``, never executed)."""
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(head)):
+            if opcode.name in ("PROTO", "FRAME"):
+                continue
+            return isinstance(arg, int) and not isinstance(arg, bool) and arg == _LEGACY_MAGIC
+    except (ValueError, EOFError, IndexError, UnicodeDecodeError):
         return False
-    return any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names) and any(
-        "/code/" in n or n.startswith("code/") for n in names
-    )
+    return False
+
+
+def _is_legacy_tar(source: str) -> bool:
+    """torch's oldest format: an uncompressed tar holding ``pickle``, ``tensors`` and ``storages``."""
+    try:
+        with tarfile.open(source, mode="r:") as archive:
+            return "pickle" in archive.getnames()
+    except (tarfile.TarError, OSError, ValueError, EOFError):
+        return False
+
+
+def _looks_like(head: bytes, source: str, zip_names: Sequence[str] | None) -> str:
+    """What a file that is not a PyTorch checkpoint seems to be, as the end of "it ..."."""
+    text = _as_text(head)
+    if source.lower().endswith(".onnx") or (text or "").lstrip().startswith("ir_version") or head[:1] + head[2:3] == b"\x08\x12":
+        return "looks like an ONNX model"
+    if zip_names is not None:
+        shown = ", ".join(zip_names[:3]) + (", ..." if len(zip_names) > 3 else "")
+        return f"is a zip archive without PyTorch's data.pkl (it holds {shown or 'nothing'})"
+    if len(head) > 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "looks like a safetensors file (load it with safetensors and torch.save its state_dict)"
+    signatures = {
+        b"\x89HDF\r\n\x1a\n": "looks like an HDF5 file (Keras?)",
+        b"\x93NUMPY": "looks like a NumPy array file",
+        b"\x1f\x8b": "is gzip-compressed (decompress it first)",
+    }
+    for signature, what in signatures.items():
+        if head.startswith(signature):
+            return what
+    if head[4:8] == b"PTMF":
+        return "looks like a PyTorch Mobile (lite interpreter) model, which attnviz cannot read"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] <= pickle.HIGHEST_PROTOCOL:
+        return "is a Python pickle not written by torch.save"
+    if text is not None:
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"is a text file (it starts with {first!r})"
+    return f"is binary data of an unknown format (it starts with {head[:8].hex(' ')})"
+
+
+def _as_text(head: bytes) -> str | None:
+    """The file's first bytes as text, or None if they are not printable UTF-8."""
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a cut last character is fine
+    except UnicodeDecodeError:
+        return None
+    return text if all(c.isprintable() or c in "\t\r\n" for c in text) else None
 
 
 def _load_torchscript(source: str) -> LoadedModel:
+    """``torch.jit.load``: runs the archive's code, so only ever called for a trusted file."""
     try:
-        model = torch.jit.load(source, map_location="cpu")
-    except (RuntimeError, ValueError, OSError) as exc:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            model = torch.jit.load(source, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - the archive's own code failed; say why in one line
         raise CheckpointError(f"cannot load TorchScript archive {source!r}: {_first_line(exc)}") from exc
     return LoadedModel(model=model, arch="torchscript", source=source, format="torchscript")
 
 
 def _read(source: str, trust: bool) -> Any:
     """``torch.load`` with ``weights_only=True``; full unpickling only when trusted."""
+    if not trust:
+        _require_safe_torch(source)
     try:
         with _numpy_globals():
             return torch.load(source, map_location="cpu", weights_only=True)
@@ -223,15 +347,38 @@ def _read(source: str, trust: bool) -> Any:
         if "weights only load failed" not in str(exc).lower():
             raise CheckpointError(f"{source!r} is not a readable PyTorch checkpoint: {_first_line(exc)}") from exc
         if not trust:
-            raise UnsafeCheckpointError(_unsafe_message(source, exc)) from None
+            names = _unsafe_globals(source, exc)
+            if not names:  # no class or function to import: the pickle itself is broken
+                raise CheckpointError(
+                    f"{source!r} is not a readable PyTorch checkpoint: {_weights_only_reason(exc)}"
+                ) from None
+            raise UnsafeCheckpointError(_unsafe_message(source, names)) from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse an untrusted file means "unreadable"
         raise CheckpointError(f"{source!r} is not a readable PyTorch checkpoint: {_first_line(exc)}") from exc
     return _read_trusted(source)
 
 
+def _require_safe_torch(source: str) -> None:
+    """torch < 2.6 can run code from a crafted file even with ``weights_only=True``."""
+    from torch.torch_version import TorchVersion
+
+    version = str(torch.__version__)
+    try:
+        old = TorchVersion(version) < (2, 6)
+    except Exception:  # noqa: BLE001 - an unparsable version string: assume a development build
+        old = False
+    if old:
+        raise UnsafeCheckpointError(
+            f"cannot read {source!r} safely with torch {version}: its weights_only loader can run code from a "
+            f"crafted file (CVE-2025-32434); install torch>=2.6, or {_TRUST_HINT}"
+        )
+
+
 def _read_trusted(source: str) -> Any:
     try:
-        return torch.load(source, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*TorchScript archive", category=UserWarning)
+            return torch.load(source, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as exc:
         raise CheckpointError(
             f"{source!r} pickles a class that cannot be imported here ({_first_line(exc)}); make its code "
@@ -241,15 +388,17 @@ def _read_trusted(source: str) -> Any:
         raise CheckpointError(f"cannot unpickle {source!r}: {type(exc).__name__}: {_first_line(exc)}") from exc
 
 
-def _unsafe_message(source: str, exc: Exception) -> str:
-    names = _unsafe_globals(source, exc)
-    if names:
-        shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-        what = f"would import and call {shown} while loading"
-    else:
-        what = f"needs unrestricted unpickling ({_first_line(exc)})"
+def _weights_only_reason(exc: Exception) -> str:
+    """The unpickler's own complaint inside torch's long weights_only message."""
+    found = re.search(r"WeightsUnpickler error:\s*(.*)", str(exc), re.S)
+    lines = [line.strip() for line in (found.group(1) if found else "").splitlines() if line.strip()]
+    return lines[0] if lines else _first_line(exc)
+
+
+def _unsafe_message(source: str, names: Sequence[str]) -> str:
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     hint = "; or save model.state_dict() instead" if any(".nn." in n or "__main__" in n for n in names) else ""
-    return f"{source!r} holds pickled Python objects: it {what}; {_TRUST_HINT}{hint}"
+    return f"{source!r} holds pickled Python objects: it would import and call {shown} while loading; {_TRUST_HINT}{hint}"
 
 
 def _unsafe_globals(source: str, exc: Exception) -> list[str]:
@@ -306,7 +455,10 @@ def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust:
     state_dict = ckpt.get("state_dict")
     if not isinstance(stored, str) or not _is_state_dict(state_dict):
         raise CheckpointError(f"{source!r} is an incomplete attnviz checkpoint (no arch or no state_dict)")
-    kwargs = dict(ckpt.get("arch_kwargs") or {})
+    stored_kwargs = ckpt.get("arch_kwargs") or {}
+    if not isinstance(stored_kwargs, Mapping):
+        raise CheckpointError(f"{source!r} has arch_kwargs of type {type(stored_kwargs).__name__}; expected a dict")
+    kwargs: dict[str, Any] | None = dict(stored_kwargs)
     if arch is None:
         if _names_code(stored) and not trust:
             raise UnsafeCheckpointError(
@@ -316,9 +468,14 @@ def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust:
         arch = stored
     if arch != stored or not kwargs:
         kwargs = None  # the caller's architecture, or none stored: infer the kwargs from the weights
-    model, name, kwargs = _build_for(_strip_prefixes(state_dict), arch, kwargs, source)
-    preset = _stored_preset(ckpt.get("preset"), source) or _zoo_preset(name)
+    untrusted = kwargs is not None and not trust
+    if untrusted:
+        _check_stored_kwargs(kwargs, arch, source)
+    model, name, kwargs = _build_for(_strip_prefixes(state_dict), arch, kwargs, source, untrusted=untrusted)
+    preset = _stored_preset(ckpt.get("preset"), source, trust) or _zoo_preset(name)
     names = ckpt.get("class_names")
+    if names is not None and (not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{source!r} has class_names that are not a list of strings")
     record = ckpt.get("record") or {}
     return LoadedModel(model, name, kwargs, preset, list(names) if names else None, _to_python(record), source, FORMAT)
 
@@ -406,65 +563,163 @@ def _to_python(value: Any) -> Any:
 # ----------------------------------------------------------------------------- building
 
 
+@dataclass(frozen=True)
+class _Recipe:
+    """How to build an architecture: the registry's ``build_model`` or ``factory(**kwargs)``."""
+
+    arch: str
+    factory: Callable[..., Any]
+    kwargs: dict[str, Any]
+    zoo: bool = False
+
+    def build(self) -> nn.Module:
+        """The model with random weights; failures as :class:`ArchitectureError`."""
+        return build_model(self.arch, **self.kwargs) if self.zoo else _call(self.arch, self.factory, self.kwargs)
+
+    def shell(self) -> Any:
+        """The model on the ``meta`` device (shapes only, no memory); the factory's own exceptions."""
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            return build_model(self.arch, **self.kwargs) if self.zoo else self.factory(**self.kwargs)
+
+
 def _build_for(
-    state_dict: Mapping[str, Any], arch: str | None, kwargs: dict[str, Any] | None, source: str
+    state_dict: Mapping[str, Any],
+    arch: str | None,
+    kwargs: dict[str, Any] | None,
+    source: str,
+    *,
+    untrusted: bool = False,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
-    """Build the architecture, check that ``state_dict`` fits exactly, load it strictly."""
+    """Build the architecture, check that ``state_dict`` fits exactly, load it strictly.
+
+    The shapes are compared on the ``meta`` device first, so that arguments stored in the file
+    (``untrusted``) cannot allocate more than the state_dict's own tensors.
+    """
     if arch is None:
         try:
             name, kwargs = infer_architecture(state_dict)
         except ArchitectureError as exc:
             raise ArchitectureError(f"{source!r}: {exc}; name the architecture with --arch ({_ARCH_FORMS})") from exc
-        model = build_model(name, **kwargs)
+        recipe = _Recipe(name, get_spec(name).factory, dict(kwargs), zoo=True)
     else:
-        model, name, kwargs = _build_named(arch, kwargs, state_dict, source)
+        recipe = _recipe(arch, kwargs, state_dict)
+    _check_on_meta(recipe, state_dict, source, untrusted)
+    model = recipe.build()
     diff = compare_state_dict(model, state_dict)
     if not diff.ok:
-        raise ArchitectureError(_mismatch_message(source, name, diff, state_dict))
+        raise ArchitectureError(_mismatch_message(source, recipe.arch, diff, state_dict))
     model.load_state_dict(state_dict, strict=True)
-    return model, name, dict(kwargs)
+    return model, recipe.arch, dict(recipe.kwargs)
 
 
-def _build_named(
-    arch: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any], source: str
-) -> tuple[nn.Module, str, dict[str, Any]]:
+def _check_on_meta(recipe: _Recipe, state_dict: Mapping[str, Any], source: str, untrusted: bool) -> None:
+    """Compare the architecture's shapes with ``state_dict`` before anything is allocated."""
+    try:
+        shell = recipe.shell()
+    except ArchitectureError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - code that cannot run on meta
+        if untrusted:
+            raise UnsafeCheckpointError(
+                f"{source!r}: {recipe.arch} with its stored arch_kwargs {recipe.kwargs} cannot be checked against "
+                f"the weights before it is allocated ({type(exc).__name__}: {_first_line(exc)}); {_TRUST_HINT}"
+            ) from exc
+        return  # trusted or inferred arguments: built for real, then compared
+    if not isinstance(shell, nn.Module):
+        return  # the real build says what it built instead
+    diff = compare_state_dict(shell, state_dict)
+    if not diff.ok:
+        raise ArchitectureError(_mismatch_message(source, recipe.arch, diff, state_dict))
+    saved = set(shell.state_dict())
+    unsaved = sum(buffer.numel() for name, buffer in shell.named_buffers() if name not in saved)
+    if untrusted and unsaved > _MAX_UNSAVED_ELEMENTS:
+        raise UnsafeCheckpointError(
+            f"{source!r}: {recipe.arch} with its stored arch_kwargs {recipe.kwargs} would allocate {unsaved:,} "
+            f"elements of buffers that are not in the file; {_TRUST_HINT}"
+        )
+
+
+_FETCHING_WORDS = frozenset(
+    {"weights", "pretrained", "checkpoint", "file", "files", "path", "url", "dir", "hub", "hf", "cache", "download",
+     "root", "home"}
+)
+_SHORT_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]{0,63}|")
+
+
+def _check_stored_kwargs(kwargs: Mapping[str, Any], arch: str, source: str) -> None:
+    """Stored arguments of an untrusted file: plain numbers, flags and short names only.
+
+    Arguments named like weights, paths, URLs, caches or checkpoints (``weights_backbone``,
+    ``pretrained_cfg_overlay``, ``checkpoint_path``, ...) could download or read files while the model
+    is built, and dicts or path-like strings could smuggle them in.
+    """
+    for key, value in kwargs.items():
+        if key == "weights" and arch in list_architectures():
+            continue  # the registry's models ignore it: the state_dict replaces pretrained weights
+        words = str(key).lower().split("_")
+        if not isinstance(key, str) or not key.isidentifier():
+            reason = "which is not a keyword argument"
+        elif words[0] in _FETCHING_WORDS or words[-1] in _FETCHING_WORDS:
+            reason = "which could download or read files while the model is built"
+        elif not _plain_hyperparameter(value):
+            reason = "which is not a plain number, flag or short name"
+        else:
+            continue
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise UnsafeCheckpointError(
+            f"{source!r} stores arch_kwargs {key}={shown}, {reason}; attnviz builds a model from an untrusted "
+            f"file's plain numbers, flags and short names only; {_TRUST_HINT}"
+        )
+
+
+def _plain_hyperparameter(value: Any, depth: int = 0) -> bool:
+    if value is None or isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return _SHORT_NAME.fullmatch(value) is not None and ".." not in value
+    if isinstance(value, list | tuple) and depth < 2 and len(value) <= 64:
+        return all(_plain_hyperparameter(item, depth + 1) for item in value)
+    return False
+
+
+def _recipe(arch: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]) -> _Recipe:
     prefix, _, rest = arch.partition(":")
     if prefix == "timm" and rest:
-        return _build_library(arch, _timm_factory(rest), kwargs, state_dict)
+        return _library_recipe(arch, _timm_factory(rest), kwargs, state_dict)
     if prefix == "torchvision" and rest:
-        return _build_library(arch, _torchvision_factory(rest), kwargs, state_dict)
+        return _library_recipe(arch, _torchvision_factory(rest), kwargs, state_dict)
     if ":" in arch:
-        return _build_library(arch, _user_factory(arch), kwargs, state_dict)
-    return _build_zoo(arch, kwargs, state_dict, source)
+        return _library_recipe(arch, _user_factory(arch), kwargs, state_dict)
+    return _zoo_recipe(arch, kwargs, state_dict)
 
 
-def _build_zoo(
-    name: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any], source: str
-) -> tuple[nn.Module, str, dict[str, Any]]:
+def _zoo_recipe(name: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]) -> _Recipe:
     if name not in list_architectures():
         raise ArchitectureError(
             f"unknown architecture {name!r}; use {_ARCH_FORMS} (registry: {', '.join(list_architectures())})"
         )
+    spec = get_spec(name)
     if kwargs is None:
-        spec = get_spec(name)
         kwargs = (spec.infer_kwargs(state_dict) if spec.infer_kwargs else None) or {}
     kwargs = {k: v for k, v in kwargs.items() if k != "weights"}  # the state_dict replaces pretrained weights
-    return build_model(name, **kwargs), name, kwargs
+    return _Recipe(name, spec.factory, kwargs, zoo=True)
 
 
-def _build_library(
+def _library_recipe(
     arch: str, factory: Any, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]
-) -> tuple[nn.Module, str, dict[str, Any]]:
-    """Build with ``factory(**kwargs)``; if kwargs are unknown, fit ``num_classes`` to the weights."""
+) -> _Recipe:
+    """``factory(**kwargs)``; if kwargs are unknown, fit ``num_classes`` to the weights."""
     if kwargs is not None:
-        return _call(arch, factory, kwargs), arch, kwargs
+        return _Recipe(arch, factory, dict(kwargs))
     probe = _probe(factory)
     model = probe if probe is not None else _call(arch, factory, {})
     num_classes = _stored_num_classes(model, state_dict)
     if num_classes is not None and _accepts(factory, "num_classes"):
-        kwargs = {"num_classes": num_classes}
-        return _call(arch, factory, kwargs), arch, kwargs
-    return (model if probe is None else _call(arch, factory, {})), arch, {}
+        return _Recipe(arch, factory, {"num_classes": num_classes})
+    return _Recipe(arch, factory, {})
 
 
 def _probe(factory: Any) -> nn.Module | None:
@@ -653,13 +908,21 @@ def _zoo_preset(name: str) -> Preset | None:
     return get_preset(get_spec(name).preset)
 
 
-def _stored_preset(data: Any, source: str) -> Preset | None:
+def _stored_preset(data: Any, source: str, trust: bool) -> Preset | None:
     if data is None:
         return None
     try:
-        return Preset.from_dict(data)
+        preset = Preset.from_dict(data)
     except UsageError as exc:
         raise CheckpointError(f"{source!r} has an invalid preset: {exc}") from exc
+    height, width = preset.size
+    if not trust and max(height, width) > _MAX_STORED_SIDE:
+        gigabytes = 3 * 4 * height * width / 1e9
+        raise UnsafeCheckpointError(
+            f"{source!r} stores an input size of {height}x{width} pixels, more than {_MAX_STORED_SIDE} per side "
+            f"({gigabytes:,.0f} GB per image as float32); {_TRUST_HINT}"
+        )
+    return preset
 
 
 # ----------------------------------------------------------------------------- writing
