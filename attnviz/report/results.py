@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
+from attnviz._text import csv_cell
 from attnviz.report.records import plain
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
@@ -19,7 +20,7 @@ SPATIAL_COLUMNS = ("mean", "pointing_game", "energy_pointing_game")
 
 def csv_columns(run: dict[str, Any]) -> list[str]:
     """The columns of ``results.csv``: image facts, then per model ``MODEL:metric`` and
-    ``MODEL:GATE:metric`` for each gate."""
+    ``MODEL:GATE:metric`` for each gate (made safe for spreadsheets like every cell, :func:`csv_cell`)."""
     columns = list(IMAGE_COLUMNS)
     for model in run["models"]:
         name = model["name"]
@@ -29,7 +30,7 @@ def csv_columns(run: dict[str, Any]) -> list[str]:
         for gate, facts in model["gates"].items():
             keys = SPATIAL_COLUMNS if facts["kind"] == "spatial" else ("mean",) if facts["kind"] == "channel" else ()
             columns += [f"{name}:{gate}:{key}" for key in keys]
-    return columns
+    return [csv_cell(column) for column in columns]
 
 
 def csv_row(record: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def csv_row(record: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
                 row[f"{name}:{gate}:{key}"] = values.get(key)
         for gate, values in entry["channel_gates"].items():
             row[f"{name}:{gate}:mean"] = values["mean"]
-    return {key: _csv_value(value) for key, value in plain(row).items()}
+    return {csv_cell(key): csv_cell(value) for key, value in plain(row).items()}
 
 
 def write_results_csv(file: IO[str], records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
@@ -69,26 +70,30 @@ def write_summary_csv(file: IO[str], summary: dict[str, Any], sanity: dict[str, 
     the trained model)."""
     writer = csv.writer(file, lineterminator="\n")
     writer.writerow(["model", "subject", "metric", "value", "n"])
+
+    def write(cells: list[Any]) -> None:
+        writer.writerow([csv_cell(cell) for cell in cells])
+
     for name, stats in summary["models"].items():
         accuracy = stats["accuracy"]
-        writer.writerow([name, "model", "accuracy", _csv_value(accuracy["value"]), accuracy["labelled"]])
+        write([name, "model", "accuracy", accuracy["value"], accuracy["labelled"]])
         for key, value in stats["means"].items():
             subject = "model" if key == "prob" else "grad-cam"
-            writer.writerow([name, subject, f"mean_{key}", _csv_value(value), stats["counts"][key]])
+            write([name, subject, f"mean_{key}", value, stats["counts"][key]])
         for gate, values in stats["spatial_gates"].items():
             for key in SPATIAL_COLUMNS:
                 n = values["masked"] if key != "mean" else stats["images"]
-                writer.writerow([name, gate, f"mean_{key}", _csv_value(values.get(key)), n])
+                write([name, gate, f"mean_{key}", values.get(key), n])
         for gate, values in stats["channel_gates"].items():
             for key, value in (values.get("statistics") or {}).items():
                 if isinstance(value, (int, float)) or value is None:
-                    writer.writerow([name, gate, key, _csv_value(value), values["sample"]])
-            writer.writerow([name, gate, "class_selectivity", _csv_value(values.get("class_selectivity")), values["sample"]])
+                    write([name, gate, key, value, values["sample"]])
+            write([name, gate, "class_selectivity", values.get("class_selectivity"), values["sample"]])
         for step in ((sanity or {}).get("models") or {}).get(name, []):
             subject = f"sanity:{step['step']}:{'+'.join(step.get('layers') or []) or '-'}"
             images = len(step.get("top20_iou") or [])
-            writer.writerow([name, subject, "spearman_mean", _csv_value(step.get("spearman_mean")), step.get("n", "")])
-            writer.writerow([name, subject, "top20_iou_mean", _csv_value(step.get("top20_iou_mean")), images])
+            write([name, subject, "spearman_mean", step.get("spearman_mean"), step.get("n", "")])
+            write([name, subject, "top20_iou_mean", step.get("top20_iou_mean"), images])
 
 
 def write_results_json(
@@ -116,13 +121,3 @@ def _slim(record: dict[str, Any]) -> dict[str, Any]:
         gates = {gate: {"mean": values["mean"]} for gate, values in entry["channel_gates"].items()}
         models[name] = {**entry, "channel_gates": gates}
     return {**record, "models": models}
-
-
-def _csv_value(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float):
-        return repr(value)
-    return value

@@ -1,0 +1,48 @@
+"""Text that attnviz writes for other programs: strict JSON and spreadsheet-safe CSV cells.
+
+Light on purpose (no torch): picture workers may import it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+#: A text cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def finite(value: Any) -> Any:
+    """``value`` as plain Python (numpy/torch scalars and arrays as lists, tuples as lists) with
+    NaN and infinities replaced by ``None``."""
+    if isinstance(value, dict):
+        return {str(key): finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``value`` as JSON that every parser accepts: non-finite numbers become ``null``, and
+    ``allow_nan=False`` makes sure a bare ``NaN`` can never be written."""
+    return json.dumps(finite(value), allow_nan=False, **{"ensure_ascii": False, **kwargs})
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell: ``None`` and non-finite numbers empty, booleans 0/1, floats at full precision,
+    and text that a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR)
+    prefixed with ``'`` (OWASP's advice). Numbers stay numbers: ``-0.5`` is written as it is."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
