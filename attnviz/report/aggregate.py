@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class _ModelSums:
     spatial: dict[str, dict[str, _Mean]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Mean)))
     class_sums: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     class_counts: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    non_finite: int = 0
 
 
 class Aggregator:
@@ -94,8 +96,7 @@ class Aggregator:
             if entry is not None:
                 label = truth if truth is not None else entry["predicted"]
                 self._add_model(self.sums[name], entry, truth, label)
-                gates = {g: np.asarray(v["values"], dtype=np.float32) for g, v in entry["channel_gates"].items()}
-                sampled[name] = (label, gates)
+                sampled[name] = (label, _finite_gates(entry["channel_gates"], np.float32))
         self._keep_sample(record["id"], sampled)
 
     def summary(self) -> dict[str, Any]:
@@ -129,6 +130,7 @@ class Aggregator:
 
     def _add_model(self, sums: _ModelSums, entry: dict[str, Any], truth: int | None, label: int) -> None:
         sums.images += 1
+        sums.non_finite += _non_finite(entry)
         if truth is not None:
             sums.labelled += 1
             sums.correct += entry["predicted"] == truth
@@ -142,8 +144,7 @@ class Aggregator:
         for gate, values in entry["spatial_gates"].items():
             for key in ("mean", "pointing_game", "energy_pointing_game"):
                 sums.spatial[gate][key].add(values.get(key))
-        for gate, values in entry["channel_gates"].items():
-            vector = np.asarray(values["values"], dtype=np.float64)
+        for gate, vector in _finite_gates(entry["channel_gates"], np.float64).items():
             per_class = sums.class_sums[gate]
             per_class[label] = per_class[label] + vector if label in per_class else vector
             sums.class_counts[gate][label] += 1
@@ -160,6 +161,7 @@ class Aggregator:
         sums = self.sums[name]
         return {
             "images": sums.images,
+            "non_finite": sums.non_finite,
             "accuracy": {
                 "correct": sums.correct,
                 "labelled": sums.labelled,
@@ -174,6 +176,15 @@ class Aggregator:
             },
             "channel_gates": {gate: self._channel_summary(name, gate) for gate in sums.class_sums},
         }
+
+    def warn_non_finite(self) -> None:
+        """One warning line naming the models that gave NaN or infinite values (a model with NaN
+        weights): their numbers are missing (``null``, ``–``) and their maps not drawn."""
+        bad = {name: sums.non_finite for name, sums in self.sums.items() if sums.non_finite}
+        if bad:
+            counts = ", ".join(f"{name} on {count} of {self.sums[name].images} image(s)" for name, count in bad.items())
+            warnings.warn(f"NaN or infinite values from {counts} (check the weights): those numbers are missing in the "
+                          "report and their maps are not drawn", stacklevel=2)
 
     def _confusion(self, sums: _ModelSums) -> dict[str, Any] | None:
         if not sums.confusion:
@@ -210,3 +221,17 @@ class Aggregator:
         if self.class_names is not None and 0 <= index < len(self.class_names):
             return self.class_names[index]
         return str(index)
+
+
+def _non_finite(entry: dict[str, Any]) -> bool:
+    """True when a model's part of a record lost values to NaN or infinities (``null`` in the record)."""
+    gates = [*entry["spatial_gates"].values(), *entry["channel_gates"].values()]
+    return entry.get("prob") is None or entry["cam"].get("p_target") is None or any(g.get("mean") is None for g in gates)
+
+
+def _finite_gates(gates: dict[str, Any], dtype: Any) -> dict[str, np.ndarray]:
+    """Each channel gate's vector, leaving out those with NaN or infinite values (``null`` in a
+    record: a model with NaN weights), which no mean or statistic can use."""
+    vectors = {gate: np.asarray([np.nan if v is None else v for v in values["values"]], dtype=dtype)
+               for gate, values in gates.items()}
+    return {gate: vector for gate, vector in vectors.items() if np.isfinite(vector).all()}

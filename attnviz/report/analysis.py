@@ -133,8 +133,8 @@ def analyse_batch(
     for run, out in zip(runs, outputs):
         start = time.perf_counter()
         cam = gradcam(run.loaded.model, out["images"], target=targets, layer=run.cam_layer or None, method=options.method)
-        maps[run.name] = cam.maps.detach().float().cpu()
         scores = cam.scores.detach().float().cpu()
+        maps[run.name] = _undefined_where(cam.maps.detach().float().cpu(), ~torch.isfinite(scores))
         timings["cam"] = timings.get("cam", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         faithful = measures.faithfulness(
@@ -152,7 +152,10 @@ def analyse_batch(
     baseline = runs[0].name
     for run in runs[1:]:
         for i in range(len(samples)):
-            entries[i][run.name]["agreement"] = measures.agreement(maps[baseline][i], maps[run.name][i])
+            entries[i][run.name]["agreement"] = (
+                measures.agreement(maps[baseline][i], maps[run.name][i])
+                if _finite(maps[baseline][i], maps[run.name][i]) else {"top20_iou": None, "spearman": None}
+            )
     timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
     return list(zip(entries, arrays))
 
@@ -209,13 +212,13 @@ def _entry(
         "p_target": p_target, **faithful,
     }
     if mask is not None:
-        cam.update(measures.localisation(cam_map, mask))
+        cam.update(_localisation(cam_map, mask))
     spatial = {}
     for name, values in out["spatial"].items():
         gate = values[i]
         spatial[name] = {"mean": float(gate.mean()), "min": float(gate.min()), "max": float(gate.max())}
         if mask is not None:
-            spatial[name].update(measures.localisation(gate, mask))
+            spatial[name].update(_localisation(gate, mask))
     channel = {
         name: {"mean": float(values[i].mean()), "values": [float(f"{v:.9g}") for v in values[i]]}
         for name, values in out["channel"].items()
@@ -230,6 +233,26 @@ def _entry(
         "spatial_gates": spatial,
         "channel_gates": channel,
     }
+
+
+def _undefined_where(maps: torch.Tensor, undefined: torch.Tensor) -> torch.Tensor:
+    """``maps`` with the maps of the images in ``undefined`` made NaN: a Grad-CAM of a class whose
+    score is NaN (a model with NaN weights) explains nothing, though it comes out as zeros."""
+    if bool(undefined.any()):
+        maps = maps.clone()
+        maps[undefined] = float("nan")
+    return maps
+
+
+def _finite(*maps: Any) -> bool:
+    return all(bool(np.isfinite(np.asarray(m, dtype=np.float64)).all()) for m in maps)
+
+
+def _localisation(saliency: Any, mask: np.ndarray) -> dict[str, Any]:
+    """Pointing game and energy pointing game; missing (``None``) for a map with NaN or infinite values."""
+    if not mask.any() or _finite(saliency):
+        return measures.localisation(saliency, mask)
+    return {"pointing_game": None, "energy_pointing_game": None}
 
 
 def _label(run: ModelRun, index: int) -> str:

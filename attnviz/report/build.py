@@ -70,6 +70,7 @@ def build_report(out: str | Path) -> BuildResult:
             failures.append({"id": record["id"], "source": record["source"], "reason": record["reason"]})
     summary = aggregator.summary()
     summary["pending"] = pending
+    aggregator.warn_non_finite()
     seconds["aggregate"] = time.perf_counter() - start
 
     start = time.perf_counter()

@@ -130,14 +130,14 @@ def _model_figure(name: str, entry: dict[str, Any], src: str | None, width: int,
     css = {True: "m ok", False: "m bad", None: "m"}[entry["correct"]]
     numbers = [f"del {_num(cam.get('deletion_auc'))}", f"ins {_num(cam.get('insertion_auc'))}"]
     if "pointing_game" in cam:
-        numbers += [f"PG {'✓' if cam['pointing_game'] else '✗'}", f"EPG {_num(cam.get('energy_pointing_game'))}"]
+        numbers += [f"PG {_num(cam['pointing_game'])}", f"EPG {_num(cam.get('energy_pointing_game'))}"]
     if "agreement" in entry:
         numbers += [f"IoU {_num(entry['agreement']['top20_iou'])}", f"ρ {_num(entry['agreement']['spearman'])}"]
     caption = (
         f"<b>{html.escape(name)}</b>{' (baseline)' if baseline else ''}<br>"
-        f'<span class="pred">{html.escape(entry["label"])}</span> P {entry["prob"]:.3f}{mark}'
+        f'<span class="pred">{html.escape(entry["label"])}</span> P {_num(entry["prob"])}{mark}'
         f'<span class="nums">Grad-CAM of {html.escape(str(cam.get("target_label", cam["target"])))} '
-        f"(P {cam['p_target']:.3f})<br>{' · '.join(numbers)}</span>"
+        f"(P {_num(cam['p_target'])})<br>{' · '.join(numbers)}</span>"
     )
     return _figure(src, width, height, caption, css)
 
@@ -148,8 +148,8 @@ def _gate_panel(name: str, entry: dict[str, Any], pictures: dict[str, Any], widt
         values = entry["spatial_gates"][gate]
         extra = ""
         if "pointing_game" in values:
-            extra = f"<br>PG {'✓' if values['pointing_game'] else '✗'} · EPG {_num(values['energy_pointing_game'])}"
-        caption = f"{html.escape(gate)}<br>min {values['min']:.3f} · mean {values['mean']:.3f} · max {values['max']:.3f}{extra}"
+            extra = f"<br>PG {_num(values['pointing_game'])} · EPG {_num(values['energy_pointing_game'])}"
+        caption = f"{html.escape(gate)}<br>min {_num(values['min'])} · mean {_num(values['mean'])} · max {_num(values['max'])}{extra}"
         parts.append(
             f'<figure><img data-src="{html.escape(src)}" width="{width}" height="{height}" alt="{html.escape(gate)}">'
             f"<figcaption>{caption}</figcaption></figure>"

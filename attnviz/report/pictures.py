@@ -59,9 +59,11 @@ def draw(job: dict[str, Any]) -> dict[str, np.ndarray]:
     thumb = job["thumb"]
     pictures = {paths["image"]: thumb}
     for name, entry in paths["models"].items():
-        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(job["cams"][name], 0.0, 1.0), cmap=OVERLAY_CMAP)
+        cam = job["cams"][name]  # a map with NaN (a model with NaN weights) has no overlay: the plain thumbnail
+        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(cam, 0.0, 1.0), cmap=OVERLAY_CMAP) if _finite(cam) else thumb
         for gate, path in entry["spatial"].items():
-            pictures[path] = render.overlay_rgb(thumb, job["spatial"][name][gate], vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP)
+            values = job["spatial"][name][gate]
+            pictures[path] = render.overlay_rgb(thumb, values, vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP) if _finite(values) else thumb
         if "bars" in entry:
             pictures[entry["bars"]] = channel_strip(job["channel"][name])
     return pictures
@@ -120,9 +122,11 @@ def channel_strip(gates: dict[str, np.ndarray]) -> np.ndarray:
     width = max(MIN_WIDTH, max(np.asarray(v).size for v in gates.values()))
     panels = []
     for name, values in gates.items():
-        values = np.clip(np.asarray(values, dtype=np.float64).reshape(-1), 0.0, 1.0)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        finite = _finite(values)  # a gate with NaN values (NaN weights) gets no bars
+        values = np.clip(values, 0.0, 1.0) if finite else np.zeros_like(values)
         panel = np.full((LABEL_HEIGHT + PANEL_HEIGHT, width, 3), 255, np.uint8)
-        text = f"{name}: {values.size} ch, mean {values.mean():.3f}"
+        text = f"{name}: {values.size} ch, " + (f"mean {values.mean():.3f}" if finite else "NaN values, not drawn")
         cv2.putText(panel, text.encode("ascii", "replace").decode(), (2, LABEL_HEIGHT - 4),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
         columns = np.minimum((np.arange(width) * values.size) // width, values.size - 1)
@@ -139,6 +143,10 @@ def channel_strip(gates: dict[str, np.ndarray]) -> np.ndarray:
         body[-1, :] = (128, 128, 128)
         panels.append(panel)
     return np.concatenate(panels, axis=0)
+
+
+def _finite(values: Any) -> bool:
+    return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
 
 
 def _safe(name: str) -> str:
