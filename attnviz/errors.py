@@ -39,3 +39,14 @@ class ArchitectureError(CheckpointError):
 
 class CaptureError(AttnvizError):
     """The model's forward pass failed or produced nothing attnviz can capture."""
+
+
+class OutputError(AttnvizError):
+    """An output cannot be written: a full disk, an output path below a regular file, no permission.
+
+    ``exit_code`` is 2 when nothing was written, 1 when the command stopped midway and kept what it had
+    finished (the message says what)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

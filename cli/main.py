@@ -2,17 +2,21 @@
 
 Each sub-command lives in its own module of this package and is imported only when it is
 run, so ``attnviz --help`` stays fast. Errors that derive from :class:`AttnvizError` become
-one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead. Warnings
-raised while a command runs are one line too (``attnviz: warning: …``); Python's own warning
-display is back in place when the command returns.
+one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead. So do the
+faults of the machine rather than of attnviz (:func:`environment_error`): a full disk, an output
+path below a regular file, no permission, a file nested too deeply to read. Warnings raised while a
+command runs are one line too (``attnviz: warning: …``); Python's own warning display is back in
+place when the command returns.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -64,6 +68,12 @@ class LazyGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort, SystemExit):
             raise
+        except (OSError, RecursionError) as error:  # the machine's fault or a hostile file, not attnviz's
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message, code = environment_error(error)
+            click.echo(f"attnviz: error: {message}", err=True)
+            ctx.exit(code)
         except Exception as error:  # a bug, not a user error: still one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -72,6 +82,25 @@ class LazyGroup(click.Group):
                 err=True,
             )
             ctx.exit(1)
+
+
+def environment_error(error: OSError | RecursionError) -> tuple[str, int]:
+    """The one-line message and exit code of an error that is the machine's or a file's, not
+    attnviz's: 2 when it stops a command before anything is done (a path below a regular file,
+    no permission, a read-only disk), 1 when the command may have stopped midway (a full disk:
+    what was finished is kept, and ``report`` resumes)."""
+    if isinstance(error, RecursionError):
+        return "a file or value is nested too deeply to process (RecursionError); attnviz writes none so deep", 1
+    path = error.filename or "a file"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full: could not write {path}; free some space and run the command again", 1
+    if error.errno in (errno.ENOTDIR, errno.EEXIST) and error.filename:
+        blocker = next((p for p in (Path(path), *Path(path).parents) if p.exists() and not p.is_dir()), None)
+        where = f"{blocker} is a file, not a folder" if blocker else "a part of that path is a file, not a folder"
+        return f"cannot create {path}: {where}", 2
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot use {path}: {error.strerror}", 2
+    return f"{error.strerror or type(error).__name__}: {path}", 1
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
