@@ -7,10 +7,31 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+#: The name of every temporary file attnviz writes: ``.<name>.<12 hex digits>.tmp`` beside ``<name>``.
+TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh temporary name beside ``path`` (see :data:`TEMPORARY_NAME`)."""
+    return path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Remove the temporary files attnviz left in ``folder`` itself (not below it): regular files
+    named as :data:`TEMPORARY_NAME` says, nothing else. Returns how many were removed."""
+    removed = 0
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(folder):
+            if TEMPORARY_NAME.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 @contextlib.contextmanager
@@ -19,7 +40,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     (``os.replace``), on any error it is removed and ``path`` is left as it was. The file gets
     the permissions of any new file (0o666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    temporary = temporary_sibling(path)
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from attnviz._files import atomic_file, write_bytes
+from attnviz._outdir import claim_output_folder
 from attnviz.capturing import Capture, Capturer
 from attnviz.checkpoints import LoadedModel
 from attnviz.errors import AttnvizError
@@ -116,7 +117,7 @@ def run_maps(
         if on_image:
             on_image(outcome)
 
-    with _Painter(options, len(paths)) as painter:
+    with claim_output_folder(out, "maps"), _Painter(options, len(paths)) as painter:  # refuses others' folders; locks
         for start in range(0, len(paths), options.batch_size):
             inputs: list[InputImage] = []
             for path in (str(p) for p in paths[start : start + options.batch_size]):

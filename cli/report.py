@@ -29,6 +29,8 @@ INPUT is a folder of images (class sub-folders give the true class; x.mask.png b
 its object mask), a text file with one image path per line, or a data spec: shapes, shapes:N
 (the first N test images, with masks), cifar10, cifar10:N, folder:PATH.
 Re-running the same command resumes: finished images are skipped.
+OUT must be new, empty or a report folder of attnviz (--force: beside other files); one run at a
+time writes it (a second is refused while the lock OUT/.attnviz.lock is held).
 """
 )
 @click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), default=None, help="Checkpoint of the baseline CNN (the others' maps are compared with it).")
@@ -51,8 +53,10 @@ Re-running the same command resumes: finished images are skipped.
 @click.option("--sanity-images", type=click.IntRange(min=0), default=16, show_default=True, help="Images of the randomisation sanity check (0: skip it).")
 @click.option("--no-pictures", is_flag=True, help="Numbers only: no per-image pictures.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (beside them: a file attnviz did not write is never replaced).")
 def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoint, device, classes_file, masks, data_dir,
-           seed, batch_size, workers, render_workers, shard, method, steps, deletion_baseline, sanity_images, no_pictures, quiet):
+           seed, batch_size, workers, render_workers, shard, method, steps, deletion_baseline, sanity_images, no_pictures, quiet,
+           force):
     """Run every model on every image of INPUT and write a static HTML report with the numbers
     (accuracy, confusion matrices, pointing game, deletion/insertion, agreement with the
     baseline, gate statistics) in OUT/index.html, OUT/results.csv and OUT/results.json.
@@ -67,7 +71,7 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
         from attnviz.report import records
         from attnviz.report.merge import merge_reports
 
-        built = merge_reports([Path(i) for i in inputs], out)
+        built = merge_reports([Path(i) for i in inputs], out, force=force)
         missing = records.read_run(out).get("missing_shards") or []
         _finish(built.index, built.images, None, built.failures, quiet, pending=built.pending, incomplete=bool(missing))
         return
@@ -86,7 +90,7 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
         batch_size=batch_size, workers=workers, render_workers=render_workers, shard=shard, method=method, steps=steps,
         deletion_baseline=deletion_baseline, sanity_images=sanity_images, pictures=not no_pictures,
         class_names=load_class_names(classes_file) if classes_file else None, masks=masks, data_dir=data_dir,
-        seed=seed, progress=False if quiet else None,
+        seed=seed, progress=False if quiet else None, force=force,
     )
     result = run_report(models, inputs[0], out, options)
     _finish(result.index, result.total - len(result.failures), (result.processed, result.resumed), result.failures, quiet)

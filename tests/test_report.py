@@ -280,7 +280,7 @@ def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path, 
     removed = json.loads(items[2].read_text())
     items[2].unlink()
     items[4].write_text('{"id": "trunc')  # a record cut short
-    (out / "items" / ".leftover.json.tmp").write_text("x")
+    (out / "items" / f".{items[4].name}.0123456789ab.tmp").write_text("x")  # an atomic write that was killed
     third = run_report(models, "shapes:6", out, options)
     assert (third.processed, third.resumed) == (2, 4)
     redone = json.loads(items[2].read_text())

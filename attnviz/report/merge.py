@@ -5,6 +5,12 @@ fingerprints agree) and be distinct slices of it. Records and pictures are hard-
 merged folder where the file system allows it (copied otherwise); the sanity check comes from
 shard 1; then every output is rebuilt from the records, so the merged report equals the report
 of one run over the whole input.
+
+Shard folders are untrusted input: before anything is written, every path that a shard's
+``run.json``, manifest or records name (model slugs, item ids, pictures) must be a plain relative
+path inside the shard (no ``..``, no absolute path, no symbolic link out of it, pictures only in the
+picture folders); else the merge is refused with one line. The merged folder is claimed and locked
+as any report folder (:func:`attnviz._outdir.claim_output_folder`).
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ import os
 import shutil
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
+from attnviz._files import temporary_sibling
+from attnviz._outdir import claim_output_folder
 from attnviz.errors import UsageError
 from attnviz.report import records as store
 from attnviz.report.build import BuildResult, build_report
 
 
-def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str]) -> BuildResult:
-    """Merge shard report folders ``dirs`` into ``out`` and build its outputs.
+def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False) -> BuildResult:
+    """Merge shard report folders ``dirs`` into ``out`` and build its outputs (``force``: as
+    :class:`attnviz.report.ReportOptions`'s).
 
     Unfinished shards (an interrupted run) and missing ones are merged as far as they go, with a
     warning; the result's ``pending`` counts the unfinished images (``results.json``:
@@ -31,12 +40,20 @@ def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
 
     Raises:
         UsageError: No folders, a folder that is not a report, reports of different
-            configurations, the same shard twice, or ``out`` among the inputs.
+            configurations, the same shard twice, ``out`` among the inputs, a shard naming a path
+            outside itself, or an ``out`` that holds other files or is in use.
     """
     folders = [Path(d) for d in dirs]
     out = Path(out)
     runs, missing = _check(folders, out)
-    out.mkdir(parents=True, exist_ok=True)
+    for folder, run in zip(folders, runs):
+        _check_paths(folder, run["config"])
+    with claim_output_folder(out, "report", names=store.REPORT_NAMES, force=force):
+        return _merge(folders, runs, missing, out)
+
+
+def _merge(folders: list[Path], runs: list[dict[str, Any]], missing: list[int], out: Path) -> BuildResult:
+    store.clean_report(out)
     shards = sorted(tuple(run["shard"]) for run in runs)
     merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards], "missing_shards": missing}
     for folder, run in zip(folders, runs):
@@ -48,8 +65,9 @@ def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
             k, n = run["shard"]
             warnings.warn(f"shard {k}/{n} ({folder}) is not finished: {unfinished} of {rows} image(s) have no result "
                           "yet; finish it (re-run its command) and merge again", stacklevel=2)
-        if run["shard"][0] == 1 and (folder / store.SANITY_FILE).is_file():
-            _place(folder / store.SANITY_FILE, out / store.SANITY_FILE)
+        sanity = _shard_file(folder, store.SANITY_FILE)
+        if run["shard"][0] == 1 and sanity.is_file():
+            _place(sanity, out / store.SANITY_FILE)
     store.write_manifest(out, _merged_rows(folders))
     store.write_json(out / store.RUN_FILE, merged)
     return build_report(out)
@@ -61,7 +79,7 @@ def _check(folders: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[i
         raise UsageError("--merge needs the report folders of the shards")
     if any(folder.resolve() == out.resolve() for folder in folders):
         raise UsageError(f"the merged report must go to a new folder, not into {out}")
-    runs = [store.read_run(folder) for folder in folders]
+    runs = [store.read_run(folder, "shard") for folder in folders]
     configs = {run["config"] for run in runs}
     if len(configs) > 1:
         raise UsageError("the folders hold reports of different models, options or inputs; merge shards of one command")
@@ -80,6 +98,63 @@ def _check(folders: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[i
     return runs, missing
 
 
+def _check_paths(folder: Path, config: str) -> None:
+    """Check every path the shard's manifest and records name, before anything is written.
+
+    Raises:
+        UsageError: ``refusing shard …``: a row without an index, an id that is not a plain file
+            name, or a record or picture outside the shard (see :func:`_shard_file`).
+    """
+    _shard_file(folder, store.SANITY_FILE)
+    try:
+        for row in store.read_manifest(folder):
+            if not isinstance(row, dict) or not isinstance(row.get("index"), int) or isinstance(row.get("index"), bool):
+                raise UsageError(f"refusing shard {folder}: its {store.MANIFEST_FILE} holds a row without an index")
+            item_id = _item_id(folder, row.get("id"))
+            _record_file(folder, item_id)
+            record = store.read_record(folder, item_id, config)
+            for relative in _picture_files(record.get("pictures") if record else None):
+                _picture_path(folder, relative)
+    except (ValueError, RecursionError):
+        raise UsageError(f"refusing shard {folder}: its {store.MANIFEST_FILE} is not one JSON object per line") from None
+
+
+def _item_id(folder: Path, value: Any) -> str:
+    try:
+        return store.safe_name(value, "item id")
+    except UsageError as error:
+        raise UsageError(f"refusing shard {folder}: {error} (in its {store.MANIFEST_FILE})") from None
+
+
+def _record_file(folder: Path, item_id: str) -> Path:
+    """The shard's record of ``item_id`` (a checked id), which must be inside the shard."""
+    return _shard_file(folder, f"{store.ITEMS_DIR}/{item_id}.json")
+
+
+def _shard_file(folder: Path, relative: str) -> Path:
+    """``folder / relative``, which must stay inside the shard (symbolic links followed).
+
+    Raises:
+        UsageError: It leads outside.
+    """
+    try:
+        return store.inside(folder, relative, "file")
+    except UsageError as error:
+        raise UsageError(f"refusing shard {folder}: {error}") from None
+
+
+def _picture_path(folder: Path, relative: str) -> Path:
+    """A record's picture ``relative`` inside the shard: in one of the picture folders, inside it.
+
+    Raises:
+        UsageError: Anywhere else.
+    """
+    parts = PurePosixPath(relative).parts
+    if len(parts) < 2 or parts[0] not in store.PICTURE_DIRS:
+        raise UsageError(f"refusing shard {folder}: picture {relative!r} of a record is not in its picture folders")
+    return _shard_file(folder, relative)
+
+
 def _merged_rows(folders: list[Path]) -> Iterator[dict[str, Any]]:
     """Every shard's manifest rows in source order (each manifest is in source order already)."""
     return heapq.merge(*(store.read_manifest(folder) for folder in folders), key=lambda row: row["index"])
@@ -88,14 +163,14 @@ def _merged_rows(folders: list[Path]) -> Iterator[dict[str, Any]]:
 def _take(folder: Path, out: Path, item_id: str, config: str) -> bool:
     """Bring one image's record and pictures over; ``False`` (nothing done) when the shard has no
     record of it yet."""
-    record = store.read_record(folder, item_id, config)
+    record = store.read_record(folder, _item_id(folder, item_id), config)
     if record is None:
         return False
     for relative in _picture_files(record.get("pictures")):
-        source = folder / relative
+        source = _picture_path(folder, relative)  # checked again: the shard may have changed since
         if source.is_file():
-            _place(source, out / relative)
-    _place(store.record_path(folder, item_id), store.record_path(out, item_id))
+            _place(source, store.inside(out, relative, "picture"))
+    _place(_record_file(folder, item_id), store.record_path(out, item_id))
     return True
 
 
@@ -112,8 +187,7 @@ def _place(source: Path, target: Path) -> None:
     if target.exists() and os.path.samefile(source, target):
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    temporary.unlink(missing_ok=True)
+    temporary = temporary_sibling(target)
     try:
         try:
             os.link(source, temporary)

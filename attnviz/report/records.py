@@ -9,19 +9,25 @@ A record is written after the image's pictures, so its presence means the image 
 a re-run with the same configuration skips it, unless the image's file (or its mask) has another
 size or modification time than when the record was made (``files``). Every write goes through a temporary sibling and
 ``os.replace``, so an interrupted run never leaves a half-written file behind.
+
+Every path a report derives from what it reads (an item's id, a model's slug, a record's pictures) is
+checked to be a plain relative path inside the folder (:func:`safe_name`, :func:`inside`), so a
+crafted folder cannot make attnviz read or write elsewhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from attnviz._files import write_bytes
+from attnviz._files import remove_temporaries, write_bytes
 from attnviz.errors import UsageError
 
 FORMAT = "attnviz-report"
@@ -30,6 +36,17 @@ RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.jsonl"
 SANITY_FILE = "sanity.json"
 ITEMS_DIR = "items"
+#: Everything a report writes at the top of its folder (``pictures.py`` and ``build.py`` name the
+#: pictures' and figures' folders; a test checks this list against a report with pictures).
+REPORT_NAMES = frozenset({
+    RUN_FILE, MANIFEST_FILE, SANITY_FILE, ITEMS_DIR, "images", "arrays", "cam", "gates", "bars", "figures",
+    "index.html", "results.csv", "results.json", "summary.csv", "METRICS.md", "metrics.html",
+})
+#: Folders of the report that hold one sub-folder per model (named by its slug).
+MODEL_DIRS = ("cam", "gates", "bars")
+#: The folders that a record's pictures are in.
+PICTURE_DIRS = ("images", "arrays", *MODEL_DIRS)
+_SAFE_NAME = re.compile(r"[\w-][\w.-]*")
 
 
 def write_json(path: Path, value: Any) -> Path:
@@ -42,7 +59,7 @@ def read_json(path: Path) -> Any | None:
     """The JSON value in ``path``, or ``None`` when the file is missing or unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
         return None
 
 
@@ -59,8 +76,46 @@ def plain(value: Any) -> Any:
     return value
 
 
+def safe_name(value: Any, what: str) -> str:
+    """``value`` if it is a plain file name (letters, digits, ``_ . -``, not starting with a dot).
+
+    Raises:
+        UsageError: Anything else (``..``, a path, an empty or non-string value).
+    """
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise UsageError(f"{what} {value!r} is not a plain file name")
+    return value
+
+
+def inside(folder: Path, relative: Any, what: str) -> Path:
+    """``folder / relative`` when ``relative`` is a relative POSIX path that stays inside
+    ``folder``, also once symbolic links are followed.
+
+    Raises:
+        UsageError: An absolute path, a ``..`` or backslash in it, or a link out of ``folder``.
+    """
+    if not isinstance(relative, str) or not relative or "\\" in relative or "\0" in relative:
+        raise UsageError(f"{what} {relative!r} is not a relative path")
+    parts = PurePosixPath(relative).parts
+    if PurePosixPath(relative).is_absolute() or any(part in ("..", ".") for part in parts) or ":" in parts[0]:
+        raise UsageError(f"{what} {relative!r} is outside its folder")
+    path = folder.joinpath(*parts)
+    try:
+        root, resolved = folder.resolve(), path.resolve()
+    except (OSError, RuntimeError):  # a loop of symbolic links
+        raise UsageError(f"{what} {relative!r} cannot be resolved (a loop of symbolic links)") from None
+    if not resolved.is_relative_to(root) or resolved == root:
+        raise UsageError(f"{what} {relative!r} leads outside its folder (a symbolic link)")
+    return path
+
+
 def record_path(out: Path, item_id: str) -> Path:
-    return out / ITEMS_DIR / f"{item_id}.json"
+    """Where the record of ``item_id`` is.
+
+    Raises:
+        UsageError: ``item_id`` is not a plain file name.
+    """
+    return out / ITEMS_DIR / f"{safe_name(item_id, 'item id')}.json"
 
 
 def write_record(out: Path, record: dict[str, Any]) -> Path:
@@ -122,15 +177,23 @@ def read_manifest(out: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def read_run(out: Path) -> dict[str, Any]:
-    """``run.json`` of a report folder.
+def read_run(out: Path, role: str = "report folder") -> dict[str, Any]:
+    """``run.json`` of a report folder (``role`` names it in errors: ``"shard"``...).
 
     Raises:
-        UsageError: Missing or not a report's.
+        UsageError: Missing, not a report's, or naming a model slug that is not a plain file name.
     """
     run = read_json(out / RUN_FILE)
     if not isinstance(run, dict) or run.get("format") != FORMAT:
         raise UsageError(f"{out} is not a report folder (no valid {RUN_FILE}); run attnviz report first")
+    models = run.get("models")
+    if not isinstance(models, list) or not models or not all(isinstance(m, dict) for m in models):
+        raise UsageError(f"refusing {role} {out}: its {RUN_FILE} lists no models")
+    for model in models:
+        try:
+            safe_name(model.get("slug"), "model slug")
+        except UsageError as error:
+            raise UsageError(f"refusing {role} {out}: {error} (in its {RUN_FILE})") from None
     return run
 
 
@@ -153,10 +216,13 @@ def parameters_hash(model: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def clean_dir(path: Path) -> None:
-    """Remove temporary files left by an interrupted write (``.<name>.*.tmp``)."""
-    if not path.is_dir():
-        return
-    for entry in os.scandir(path):
-        if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
-            Path(entry.path).unlink(missing_ok=True)
+def clean_report(out: Path) -> None:
+    """Remove the temporary files that interrupted writes left in the report folder ``out``: only
+    attnviz's own names (``.<name>.<12 hex>.tmp``), only in the folders a report makes."""
+    folders = [out, *(out / name for name in REPORT_NAMES if "." not in name)]
+    for name in MODEL_DIRS:
+        with os.scandir(out / name) if (out / name).is_dir() else contextlib.nullcontext(()) as entries:
+            folders.extend(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            remove_temporaries(folder)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from attnviz._outdir import claim_output_folder
 from attnviz.checkpoints import LoadedModel
 from attnviz.errors import UsageError
 from attnviz.report import pictures
@@ -55,6 +56,8 @@ class ReportOptions:
         data_dir: Where CIFAR-10 lives.
         seed: Seed of the ``shapes`` data set and of ``folder:`` splits.
         progress: Show a progress bar on stderr (``None``: when stderr is a terminal).
+        force: Write into a folder that holds other files (never replacing one that attnviz did
+            not write); without it such a folder is refused.
     """
 
     batch_size: int = 32
@@ -71,6 +74,7 @@ class ReportOptions:
     data_dir: str | os.PathLike[str] | None = None
     seed: int = 0
     progress: bool | None = None
+    force: bool = False
 
 
 @dataclass
@@ -115,14 +119,17 @@ def run_report(
         source: A folder, a list file or a data spec (``shapes``, ``shapes:N``, ``cifar10``,
             ``folder:PATH``); see :mod:`attnviz.report.sources`.
         out: The report folder (``index.html``, ``results.csv``, ``results.json``...). A folder
-            of an earlier run of the same models and options is resumed.
+            of an earlier run of the same models and options is resumed. It must be new, empty or
+            attnviz's own report folder (see :mod:`attnviz._outdir`; ``options.force``), and
+            is locked while the run writes it.
         options: How to run; defaults to :class:`ReportOptions()`.
 
     Returns:
         What was done; ``failures`` lists the inputs that could not be decoded.
 
     Raises:
-        UsageError: No models, bad options, or an input with no images.
+        UsageError: No models, bad options, an input with no images, or an ``out`` that holds
+            other files or is in use by another run.
     """
     options = options or ReportOptions()
     _check(models, options)
@@ -132,11 +139,24 @@ def run_report(
     class_names = resolve_class_names(options.class_names, models, source_obj)
     runs = prepare_models(models, class_names, options.method)
     _check_outputs(runs, options.class_names is not None)
-    out.mkdir(parents=True, exist_ok=True)  # only once the input and the models are known to be usable
+    # only once the input and the models are known to be usable
+    with claim_output_folder(out, "report", names=store.REPORT_NAMES, force=options.force):
+        return _write_report(runs, source_obj, class_names, out, options, timings)
+
+
+def _write_report(
+    runs: list[ModelRun],
+    source_obj: Source,
+    class_names: list[str] | None,
+    out: Path,
+    options: ReportOptions,
+    timings: dict[str, float],
+) -> ReportResult:
+    """Everything ``run_report`` writes, into the claimed folder ``out``."""
     run_info = _run_info(runs, source_obj, class_names, options)
     config = run_info["config"]
     items = shard_items(source_obj.items, options.shard)
-    _clean(out)
+    store.clean_report(out)
     store.write_json(out / store.RUN_FILE, run_info)
     store.write_manifest(out, ({"index": i.index, "id": i.id, "key": i.key, "name": i.name} for i in items))
     stamps = {item.id: store.file_stamp(item.path, item.mask) for item in items}  # taken before decoding
@@ -229,7 +249,7 @@ def _process(
     classes = min(run.num_classes for run in runs)
     with ExitStack() as stack:
         # runs last: after a Ctrl-C, remove what picture workers stopped mid-write left (records are whole)
-        stack.push(lambda kind, error, trace: bool(kind is not None and _clean(out)))
+        stack.push(lambda kind, error, trace: bool(kind is not None and store.clean_report(out)))
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
         pool = None
@@ -446,13 +466,6 @@ def _run_info(runs: list[ModelRun], source: Source, class_names: list[str] | Non
         "options": numbers | {"batch_size": options.batch_size, "sanity_images": options.sanity_images},
         "shard": list(options.shard),
     }
-
-
-def _clean(out: Path) -> None:
-    """Remove temporary files an interrupted run left behind."""
-    store.clean_dir(out)
-    for folder, _, _ in os.walk(out):
-        store.clean_dir(Path(folder))
 
 
 def _warn_unknown_labels(source: Source, items: list[Item], class_names: list[str] | None, classes: int) -> None:
