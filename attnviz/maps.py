@@ -1,24 +1,31 @@
 """``attnviz maps``: capture a model's attention on image files and write it out, image by image.
 
-For every image, ``OUT/<image stem>/`` receives:
+For every image, ``OUT/<name>/`` receives (``<name>``: the image's stem made a safe folder name,
+unique within the run, see :func:`_output_folders`):
 
 - ``attention.npz``: every captured array, keyed ``gate/<name>``, ``in/<module>``,
   ``out/<module>``, ``feature/<layer>`` and ``cam/gradcam``, batch dimension dropped;
-- ``summary.json``: model, preset, prediction (top-5) and one row per gate;
+- ``summary.json`` (strict JSON: NaN and infinities are ``null``): model, preset, prediction (top-5),
+  one row per gate, and ``non_finite``, the arrays that hold NaN or infinite values (a model with
+  NaN weights; they are not drawn, and a warning says so);
 - with pictures on: channel bars per channel gate, overlays per spatial gate, feature grids,
   the Grad-CAM overlay and ``index.<fmt>``, a sheet of all of them.
 
 A file that cannot be decoded is skipped and reported; the others are still processed. After a
-Ctrl-C, the folders of images whose pictures were not finished hold only ``attention.npz``.
+Ctrl-C, the folders of images whose pictures were not finished hold only ``attention.npz``. An
+output that cannot be written (a full disk) stops the run with an :class:`OutputError` that says how
+many images were written; the unfinished images' folders are removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import logging
 import os
 import re
+import unicodedata
+import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +37,10 @@ import torch
 
 from attnviz._files import atomic_file, write_bytes
 from attnviz._outdir import claim_output_folder
+from attnviz._text import finite, strict_json
 from attnviz.capturing import Capture, Capturer
 from attnviz.checkpoints import LoadedModel
-from attnviz.errors import AttnvizError
+from attnviz.errors import AttnvizError, OutputError
 from attnviz.inputs import InputImage, Preset, get_preset, load_input
 
 if TYPE_CHECKING:
@@ -102,12 +110,17 @@ def run_maps(
 
     Returns:
         The images written and the inputs skipped.
+
+    Raises:
+        OutputError: An output could not be written (a full disk, no permission): the message says
+            how many images were written (exit code 1; 2 when none); the unfinished ones are removed.
     """
     options = options or MapsOptions()
     preset = get_preset(preset or loaded.preset or "imagenet")
     names = list(class_names) if class_names is not None else loaded.class_names
     capturer = Capturer(loaded.model, layers=options.layers, class_names=names, model_name=loaded.arch)
     out = Path(out)
+    paths = [str(p) for p in paths]
     folders = _output_folders([Path(p) for p in paths])
     results: list[ImageResult] = []
     failures: list[Failure] = []
@@ -119,26 +132,48 @@ def run_maps(
 
     with claim_output_folder(out, "maps"), _Painter(options, len(paths)) as painter:  # refuses others' folders; locks
         for start in range(0, len(paths), options.batch_size):
-            inputs: list[InputImage] = []
-            for path in (str(p) for p in paths[start : start + options.batch_size]):
+            inputs: list[tuple[int, InputImage]] = []
+            for position in range(start, min(start + options.batch_size, len(paths))):
                 try:
-                    inputs.append(load_input(path, preset))
+                    inputs.append((position, load_input(paths[position], preset)))
                 except AttnvizError as error:
-                    painter.put(Failure(path, str(error)), done)
+                    painter.put(Failure(paths[position], str(error)), done)
             if not inputs:
                 continue
-            cap = capturer(torch.stack([item.tensor for item in inputs]), originals=[item.original for item in inputs])
+            batch = torch.stack([item.tensor for _, item in inputs])
+            cap = capturer(batch, originals=[item.original for _, item in inputs])
             cams = _gradcam(loaded, cap, names) if options.cam else None
-            for index, item in enumerate(inputs):
-                folder = out / folders[item.path]
+            for index, (position, item) in enumerate(inputs):
+                folder = out / folders[position]
                 try:
                     result, job = _write_arrays(loaded, preset, cap, index, item, cams, folder)
+                except OSError as error:  # a full disk fails every image: stop, and say what was written
+                    _remove_folder_if_empty(folder)
+                    raise output_error(error, folder, len(results)) from None
                 except Exception as error:  # one image failing must not lose the others
                     logger.debug("writing %s failed", item.path, exc_info=True)
+                    _remove_folder_if_empty(folder)
                     painter.put(Failure(str(item.path), f"could not write its outputs: {type(error).__name__}: {error}"), done)
                     continue
                 painter.put(result, done, job)
+    _warn_non_finite(results, loaded.arch)
     return results, failures
+
+
+def output_error(error: OSError, folder: Path, written: int) -> OutputError:
+    """The one-line error for an output that could not be written while writing an image's
+    ``folder``: exit code 1 when ``written`` images were finished before it, 2 when none were."""
+    what = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or type(error).__name__)
+    kept = f"wrote {written} image(s) to {folder.parent}" if written else "nothing written"
+    return OutputError(f"{what}: could not write {error.filename or folder}; {kept}; the unfinished images "
+                       "were removed", exit_code=1 if written else 2)
+
+
+def _warn_non_finite(results: Sequence[ImageResult], model: str) -> None:
+    bad = sum(1 for result in results if result.summary.get("non_finite"))
+    if bad:
+        warnings.warn(f"{bad} of {len(results)} image(s) gave NaN or infinite values from model {model} (check its "
+                      "weights): they are null in summary.json, and the maps holding them are not drawn", stacklevel=3)
 
 
 class _Painter:
@@ -155,6 +190,7 @@ class _Painter:
             self.pool = WorkerPool(workers)  # workers ignore Ctrl-C: the main process stops them
         self.window = 2 * workers
         self.pending: deque[tuple[ImageResult | Failure, Callable[[Any], None], Any]] = deque()
+        self.finished = 0  # images whose summary.json is written
 
     def __enter__(self) -> _Painter:
         return self
@@ -173,10 +209,11 @@ class _Painter:
                 if self.pool is not None:
                     self.pool.close(failed=failed)  # after a Ctrl-C: busy workers stopped after a grace time
             finally:
-                if failed:
+                if failed:  # after a Ctrl-C the arrays are kept; after an output error nothing is
+                    keep_arrays = not isinstance(error, OutputError)
                     for outcome, _, _ in self.pending:
                         if isinstance(outcome, ImageResult):
-                            _remove_unfinished(outcome)
+                            _remove_unfinished(outcome, keep_arrays)
 
     def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
         from attnviz.maps_pictures import draw_pictures
@@ -199,25 +236,39 @@ class _Painter:
                     pictures = work() if callable(work) else work.result()
                     outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in pictures]
                     outcome.files.extend(pictures)
-                text = json.dumps(outcome.summary, indent=2, ensure_ascii=False)
+                text = strict_json(outcome.summary, indent=2)
                 outcome.files.append(write_bytes(outcome.out_dir / "summary.json", text.encode("utf-8")))
+            except OSError as error:  # a full disk fails every image: stop, and say what was written
+                self.pending.popleft()  # __exit__ removes the other pending images
+                _remove_unfinished(outcome, keep_arrays=False)
+                raise output_error(error, outcome.out_dir, self.finished) from None
             except Exception as error:  # a picture failing must not lose the other images
                 logger.debug("drawing %s failed", outcome.path, exc_info=True)
+                _remove_unfinished(outcome, keep_arrays=False)
                 outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
+            else:
+                self.finished += 1
         self.pending.popleft()
         done(outcome)
 
 
-def _remove_unfinished(outcome: ImageResult) -> None:
-    """Leave an abandoned image's folder with its ``attention.npz`` only: pictures of a worker
-    stopped while drawing may be cut short, and no ``summary.json`` lists them."""
-    keep = {Path(path) for path in outcome.files}
+def _remove_unfinished(outcome: ImageResult, keep_arrays: bool = True) -> None:
+    """Leave an abandoned image's folder with its ``attention.npz`` only (``keep_arrays``, after a
+    Ctrl-C), or remove it: pictures of a worker stopped while drawing may be cut short, and no
+    ``summary.json`` lists them."""
+    keep = {Path(path) for path in outcome.files} if keep_arrays else set()
     for path in sorted(outcome.out_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir():
             with contextlib.suppress(OSError):
                 path.rmdir()  # only when empty
         elif path not in keep:
             path.unlink(missing_ok=True)
+    _remove_folder_if_empty(outcome.out_dir)
+
+
+def _remove_folder_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None) -> dict[str, Any]:
@@ -246,37 +297,72 @@ def _write_arrays(
     cams: torch.Tensor | None,
     folder: Path,
 ) -> tuple[ImageResult, PictureJob]:
-    """Write one image's ``attention.npz``; return its result (summary not yet written) and picture job."""
+    """Write one image's ``attention.npz`` into ``folder`` (made here, inside the output folder);
+    return its result (summary not yet written) and picture job."""
     from attnviz.maps_pictures import PictureJob
 
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(exist_ok=True)
     summary = summary_dict(loaded, preset, cap, index, item.path)
     arrays = cap.arrays(index)
     if cams is not None:
         arrays["cam/gradcam"] = cams[index].numpy()
         summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
-    result = ImageResult(str(item.path), folder, summary)
+    summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
+    result = ImageResult(str(item.path), folder, finite(summary))  # NaN as None, here as in the JSON
     with atomic_file(folder / "attention.npz") as file:
         np.savez_compressed(file, **arrays)
     result.files.append(folder / "attention.npz")
     return result, PictureJob.from_capture(cap, index, item.original, arrays)
 
 
-def _gradcam(loaded: LoadedModel, cap: Capture, class_names: Sequence[str] | None) -> torch.Tensor:
+def _gradcam(loaded: LoadedModel, cap: Capture, class_names: Sequence[str] | None) -> torch.Tensor | None:
     from attnviz.cam import gradcam
+    from attnviz.errors import UsageError
 
-    result = gradcam(loaded.model, cap.images, class_names=class_names)
+    try:
+        result = gradcam(loaded.model, cap.images, class_names=class_names)
+    except UsageError as error:
+        if not isinstance(loaded.model, torch.jit.ScriptModule):
+            raise
+        warnings.warn(f"no Grad-CAM: {error}", stacklevel=2)  # TorchScript hides its layers: predictions only
+        return None
     cap.metadata["cam_layer"] = result.layer
-    return result.maps.detach().cpu()
+    maps = result.maps.detach().cpu().clone()
+    maps[~torch.isfinite(result.scores.detach().cpu())] = float("nan")  # NaN scores (NaN weights): no map, not zeros
+    return maps
 
 
-def _output_folders(paths: list[Path]) -> dict[str, str]:
-    """One folder name per input: the image's stem, made unique when two images share it."""
-    used: dict[str, int] = {}
-    folders: dict[str, str] = {}
-    for path in paths:
-        stem = re.sub(r"[^\w.-]+", "_", path.stem) or "image"
-        count = used.get(stem, 0)
-        used[stem] = count + 1
-        folders[str(path)] = stem if count == 0 else f"{stem}-{count + 1}"
+#: The longest folder name taken from an image's stem, in UTF-8 bytes (file systems allow 255).
+NAME_BYTES = 80
+
+
+def _output_folders(paths: Sequence[Path]) -> list[str]:
+    """One folder name per input, in input order: the image's stem made safe (:func:`_safe_stem`);
+    when several inputs share one, the later ones get the first ``-2``, ``-3``, … that is no
+    input's name nor taken yet, compared case-insensitively (as macOS and Windows disks compare)."""
+    stems = [_safe_stem(path) for path in paths]
+    taken = {_key(stem) for stem in stems}
+    used: set[str] = set()
+    folders = []
+    for stem in stems:
+        name, number = stem, 1
+        while _key(name) in used or (number > 1 and _key(name) in taken):
+            number += 1
+            name = f"{stem}-{number}"
+        used.add(_key(name))
+        taken.add(_key(name))
+        folders.append(name)
     return folders
+
+
+def _safe_stem(path: Path) -> str:
+    """``path``'s stem as one plain folder name: characters other than letters, digits, ``_ . -``
+    become ``_``, leading and trailing dots go (no ``.``, ``..`` or hidden name), at most
+    :data:`NAME_BYTES` bytes; ``image`` when nothing is left."""
+    stem = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", path.stem)).strip(".")
+    stem = stem.encode("utf-8")[:NAME_BYTES].decode("utf-8", "ignore").rstrip(".")
+    return stem or "image"
+
+
+def _key(name: str) -> str:
+    return unicodedata.normalize("NFKC", name).casefold()

@@ -55,13 +55,16 @@ def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[P
 
     Channel bars per channel gate, an overlay per spatial gate, before/after feature grids per
     attention module, a grid per feature layer, the Grad-CAM overlay, and ``index.<fmt>``: a
-    sheet of all of them.
+    sheet of all of them. Arrays with NaN or infinite values are not drawn (``summary.json``
+    lists them). When a write fails, the pictures written so far are removed.
     """
     from attnviz import render
 
     pictures: list[tuple[str, Path, Any]] = []
     gates = job.group("gate")
     for name, values in gates.items():
+        if not _finite(values):
+            continue
         if job.gate_kinds.get(name) == "channel":
             title = f"{name}: channel gate, {values.size} channels"
             figure = render.channel_bars(values, title=title, order=options.order)
@@ -75,6 +78,8 @@ def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[P
         channel_gate = next(
             (g for g, m in job.gated_modules.items() if m == module and job.gate_kinds.get(g) == "channel"), None
         )
+        if not _finite(before, outputs[module], gates.get(channel_gate)):
+            continue
         kwargs: dict[str, Any] = {"top_n": options.top_n}
         if channel_gate is not None:
             weights = gates[channel_gate]
@@ -84,35 +89,56 @@ def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[P
                                      title=f"{module}: features before and after gating", **kwargs)
         pictures.append((f"{module} before/after", folder / "features" / f"{_safe(module)}.gating.{options.format}", figure))
     for layer, features in job.group("feature").items():
-        if any(np.array_equal(features, gated) for gated in outputs.values()):
+        if not _finite(features) or any(np.array_equal(features, gated) for gated in outputs.values()):
             continue  # the same tensor as an attention module's output, already drawn after gating
         figure = render.feature_grid(features, top_n=options.top_n,
                                      title=f"{layer}: top {options.top_n} channels by mean activation")
         pictures.append((f"{layer} features", folder / "features" / f"{_safe(layer)}.{options.format}", figure))
     cam = job.arrays.get("cam/gradcam")
-    if cam is not None:
+    if cam is not None and _finite(cam):
         title = f"Grad-CAM at {job.cam_layer} for '{job.label}' (P = {job.prob:.3f})"
         figure = render.spatial_overlay(job.original, cam, title=title, scale="absolute", quantity="Grad-CAM")
         pictures.append(("Grad-CAM", folder / f"gradcam.{options.format}", figure))
 
-    written = []
+    written: list[Path] = []
+    try:
+        _save(pictures, folder, options, job, written)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def _save(pictures: list[tuple[str, Path, Any]], folder: Path, options: MapsOptions, job: PictureJob,
+          written: list[Path]) -> None:
+    """Save each picture and the index sheet of them all, adding each file to ``written`` before
+    it is written (so that a file cut short is removed too)."""
+    from attnviz import render
+
     panels = []
     for label, path, figure in pictures:
         rgb = render.figure_to_rgb(figure)
+        written.append(path)
         if options.format == "png":  # draw once: the pixels serve the file and the index sheet
-            written.append(render.save_rgb(rgb, path))
+            render.save_rgb(rgb, path)
         else:
-            written.append(render.save_figure(figure, path, options.format))
+            render.save_figure(figure, path, options.format)
         panels.append((label, rgb))
     if panels:
         title = f"{job.model_name or 'model'}: predicted '{job.label}' (P = {job.prob:.3f})"
         sheet = render.index_figure(panels, columns=3, title=title)
         path = folder / f"index.{options.format}"
+        written.append(path)
         if options.format == "png":  # at the panels' own resolution: a larger sheet would only upsample them
-            written.append(render.save_rgb(render.figure_to_rgb(sheet), path))
+            render.save_rgb(render.figure_to_rgb(sheet), path)
         else:
-            written.append(render.save_figure(sheet, path, options.format))
-    return written
+            render.save_figure(sheet, path, options.format)
+
+
+def _finite(*arrays: Any) -> bool:
+    """True when every given array (``None``: none) holds only finite values."""
+    return all(array is None or bool(np.isfinite(array).all()) for array in arrays)
 
 
 def _safe(name: str) -> str:

@@ -21,7 +21,7 @@ Examples:
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Checkpoint file.")
 @model_loading
 @input_options
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))  # unreadable: skipped
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("attnviz-maps"), show_default=True, help="Output folder (one sub-folder per image).")
 @click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True, help="Picture format.")
 @click.option("--order", type=click.Choice(["weight", "channel"]), default="weight", show_default=True, help="Channel bar order.")
@@ -58,7 +58,7 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
         render_workers=_auto_workers(len(images)) if render_workers is None else render_workers,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
     )
-    console.print(f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}")
+    console.print(f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}", markup=False)
 
     def report(item):
         if isinstance(item, Failure):
@@ -71,7 +71,7 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
         from attnviz.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be used; nothing written")
-    console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""))
+    console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""), markup=False)
     if failures:
         sys.exit(1)
 
@@ -83,13 +83,19 @@ def _auto_workers(n_images: int) -> int:
 
 
 def _print_result(console, result) -> None:
+    from rich.markup import escape  # file, class and gate names are text, never markup
     from rich.table import Table
 
     prediction = result.summary["prediction"]
-    console.print(f"\n[bold]{result.path}[/bold] → {prediction['label']} (p={prediction['prob']:.3f})  → {result.out_dir}")
+    console.print(f"\n[bold]{escape(result.path)}[/bold] → {escape(str(prediction['label']))} (p={_number(prediction['prob'])})  → {escape(str(result.out_dir))}")
     table = Table(show_edge=False, pad_edge=False, box=None)
     for column in ("gate", "kind", "shape", "mean", "min", "max"):
         table.add_column(column, justify="right" if column in ("mean", "min", "max") else "left")
     for row in result.summary["gates"]:
-        table.add_row(row["name"], row["kind"], "x".join(map(str, row["shape"])), f"{row['mean']:.3f}", f"{row['min']:.3f}", f"{row['max']:.3f}")
+        table.add_row(escape(row["name"]), row["kind"], "x".join(map(str, row["shape"])), *(_number(row[key]) for key in ("mean", "min", "max")))
     console.print(table)
+
+
+def _number(value) -> str:
+    """Three decimals; ``–`` for a missing value (NaN in the model's output is ``null`` in summary.json)."""
+    return "–" if value is None else f"{value:.3f}"

@@ -55,12 +55,31 @@ def write_json(path: Path, value: Any) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+#: Deeper than any file a report writes: a deeper one is crafted, and would exhaust the stack of
+#: every function that walks it (``plain``, ``json.dumps``).
+MAX_DEPTH = 32
+
+
 def read_json(path: Path) -> Any | None:
-    """The JSON value in ``path``, or ``None`` when the file is missing or unreadable."""
+    """The JSON value in ``path``, or ``None`` when the file is missing, unreadable or nested
+    deeper than :data:`MAX_DEPTH`."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
         return None
+    return None if _deeper_than(value, MAX_DEPTH) else value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when lists and dicts are nested in ``value`` more than ``limit`` levels deep (no recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def plain(value: Any) -> Any:
