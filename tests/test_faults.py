@@ -95,6 +95,34 @@ def test_every_maps_image_gets_its_own_folder_inside_out(models, tmp_path):
     assert f"wrote {len(sources)} image(s)" in result.stdout
 
 
+def test_maps_prints_names_with_console_markup_as_text(models, tmp_path):
+    image = _image(tmp_path / "x[" / "[/]y[bold].png", 1)
+    result = run("maps", "--model", models["cnn"], image, "--out", tmp_path / "out", "--no-pictures", "--no-cam")
+    assert result.exit_code == 0, result.output
+    assert f"{image} →" in result.stdout and "wrote 1 image(s)" in result.stdout
+    [folder] = _visible(tmp_path / "out")
+    assert json.loads((tmp_path / "out" / folder / "summary.json").read_text())["image"] == str(image)
+
+
+def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path, monkeypatch):
+    import attnviz.maps_pictures
+
+    def failing(job, folder, options):  # draws nothing for a (fast), fails halfway for b
+        if folder.name == "b":
+            (folder / "bars").mkdir()
+            (folder / "bars" / "half.png").write_bytes(b"cut short")
+            raise ValueError("cannot draw this one")
+        return []
+
+    monkeypatch.setattr(attnviz.maps_pictures, "draw_pictures", failing)
+    images = [_image(tmp_path / f"{n}.png", i) for i, n in enumerate("ab")]
+    result = run("maps", "--model", models["cnn"], *images, "--out", tmp_path / "out", "--no-cam", "--render-workers", 0)
+    assert result.exit_code == 1, result.output
+    [line] = _lines(result.stderr)
+    assert line.startswith(f"attnviz: skipped {images[1]}: could not draw its pictures") and "cannot draw" in line
+    assert _visible(tmp_path / "out") == ["a"] and (tmp_path / "out" / "a" / "summary.json").is_file()
+
+
 def test_output_folder_names_are_deterministic_and_never_collide():
     names = _output_folders([Path(p) for p in ["a/same.png", "b/same.png", "same-2.png", "c/same.png", "../..png", ""]])
     assert names == ["same", "same-3", "same-2", "same-4", "image", "image-2"]
