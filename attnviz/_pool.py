@@ -8,13 +8,20 @@ that is starting up does not get it either. On the way out after a Ctrl-C, queue
 dropped and a job still running after a short grace time (or at a second Ctrl-C) is stopped, so
 that the command ends promptly.
 
+A worker also exits when the main process dies without stopping it (kill -9, an OOM killer):
+:func:`exit_with_parent` asks Linux for SIGKILL at the parent's death (``PR_SET_PDEATHSIG``) and,
+on every platform, watches its parent from a daemon thread. ``report``'s decoding workers use it too.
+
 Light on purpose (no torch): the spawned workers import this module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +31,40 @@ from typing import Any
 
 #: After a Ctrl-C, how long busy workers may finish their current job before they are terminated.
 GRACE_SECONDS = 3.0
+#: How often a worker's watcher thread checks that its parent is still there.
+PARENT_POLL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent: int | None = None) -> None:
+    """Make this (worker) process exit when its parent process dies.
+
+    On Linux the kernel sends SIGKILL when the parent ends (strictly: when the parent's thread that
+    started this process ends; attnviz starts workers from the thread that then waits for them).
+    Everywhere, a daemon thread checks every PARENT_POLL_SECONDS that the parent is unchanged.
+
+    Args:
+        parent: The expected parent's pid (None: the current parent). If it is already gone, exit now.
+    """
+    parent = os.getppid() if parent is None else parent
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError, TypeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:  # died before the death signal was set up
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="attnviz-parent-watch", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    """Pool initializer: ignore Ctrl-C, and exit with the main process."""
+    ignore_interrupts()
+    exit_with_parent(parent)
 
 
 def ignore_interrupts() -> None:
@@ -60,13 +101,16 @@ def _sigint_ignored() -> Iterator[None]:
 
 
 class WorkerPool:
-    """A spawn-context ``ProcessPoolExecutor`` whose workers ignore Ctrl-C."""
+    """A spawn-context ``ProcessPoolExecutor`` whose workers ignore Ctrl-C and exit with this process."""
 
     def __init__(self, workers: int) -> None:
         import multiprocessing
 
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=ignore_interrupts
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(os.getpid(),),
         )
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
