@@ -201,8 +201,8 @@ class _Painter:
             if not failed:
                 while self.pending:
                     self._finish()
-        except BaseException:
-            failed = True
+        except BaseException as raised:
+            failed, error = True, raised
             raise
         finally:
             try:

@@ -282,6 +282,26 @@ def test_maps_on_a_full_disk_says_so_keeps_finished_images_and_cleans_the_partia
     assert sorted(p.name for p in (out / "a").iterdir()) == ["attention.npz", "summary.json"]
 
 
+def test_a_full_disk_removes_every_unfinished_image_still_waiting_for_its_pictures(tmp_path, monkeypatch):
+    from attnviz.errors import OutputError
+    from attnviz.maps import ImageResult, MapsOptions, _Painter
+
+    outcomes = []
+    for name in "abc":
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "attention.npz").write_bytes(b"arrays")
+        outcomes.append(ImageResult(name, tmp_path / name, {"image": name}, [tmp_path / name / "attention.npz"]))
+    _disk_full_after(monkeypatch, tmp_path, 1)  # a's summary.json is written, b's is not
+    finished = []
+    with pytest.raises(OutputError, match=r"disk full: could not write .*b/summary.json; wrote 1 image") as caught:
+        with _Painter(MapsOptions(pictures=False), 3) as painter:
+            painter.window = 3  # all pending until the end, as while worker processes draw
+            for outcome in outcomes:
+                painter.put(outcome, finished.append)
+    assert caught.value.exit_code == 1 and [outcome.path for outcome in finished] == ["a"]
+    assert _visible(tmp_path) == ["a"]  # b and c, unfinished, are gone
+
+
 def test_maps_out_below_a_regular_file_is_one_line_and_exit_2(models, tmp_path):
     (tmp_path / "file").write_text("mine")
     image = _image(tmp_path / "a.png", 1)
