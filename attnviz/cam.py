@@ -8,6 +8,10 @@ map is built from; the gradient reaches the true activation through the copy. Pa
 not take part in the backward pass (their ``requires_grad`` is switched off for the call and
 restored afterwards), so the part of the network before the target layer runs without a graph.
 
+A TorchScript model runs its forward as compiled code that no hook can enter: Grad-CAM then
+explains a feature map the forward returns beside the logits (layer ``"output[i]"``, the i-th
+returned tensor), or says that there is none.
+
 Other methods go through pytorch-grad-cam (``gradcam++``, ``xgradcam``, ``layercam``,
 ``hirescam``, ``eigencam``, ``scorecam``, ``ablationcam``, ``fullgrad``) and captum
 (``integrated_gradients``, ``guided_gradcam``, ``occlusion``) behind the same call and are
@@ -21,6 +25,7 @@ import difflib
 import io
 import numbers
 import operator
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +62,9 @@ _LAYERLESS = frozenset({"fullgrad", "integrated_gradients", "occlusion"})
 
 #: Every method :func:`gradcam` accepts.
 METHODS: tuple[str, ...] = ("gradcam", *_GRAD_CAM_CLASSES, *_CAPTUM_METHODS)
+
+#: A layer named by its place among the forward's returned tensors (for TorchScript models).
+_OUTPUT_LAYER = re.compile(r"output\[(\d+)\]")
 
 #: Probe sizes tried by :func:`resolve_cam_layer` when it gets no images.
 _PROBE_SIZES = (224, 64, 32)
@@ -178,7 +186,12 @@ def gradcam(
             layer_name, module = "", None
         else:
             layer_name = _layer_name(model, layer, batch)
-            module = model.get_submodule(layer_name)
+            module = None if _OUTPUT_LAYER.fullmatch(layer_name) else model.get_submodule(layer_name)
+            if module is None and method_key != "gradcam":
+                raise UsageError(
+                    f"{method_key} needs a layer inside the model, and {layer_name!r} is a tensor its forward "
+                    "returns; use method='gradcam' or a pixel-level method (integrated_gradients, occlusion)"
+                )
         parts = [
             _explain(model, module, layer_name, method_key, chunk, chunk_targets, batch_size)
             for chunk, chunk_targets in _chunks(batch, targets, batch_size)
@@ -214,14 +227,14 @@ def resolve_cam_layer(model: nn.Module, images: Tensor | None = None) -> str:
     zoo = _zoo_cam_layer(model)
     if zoo is not None:
         return zoo
+    find = _returned_map if isinstance(model, torch.jit.ScriptModule) else _traced_layer
     if images is not None:
-        probe = _to_model(as_image_batch(images)[:1], model)
-        return _pick_layer(_trace_outputs(model, probe), model)
+        return find(model, _to_model(as_image_batch(images)[:1], model))
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     for size in _PROBE_SIZES:
         probe = _to_model(torch.zeros(1, channels, size, size), model)
         try:
-            return _pick_layer(_trace_outputs(model, probe), model)
+            return find(model, probe)
         except CaptureError:
             continue
     sizes = ", ".join(str(size) for size in _PROBE_SIZES)
@@ -320,6 +333,13 @@ def _layer_name(model: nn.Module, layer: str | nn.Module | None, images: Tensor)
     modules = dict(model.named_modules())
     if layer is None:
         return resolve_cam_layer(model, images)
+    if isinstance(layer, str) and _OUTPUT_LAYER.fullmatch(layer):
+        return layer
+    if isinstance(modules.get(layer) if isinstance(layer, str) else layer, torch.jit.ScriptModule):
+        raise UsageError(
+            f"layer {layer if isinstance(layer, str) else type(layer).__name__!r} is TorchScript code, which no hook "
+            "can enter; use a feature map the forward returns (layer='output[i]') or a pixel-level method"
+        )
     if isinstance(layer, nn.Module):
         for name, module in modules.items():
             if module is layer and name:
@@ -355,6 +375,8 @@ def _explain(
 ) -> _Part:
     """One chunk of images through one method (model prepared by the caller, grad enabled)."""
     if method == "gradcam":
+        if module is None:
+            return _returned_gradcam(model, layer, images, targets)
         return _fast_gradcam(model, module, layer, images, targets)
     logits = _forward(model, images, grad=False)
     chosen = _choose(logits, targets, images.device)
@@ -413,6 +435,35 @@ def _fast_gradcam(
         raise CaptureError(f"the backward pass to {layer!r} failed: {_one_line(exc)}") from exc
     if grads is None:
         raise UsageError(f"the logits do not depend on layer {layer!r}; choose another layer")
+    weights = grads.float().mean(dim=(2, 3), keepdim=True)
+    raw = F.relu((weights * activation.detach().float()).sum(dim=1))
+    return _Part(raw, logits.detach(), chosen)
+
+
+def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: list[int] | None) -> _Part:
+    """Grad-CAM on a feature map the forward returns beside the logits (``layer = "output[i]"``).
+
+    The parameters take no gradient (see :func:`_prepared`), so the images do: that records the
+    graph from the input to the logits through the returned feature map.
+    """
+    index = int(_OUTPUT_LAYER.fullmatch(layer).group(1))
+    output = _run(model, images.detach().requires_grad_(True))
+    returned = _returned_tensors(output)
+    logits = _first_tensor(output)
+    if index >= len(returned):
+        raise UsageError(f"the model's forward returns {len(returned)} tensor(s); there is no {layer!r}")
+    activation = returned[index]
+    _check_feature_map(activation, layer)
+    if logits is None or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+        raise UsageError(f"the model must return [B, classes] logits first for Grad-CAM; it returned {_shape_of(logits)}")
+    chosen = _choose(logits, targets, images.device)
+    score = logits.gather(1, chosen[:, None]).sum()
+    try:
+        (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
+    except RuntimeError as exc:  # the compiled graph cannot be differentiated back to that output
+        raise CaptureError(f"the backward pass to {layer!r} failed: {_one_line(exc)}") from exc
+    if grads is None:
+        raise UsageError(f"the logits do not depend on {layer!r} in a way autograd can follow; choose another layer")
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
     raw = F.relu((weights * activation.detach().float()).sum(dim=1))
     return _Part(raw, logits.detach(), chosen)
@@ -618,6 +669,18 @@ def _chunks(
         yield images[start : start + step], None if targets is None else targets[start : start + step]
 
 
+def _returned_tensors(value: Any) -> list[Tensor]:
+    """The tensors a forward returns, in order (a tensor, a tuple or list, or a dict's values)."""
+    if isinstance(value, Tensor):
+        return [value]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else []
+    return [item for item in items if isinstance(item, Tensor)]
+
+
+def _shape_of(value: Any) -> Any:
+    return tuple(value.shape) if isinstance(value, Tensor) else None
+
+
 def _first_tensor(value: Any) -> Tensor | None:
     if isinstance(value, Tensor):
         return value
@@ -658,6 +721,25 @@ def _zoo_cam_layer(model: nn.Module) -> str | None:
     return None
 
 
+def _traced_layer(model: nn.Module, probe: Tensor) -> str:
+    return _pick_layer(_trace_outputs(model, probe), model)
+
+
+def _returned_map(model: nn.Module, probe: Tensor) -> str:
+    """A TorchScript model's Grad-CAM layer: the last feature map its forward returns (``"output[i]"``)."""
+    with _prepared(model), torch.no_grad():
+        returned = _returned_tensors(_run(model, probe))
+    found = [i for i, t in enumerate(returned) if t.dim() == 4 and t.shape[-2:].numel() > 1]
+    if not found:
+        shapes = ", ".join(str(list(t.shape)) for t in returned) or "no tensor"
+        raise UsageError(
+            f"Grad-CAM needs a feature map, and this TorchScript model returns only {shapes}: layers inside "
+            "TorchScript code are not visible; return the feature map from forward (logits, features) or use "
+            "a pixel-level method (integrated_gradients, occlusion)"
+        )
+    return f"output[{found[-1]}]"
+
+
 def _trace_outputs(model: nn.Module, probe: Tensor) -> list[_Event]:
     """Every submodule call of one no-grad forward pass, in the order the calls end."""
     events: list[_Event] = []
@@ -673,7 +755,11 @@ def _trace_outputs(model: nn.Module, probe: Tensor) -> list[_Event]:
 
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
+    handles = [
+        m.register_forward_hook(record(n))
+        for n, m in model.named_modules()
+        if n and not isinstance(m, torch.jit.ScriptModule)  # no hook enters compiled code
+    ]
     try:
         with _prepared(model), torch.no_grad():
             _run(model, probe)

@@ -11,6 +11,9 @@ Values are copied to the CPU at the moment the model computes them, so later in-
 operations (``out += shortcut``, ``ReLU(inplace=True)``) cannot change what is reported.
 The model is left exactly as it was: hooks removed and train/eval mode restored, also when
 its forward raises.
+
+TorchScript modules run their forward as compiled code, which no hook or ``TorchFunctionMode``
+can see into: for them only the outputs are captured (with a one-line warning saying so).
 """
 
 from __future__ import annotations
@@ -232,6 +235,9 @@ class Capturer:
         self.class_names = list(class_names) if class_names is not None else None
         self.model_name = model_name
         self._names = _module_names(model)
+        hidden = compiled_modules(model)
+        if hidden:
+            warnings.warn(_hidden_message(hidden, model_name), stacklevel=2)
         self._modules_filter = tuple(modules) if modules is not None else None
         self._layers = None if layers is None else [_check_layer(model, name) for name in layers]
 
@@ -306,7 +312,29 @@ def default_feature_layers(model: nn.Module, probe: torch.Tensor) -> list[str]:
     spec = _zoo_spec(model)
     if spec is not None:
         return list(spec.feature_layers_in(model))
+    if isinstance(model, torch.jit.ScriptModule):
+        return []  # nothing inside compiled code can be recorded
     return _stage_outputs(model, probe)
+
+
+def compiled_modules(model: nn.Module) -> list[str]:
+    """The outermost TorchScript modules of ``model`` (``"model"`` for a TorchScript model):
+    their forward runs as compiled code, so no gate or feature map inside them can be seen."""
+    found: list[str] = []
+    for name, module in model.named_modules():
+        inside = any(name.startswith(outer + ".") for outer in found) or (found == [ROOT_NAME])
+        if isinstance(module, torch.jit.ScriptModule) and not inside:
+            found.append(name or ROOT_NAME)
+    return found
+
+
+def _hidden_message(hidden: Sequence[str], model_name: str) -> str:
+    what = "the model" if hidden == [ROOT_NAME] else "TorchScript module(s) " + ", ".join(f"'{n}'" for n in hidden[:3])
+    owner = f" ({model_name})" if model_name else ""
+    return (
+        f"{what}{owner} runs as compiled TorchScript: attention gates and feature maps inside it are not visible; "
+        "attnviz shows its predictions, and Grad-CAM only on a feature map its forward returns"
+    )
 
 
 class _GateMode(TorchFunctionMode):
@@ -456,7 +484,8 @@ def _qualified_type(module: nn.Module) -> str:
 def _module_names(model: nn.Module) -> dict[nn.Module, str]:
     names: dict[nn.Module, str] = {}
     for name, module in model.named_modules():
-        names.setdefault(module, name or ROOT_NAME)
+        if not isinstance(module, torch.jit.ScriptModule):  # hooks cannot see into compiled code
+            names.setdefault(module, name or ROOT_NAME)
     return names
 
 
@@ -466,6 +495,8 @@ def _check_layer(model: nn.Module, name: str) -> str:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UsageError(f"the model has no layer named '{name}'{hint}")
+    if isinstance(model.get_submodule(name), torch.jit.ScriptModule):
+        raise UsageError(f"layer '{name}' is TorchScript code, whose outputs cannot be recorded; choose another layer")
     return name
 
 
@@ -503,7 +534,7 @@ def _zoo_spec(model: nn.Module):
 
 def _stage_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
     """The last top-level block at each spatial resolution, in forward order."""
-    blocks = _top_level_blocks(model)
+    blocks = [(name, block) for name, block in _top_level_blocks(model) if not isinstance(block, torch.jit.ScriptModule)]
     shapes: list[tuple[str, tuple[int, ...]]] = []
     handles = []
 

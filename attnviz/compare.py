@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from attnviz._text import strict_json
 from attnviz.checkpoints import LoadedModel
 from attnviz.errors import UsageError
 from attnviz.inputs import Preset, get_preset, preprocess
@@ -126,7 +126,7 @@ class Comparison:
         path = Path(path)
         written = [render.save_figure(self.figure(), path, format)]
         document = path.with_suffix(".json")
-        document.write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        document.write_text(strict_json(self.to_dict(), indent=2), encoding="utf-8")  # NaN (NaN weights): null
         written.append(document)
         return written
 
@@ -221,7 +221,9 @@ def _eval_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     try:
         model.eval()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        return model(batch.to(device)).float().cpu()
+        output = model(batch.to(device))
+        logits = output[0] if isinstance(output, (tuple, list)) and output else output  # (logits, features)
+        return logits.float().cpu()
     finally:
         model.train(was_training)
 

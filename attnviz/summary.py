@@ -57,7 +57,8 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
     """Describe ``model`` on one ``channels x H x W`` input: layers up to ``depth``, parameters, gates.
 
     The model is run once, in eval mode, on a batch of one zero-mean random image; its state
-    is restored afterwards.
+    is restored afterwards. Layers inside TorchScript code have no output shape (no hook can
+    enter compiled code).
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     probe = torch.randn(1, channels, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -75,7 +76,8 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
 
     try:
         for name, module in selected:
-            handles.append(module.register_forward_hook(record(name)))
+            if not isinstance(module, torch.jit.ScriptModule):
+                handles.append(module.register_forward_hook(record(name)))
         cap: Capture = capture(model, probe, layers=[])
     finally:
         for handle in handles:
@@ -83,7 +85,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
     rows = [
         LayerRow(
             name=name,
-            type=type(module).__name__,
+            type=getattr(module, "original_name", None) or type(module).__name__,
             depth=name.count("."),
             output_shape=shapes.get(name),
             params=sum(p.numel() for p in module.parameters()),

@@ -71,7 +71,9 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     gates = Table("gate", "kind", "shape", "function", box=None, show_edge=False, title=f"attention gates ({len(facts.gates)})")
     for gate in facts.gates:
         gates.add_row(gate["name"], gate["kind"], "x".join(map(str, gate["shape"])), gate["function"])
-    console.print(gates if facts.gates else "no attention gates found (no sigmoid-family gate in the forward pass)")
+    hidden = "attention gates: not visible (the forward runs as compiled TorchScript)"
+    found = "no attention gates found (no sigmoid-family gate in the forward pass)"
+    console.print(gates if facts.gates else hidden if loaded.format == "torchscript" else found)
 
     if loaded.record:
         console.print("[bold]training record[/bold]")

@@ -126,6 +126,131 @@ def test_zip_with_torchscript_constants_is_torchscript(tmp_path, hostile_archive
     assert not marker.exists()
 
 
+# ---------------------------------------------------------------- trusted TorchScript works as far as it can
+
+
+class _SpatialGate(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.conv(x))
+
+
+class _Gated(nn.Module):
+    """A tiny CNN with a spatial gate; any input size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.gate = _SpatialGate(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.gate(self.body(x)).mean((2, 3)))
+
+
+class _Exposing(_Gated):
+    """The same network returning its gated feature map beside the logits."""
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        features = self.gate(self.body(x))
+        return self.head(features.mean((2, 3))), features
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> dict[str, object]:
+    """A traced model (logits only) and a scripted one that also returns its feature map."""
+    folder = tmp_path_factory.mktemp("torchscript")
+    torch.manual_seed(0)
+    plain, exposing = _Gated().eval(), _Exposing().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = _jit_save(torch.jit.trace(plain, torch.randn(1, 3, 16, 16)), folder / "traced.pt")
+        scripted = _jit_save(torch.jit.script(exposing), folder / "scripted.pt")
+    return {"plain": plain, "exposing": exposing, "traced": traced, "scripted": scripted}
+
+
+def test_trusted_torchscript_predicts_and_says_what_it_hides(compiled):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    loaded = load_model(compiled["traced"], trust=True)
+    assert len(capture(compiled["plain"], x).gates) == 1  # the gate an eager forward shows
+    with pytest.warns(UserWarning, match="runs as compiled TorchScript: attention gates and feature maps"):
+        cap = capture(loaded.model, x)
+    assert cap.gates == {} and cap.features == {}
+    with torch.no_grad():
+        torch.testing.assert_close(cap.logits, compiled["plain"](x))
+    with pytest.raises(UsageError) as info:
+        cam_module.gradcam(loaded.model, x)
+    assert "TorchScript model returns only [1, 3]" in _one_line(info)
+
+
+def test_trusted_torchscript_gradcam_on_the_feature_map_it_returns(compiled):
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    scripted = load_model(compiled["scripted"], trust=True).model
+    result = cam_module.gradcam(scripted, x)
+    expected = cam_module.gradcam(compiled["exposing"], x, layer="gate")  # the same map, hooked in eager code
+    assert result.layer == "output[1]" and expected.layer == "gate"
+    torch.testing.assert_close(result.raw, expected.raw, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(result.maps, expected.maps, atol=1e-5, rtol=1e-4)
+    assert torch.equal(result.targets, expected.targets)
+    assert not any(p.requires_grad is False for p in scripted.parameters())  # restored after the call
+    with pytest.raises(UsageError, match="gradcam\\+\\+ needs a layer inside the model"):
+        cam_module.gradcam(scripted, x, method="gradcam++")
+
+
+def test_trusted_torchscript_through_the_commands(tmp_path, compiled):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    traced, scripted = compiled["traced"], compiled["scripted"]
+
+    result = run("inspect", "--model", traced, "--trust-checkpoint", "--size", 16)
+    assert result.exit_code == 0 and "attention gates: not visible" in result.output
+    assert "internal error" not in result.output
+
+    result = run("maps", "--model", traced, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m1",
+                 "--no-pictures")
+    assert result.exit_code == 0, result.output
+    assert "attnviz: warning: no Grad-CAM" in result.output
+    summary = json.loads((tmp_path / "m1" / "0" / "summary.json").read_text())
+    assert summary["model"]["format"] == "torchscript" and summary["gates"] == [] and "gradcam" not in summary
+    assert "cam/gradcam" not in np.load(tmp_path / "m1" / "0" / "attention.npz").files
+
+    result = run("maps", "--model", scripted, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m2",
+                 "--no-pictures")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "m2" / "0" / "summary.json").read_text())
+    assert summary["gradcam"]["layer"] == "output[1]"
+    cam = np.load(tmp_path / "m2" / "0" / "attention.npz")["cam/gradcam"]
+    assert cam.shape == (224, 224) and 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
+
+    result = run("compare", "--baseline", scripted, "--model", scripted, "--trust-checkpoint", images / "0.png",
+                 images / "1.png", "--out", tmp_path / "cmp.png")
+    assert result.exit_code == 0, result.output
+    compared = json.loads((tmp_path / "cmp.json").read_text())
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    (agreement,) = compared["mean_agreement_with_baseline"].values()  # a model agrees with itself
+    assert agreement == {"top20_iou": 1.0, "spearman": 1.0}
+    for row in compared["images"]:
+        first, second = row["models"].values()
+        assert first["p_target"] == second["p_target"] and 0 < first["p_target"] < 1
+
+    result = run("compare", "--baseline", scripted, "--model", traced, "--trust-checkpoint", images / "0.png",
+                 "--out", tmp_path / "cmp2.png")
+    assert result.exit_code == 2 and "internal error" not in result.output
+    assert "TorchScript model returns only" in result.output
+
+    result = run("report", "--baseline", scripted, "--model", scripted, "--trust-checkpoint", images,
+                 "--out", tmp_path / "report", "--no-pictures", "--sanity-images", 2, "--steps", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "no sanity check for" in result.output and "internal error" not in result.output
+    records = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert (tmp_path / "report" / "index.html").is_file() and len(records["images"]) == 2
+
+
 # ---------------------------------------------------------------- stored arguments cost nothing
 
 
