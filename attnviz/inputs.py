@@ -1,10 +1,24 @@
 """Image decoding, preprocessing presets and class names.
 
-``load_rgb`` turns any image file Pillow can read into an ``HxWx3`` uint8 RGB array (EXIF
-orientation applied, transparency composited on white, 16-bit data scaled rather than
-clipped). ``preprocess`` resizes and normalises it exactly as torchvision's
-``Resize`` + ``ToTensor`` + ``Normalize`` do on a PIL image, so the tensor matches what a
-model trained with those transforms saw.
+``load_rgb`` turns an image file into an ``HxWx3`` uint8 RGB array (EXIF orientation applied,
+transparency composited on white, 16-bit data scaled rather than clipped). ``preprocess`` resizes
+and normalises it exactly as torchvision's ``Resize`` + ``ToTensor`` + ``Normalize`` do on a PIL
+image, so the tensor matches what a model trained with those transforms saw.
+
+Untrusted files are safe to decode:
+
+* Only the formats in :data:`FORMATS` are opened (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM/PBM and
+  AVIF where Pillow has it), all decoded inside Pillow: content in any other format, whatever the
+  file's name (EPS/PostScript, which Pillow would hand to the external Ghostscript, PSD, ...), is
+  "not a supported image format".
+* Memory is bounded. An image larger than ``max_side`` (:data:`MAX_SIDE` by default, or twice the
+  model's input size if larger) is decoded at a reduced scale where the format allows it (JPEG:
+  1/2, 1/4 or 1/8 by the decoder), and never decodes more than :data:`MAX_PIXELS` pixels (a larger
+  image is "too large", like any broken file). The decoded pixels (at most 4 bytes each in Pillow,
+  160 MB) are converted tile by tile in uint8 (compositing too) and reduced by an integer factor
+  (box average) to a longest side of at most ``max_side``, so one image costs at most about
+  250 MB above the interpreter, whatever its mode (measured by ``tests/test_input_safety.py``).
+  ``attnviz report --workers N`` decodes N images at once: N times that.
 """
 
 from __future__ import annotations
@@ -13,29 +27,45 @@ import json
 import os
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from attnviz.errors import InputImageError, UsageError
 
 __all__ = [
     "CIFAR10_CLASSES",
+    "FORMATS",
+    "MAX_PIXELS",
+    "MAX_SIDE",
     "PRESETS",
     "InputImage",
     "Preset",
+    "decode_image",
     "denormalize",
     "get_preset",
     "load_class_names",
     "load_input",
     "load_rgb",
     "preprocess",
+    "supported_formats",
+    "working_side",
 ]
+
+#: The image formats attnviz opens (Pillow's names), all decoded in-process by Pillow; AVIF only where
+#: Pillow was built with it. Anything else (EPS, which needs Ghostscript, PSD, ...) is refused.
+FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "AVIF")
+#: The most pixels decoded for one image (after a JPEG's reduced-scale decoding): 40 megapixels.
+MAX_PIXELS = 40_000_000
+#: Longest side of a decoded image by default: larger ones are reduced by an integer factor.
+MAX_SIDE = 2048
+#: Side of the tiles that decoded pixels are converted in (a multiple of the reduction factor).
+_TILE = 1024
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -150,8 +180,8 @@ def load_class_names(path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    """Decode an image file into an ``HxWx3`` uint8 RGB array.
+def load_rgb(path: str | os.PathLike[str], max_side: int | None = MAX_SIDE) -> np.ndarray:
+    """Decode an image file into an ``HxWx3`` uint8 RGB array (see :func:`decode_image`).
 
     Any Pillow mode is accepted. Alpha and palette/colour-key transparency are composited
     on white; 16-bit (``I;16``) data is scaled by 255/65535; 32-bit ``I`` data in
@@ -159,18 +189,40 @@ def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
     ``[0, 255]`` with a warning. The EXIF orientation is applied.
 
     Raises:
-        InputImageError: If the file is missing, empty, not an image, truncated, corrupt
-            or too large to decode safely.
+        InputImageError: If the file is missing, empty, not an image, in an unsupported format,
+            truncated, corrupt or too large.
+    """
+    return decode_image(path, max_side)[0]
+
+
+def decode_image(
+    path: str | os.PathLike[str], max_side: int | None = MAX_SIDE, *, nearest: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image file into ``HxWx3`` uint8 RGB, in bounded memory, and its own size.
+
+    Args:
+        path: The image file (one of :data:`FORMATS`).
+        max_side: An image whose longest side is larger is reduced by the smallest integer factor
+            that brings it to ``max_side`` or less (JPEG: partly while decoding); None: never.
+        nearest: Reduce by taking the centre pixel of each block (for masks) instead of their mean.
+
+    Returns:
+        The RGB array and the image's own ``(height, width)``, both after the EXIF orientation.
+
+    Raises:
+        InputImageError: Missing, empty, not an image, not in :data:`FORMATS`, truncated, corrupt,
+            or more than :data:`MAX_PIXELS` pixels to decode.
     """
     name = str(path)
     _check_image_file(name)
     try:
-        with Image.open(name) as img:
-            img.load()  # decodes now, so truncation raises here
-            img = ImageOps.exif_transpose(img)
-            return _to_rgb(img, name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is lower
+            img = Image.open(name, formats=supported_formats())
+        with img:
+            return _decode(img, name, max_side, nearest)
     except UnidentifiedImageError:
-        raise InputImageError(f"{name!r} is not an image file Pillow can read") from None
+        raise InputImageError(_unidentified(name)) from None
     except Image.DecompressionBombError:
         raise InputImageError(
             f"{name!r} is too large to decode safely (possible decompression bomb)"
@@ -236,13 +288,16 @@ class InputImage:
 
     Attributes:
         path: The file it came from, or None for in-memory images.
-        original: The decoded ``HxWx3`` uint8 RGB image at its own size.
+        original: The decoded ``HxWx3`` uint8 RGB image: at its own size, or reduced by an integer
+            factor when its longest side exceeds ``max(MAX_SIDE, 2 * the preset's longest side)``.
         tensor: The preprocessed ``[3, H, W]`` float32 tensor.
+        size: The image's own ``(height, width)`` (None: that of ``original``).
     """
 
     path: str | None
     original: np.ndarray
     tensor: torch.Tensor
+    size: tuple[int, int] | None = None
 
 
 def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage:
@@ -253,8 +308,14 @@ def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage
         UsageError: If the preset is unknown.
     """
     preset = get_preset(preset)
-    original = load_rgb(path)
-    return InputImage(path=str(path), original=original, tensor=preprocess(original, preset))
+    original, size = decode_image(path, working_side([preset]))
+    return InputImage(path=str(path), original=original, tensor=preprocess(original, preset), size=size)
+
+
+def working_side(presets: Iterable[Preset]) -> int:
+    """The ``max_side`` to decode at for these presets: :data:`MAX_SIDE`, or twice the largest
+    preset side if that is larger (a reduced image is never smaller than the model's input)."""
+    return max([MAX_SIDE, *(2 * max(preset.size) for preset in presets)])
 
 
 def as_image_batch(images: Any) -> torch.Tensor:
@@ -296,46 +357,121 @@ def _check_image_file(name: str) -> None:
         raise InputImageError(f"cannot read image file {name!r}: {exc.strerror}") from None
 
 
-def _to_rgb(img: Image.Image, name: str) -> np.ndarray:
-    """Convert a loaded Pillow image of any mode to uint8 RGB."""
-    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
-        gray = _scale_to_uint8(np.asarray(img), img.mode, name)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        return _composite_on_white(np.asarray(img.convert("RGBA")))
+def supported_formats() -> list[str]:
+    """:data:`FORMATS` that this Pillow can open."""
+    Image.init()
+    return [name for name in FORMATS if name in Image.OPEN]
+
+
+def _unidentified(name: str) -> str:
+    """Why Pillow could not open ``name`` with :data:`FORMATS`: content of another format (named
+    by its signature only; nothing else of it is read) or no image at all."""
+    supported = ", ".join(supported_formats())
     try:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except ValueError:
-        raise InputImageError(f"{name!r} uses image mode {img.mode!r}, which cannot be shown as RGB") from None
+        with open(name, "rb") as file:
+            prefix = file.read(16)
+    except OSError:
+        prefix = b""
+    for fmt, (_, accept) in Image.OPEN.items():
+        if fmt not in FORMATS and accept is not None and prefix and accept(prefix):
+            return f"{name!r} is {fmt} content, which is not a supported image format (supported: {supported})"
+    return f"{name!r} is not an image file attnviz can read (supported formats: {supported})"
+
+
+def _decode(img: Image.Image, name: str, max_side: int | None, nearest: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an opened image at a reduced scale where possible, within MAX_PIXELS, to uint8 RGB."""
+    width, height = img.size
+    if max_side is not None and max(width, height) > max_side:
+        img.draft(None, (-(-width * max_side // max(width, height)), -(-height * max_side // max(width, height))))
+    if img.width * img.height > MAX_PIXELS:
+        raise InputImageError(
+            f"{name!r} is too large: {img.width}×{img.height} pixels, more than attnviz decodes for one image "
+            f"({MAX_PIXELS / 1e6:g} MP)"
+        )
+    img.load()  # decodes now, so truncation raises here
+    factor = 1 if max_side is None else max(1, -(-max(img.size) // max_side))
+    rgb = _reduced_rgb(img, _tile_converter(img, name), factor, nearest)
+    method = _ORIENTATIONS.get(img.getexif().get(0x0112, 1))
+    if method is None:
+        return rgb, (height, width)
+    turned = np.asarray(Image.fromarray(rgb).transpose(method))
+    swapped = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+                         Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+    return turned, (width, height) if swapped else (height, width)
+
+
+_ORIENTATIONS = {  # EXIF orientation -> transposition, as ImageOps.exif_transpose
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _reduced_rgb(img: Image.Image, convert: Callable[[Image.Image], np.ndarray], factor: int, nearest: bool) -> np.ndarray:
+    """Convert a loaded image to uint8 RGB tile by tile, reducing each tile by ``factor`` (box
+    average, or the centre pixel of each block with ``nearest``). Tiles start at multiples of
+    ``factor``, so the result equals reducing the whole image at once."""
+    width, height = img.size
+    offset = factor // 2 if nearest else 0
+    rows, cols = (len(range(offset, height, factor)), len(range(offset, width, factor))) if nearest else (
+        -(-height // factor), -(-width // factor))
+    out = np.empty((rows, cols, 3), np.uint8)
+    step = max(factor, _TILE // factor * factor)
+    for top in range(0, height, step):
+        for left in range(0, width, step):
+            tile = convert(img.crop((left, top, min(left + step, width), min(top + step, height))))
+            if factor > 1:
+                tile = tile[offset::factor, offset::factor] if nearest else np.asarray(Image.fromarray(tile).reduce(factor))
+            out[top // factor : top // factor + tile.shape[0], left // factor : left // factor + tile.shape[1]] = tile
+    return out
+
+
+def _tile_converter(img: Image.Image, name: str) -> Callable[[Image.Image], np.ndarray]:
+    """How a tile of ``img`` becomes uint8 RGB (the scaling of 16/32-bit data is decided on the
+    whole image)."""
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        scale, low = _gray_scaling(img, name)
+
+        def gray(tile: Image.Image) -> np.ndarray:
+            values = (np.asarray(tile).astype(np.float64) - low) * scale
+            return np.repeat(np.clip(np.round(values), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+        return gray
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        return lambda tile: _composite_on_white(np.asarray(tile.convert("RGBA")))
+
+    def plain(tile: Image.Image) -> np.ndarray:
+        try:
+            return np.asarray(tile.convert("RGB"), dtype=np.uint8)
+        except ValueError:
+            raise InputImageError(f"{name!r} uses image mode {img.mode!r}, which cannot be shown as RGB") from None
+
+    return plain
 
 
 def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Blend straight-alpha RGBA over a white background."""
-    rgb = rgba[:, :, :3].astype(np.float64)
-    alpha = rgba[:, :, 3:].astype(np.float64) / 255.0
-    out = rgb * alpha + 255.0 * (1.0 - alpha)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    """Blend straight-alpha RGBA over a white background, in integers: round((c*a + 255*(255-a)) / 255)."""
+    alpha = rgba[:, :, 3:].astype(np.uint16)
+    mixed = rgba[:, :, :3].astype(np.uint16) * alpha + 255 * (255 - alpha)  # at most 65025
+    return ((mixed + 127) // 255).astype(np.uint8)  # exact rounding (x/255 is never halfway)
 
 
-def _scale_to_uint8(values: np.ndarray, mode: str, name: str) -> np.ndarray:
-    """Scale single-channel 16/32-bit or float data to uint8 without clipping."""
-    data = values.astype(np.float64)
-    if mode in _SIXTEEN_BIT_MODES or (mode == "I" and _within(data, 0, 65535)):
-        scaled = data * (255.0 / 65535.0)
-    elif mode == "F" and _within(data, 0.0, 1.0):
-        scaled = data * 255.0
-    else:
-        low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
-        warnings.warn(
-            f"{name!r}: mode {mode} values span [{low:g}, {high:g}]; stretched to 0..255 for display",
-            stacklevel=3,
-        )
-        scaled = (data - low) * (255.0 / (high - low)) if high > low else np.zeros_like(data)
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-
-
-def _within(data: np.ndarray, low: float, high: float) -> bool:
-    return data.size == 0 or (float(data.min()) >= low and float(data.max()) <= high)
+def _gray_scaling(img: Image.Image, name: str) -> tuple[float, float]:
+    """``(scale, low)`` that map single-channel 16/32-bit or float data to 0..255 without clipping."""
+    low, high = (float(v) for v in img.getextrema())
+    if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and 0 <= low and high <= 65535):
+        return 255.0 / 65535.0, 0.0
+    if img.mode == "F" and 0.0 <= low and high <= 1.0:
+        return 255.0, 0.0
+    warnings.warn(
+        f"{name!r}: mode {img.mode} values span [{low:g}, {high:g}]; stretched to 0..255 for display",
+        stacklevel=5,
+    )
+    return (255.0 / (high - low), low) if high > low else (0.0, low)
 
 
 def _check_rgb(rgb: Any) -> None:

@@ -16,7 +16,9 @@
   splits it).
 
 Every item gets a stable id (readable name + hash of its key), so re-runs, shards and merges
-agree on which image is which. :class:`DecodingDataset` decodes items in ``DataLoader`` workers.
+agree on which image is which. :class:`DecodingDataset` decodes items in ``DataLoader`` workers,
+each in the bounded memory of :func:`attnviz.inputs.decode_image` (``--workers N``: N images at
+once), and a worker exits when the process that started it dies.
 """
 
 from __future__ import annotations
@@ -34,10 +36,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
+from attnviz._pool import exit_with_parent
 from attnviz.errors import AttnvizError, InputImageError, UsageError
-from attnviz.inputs import Preset, load_rgb, preprocess
+from attnviz.inputs import (
+    Preset,
+    decode_image,
+    preprocess,
+    supported_formats,
+    working_side,
+)
 
 #: Masks larger than this (longest side, pixels) are reduced with nearest-neighbour sampling.
 MASK_MAX_SIDE = 1024
@@ -229,40 +238,50 @@ class DecodingDataset(Dataset):
         self.items = list(items)
         self.presets = dict(presets)
         self._data: Any = None
+        self._guarded: int | None = None  # the worker process whose exit with its parent is set up
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, position: int) -> Decoded:
+        self._guard_worker()
         item = self.items[position]
         try:
-            rgb, mask, note = self._read(item)
+            rgb, size, mask, note = self._read(item)
             tensors = {key: preprocess(rgb, preset) for key, preset in self.presets.items()}
         except AttnvizError as error:
             return Decoded(position, error=str(error))
         except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
             return Decoded(position, error=f"cannot decode {item.name!r}: {type(error).__name__}: {error}")
-        return Decoded(position, thumb=thumbnail(rgb), size=rgb.shape[:2], tensors=tensors, mask=mask, note=note)
+        return Decoded(position, thumb=thumbnail(rgb), size=size, tensors=tensors, mask=mask, note=note)
 
-    def _read(self, item: Item) -> tuple[np.ndarray, np.ndarray | None, str | None]:
+    def _guard_worker(self) -> None:
+        """In a ``DataLoader`` worker, once: exit when the main process dies (an OOM killer's kill -9)."""
+        if self._guarded != os.getpid():
+            self._guarded = os.getpid()
+            if get_worker_info() is not None:
+                exit_with_parent()
+
+    def _read(self, item: Item) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, str | None]:
+        """The item's RGB image (reduced if large), its own ``(height, width)``, mask and note."""
         if self.kind == "shapes":
             from attnviz.train.shapes import make_sample
 
             sample = make_sample(int(item.key.rsplit(":", 1)[1]), seed=self.options["seed"], split="test")
-            return sample.image, sample.mask, None
+            return sample.image, sample.image.shape[:2], sample.mask, None
         if self.kind == "cifar10":
-            data = self._cifar()
-            return np.ascontiguousarray(data.data[int(item.key.rsplit(":", 1)[1])]), None, None
+            image = np.ascontiguousarray(self._cifar().data[int(item.key.rsplit(":", 1)[1])])
+            return image, image.shape[:2], None, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reasons reach the report through errors, not warnings
-            rgb = load_rgb(item.path)
+            rgb, size = decode_image(item.path, working_side(self.presets.values()))
         mask, note = None, None
         if item.mask is not None:
             try:
                 mask = load_mask(item.mask)
             except InputImageError as error:
                 note = f"mask not used: {error}"
-        return rgb, mask, note
+        return rgb, size, mask, note
 
     def _cifar(self) -> Any:
         if self._data is None:  # opened once per worker
@@ -273,18 +292,13 @@ class DecodingDataset(Dataset):
 
 
 def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a mask file: True where any channel is non-zero (reduced to MASK_MAX_SIDE at most).
+    """Read a mask file: True where any channel is non-zero (reduced to MASK_MAX_SIDE at most by
+    taking the centre pixel of each block).
 
     Raises:
         InputImageError: The file cannot be decoded.
     """
-    rgb = load_rgb(path)
-    mask = rgb.max(axis=2) > 0
-    longest = max(mask.shape)
-    if longest > MASK_MAX_SIDE:
-        step = int(np.ceil(longest / MASK_MAX_SIDE))
-        mask = mask[step // 2 :: step, step // 2 :: step]
-    return mask
+    return decode_image(path, MASK_MAX_SIDE, nearest=True)[0].max(axis=2) > 0
 
 
 def thumbnail(rgb: np.ndarray) -> np.ndarray:
@@ -408,7 +422,7 @@ def _is_image_file(path: Path) -> bool:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path):
+        with Image.open(path, formats=supported_formats()):
             return True
     except (OSError, UnidentifiedImageError, ValueError):
         return False
