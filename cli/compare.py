@@ -27,7 +27,7 @@ Examples:
 @click.option("--method", default="gradcam", show_default=True, help="CAM method (gradcam, gradcam++, layercam, ...).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("attnviz-compare/compare.png"), show_default=True, help="Figure path (.png/.svg/.pdf); the numbers go to the same name with .json.")
 @click.option("--arch", default=None, metavar="NAME", help="Architecture for bare state_dicts that cannot be inferred (applies to all).")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that hold pickled code. Only for files you trust.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that run code when loaded (TorchScript, pickled models). Only for files you trust.")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
 def compare(baseline_path, model_paths, images, labels_file, target, method, out, arch, trust_checkpoint, device):
     """Draw one row per image: input | baseline Grad-CAM | each attention model's Grad-CAM,

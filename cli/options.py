@@ -25,7 +25,8 @@ def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
     function = click.option(
         "--trust-checkpoint",
         is_flag=True,
-        help="Allow checkpoints that hold pickled code (whole saved models). Only for files from a source you trust.",
+        help="Allow checkpoints that run code when loaded (TorchScript archives, whole pickled models, stored arguments "
+        "that could read files or download). Only for files from a source you trust.",
     )(function)
     function = click.option("--arch", default=None, metavar="NAME", help=ARCH_HELP)(function)
     return function
