@@ -407,9 +407,41 @@ def _unsafe_globals(source: str, exc: Exception) -> list[str]:
         with _numpy_globals():
             names = torch.serialization.get_unsafe_globals_in_checkpoint(source)
     except Exception:  # noqa: BLE001 - legacy (non-zip) files: the error text names the first one
-        found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc)) + _legacy_globals(source)
         names = [n if "." in n or not hasattr(builtins, n) else f"builtins.{n}" for n in found]
     return sorted(set(names), key=lambda n: (n.startswith("torch."), n))  # the file's own classes first
+
+
+def _legacy_globals(source: str) -> list[str]:
+    """The globals a legacy file's pickles name (``GLOBAL``, or ``STACK_GLOBAL`` after two strings),
+    read with ``pickletools``, never executed; as far as the pickles can be parsed."""
+    names: list[str] = []
+    try:
+        with open(source, "rb") as handle:
+            for _ in range(4):  # magic number, protocol version, system info, the saved object
+                names += _pickle_globals(pickletools.genops(handle))
+    except Exception:  # noqa: BLE001 - a damaged pickle: what was read so far
+        pass
+    return names
+
+
+def _pickle_globals(ops: Iterator[tuple[Any, Any, Any]]) -> list[str]:
+    names: list[str] = []
+    pushed: list[Any] = []  # what each op pushed (strings only; memo lookups resolved)
+    memo: dict[int, Any] = {}
+    for opcode, arg, _ in ops:
+        name = opcode.name
+        if name == "GLOBAL" and isinstance(arg, str):
+            names.append(arg.replace(" ", "."))
+        elif name == "STACK_GLOBAL" and len(pushed) >= 2 and all(isinstance(v, str) for v in pushed[-2:]):
+            names.append(f"{pushed[-2]}.{pushed[-1]}")
+        if name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[int(arg)] = pushed[-1] if pushed else None
+        elif name not in ("PROTO", "FRAME", "STOP"):
+            pushed.append(memo.get(int(arg)) if name in ("GET", "BINGET", "LONG_BINGET") else arg if isinstance(arg, str) else None)
+    return names
 
 
 @contextlib.contextmanager

@@ -435,6 +435,19 @@ def test_damaged_checkpoint_is_not_called_unsafe(tmp_path):
     assert "trust" not in message
 
 
+def test_genuine_file_the_safe_loader_cannot_read_still_names_its_globals(tmp_path):
+    """A legacy torch.save file in pickle protocol 4 (framed, which weights_only cannot read) is a real
+    checkpoint: its message names what it would import and offers the trust flag."""
+    path = tmp_path / "framed.pth"
+    torch.save(build_model("cnn").state_dict(), path, _use_new_zipfile_serialization=False, pickle_protocol=4)
+    with pytest.raises(UnsafeCheckpointError) as info:
+        load_model(path)
+    message = _one_line(info)
+    assert "torch._utils._rebuild_tensor_v2" in message and "collections.OrderedDict" in message
+    assert "--trust-checkpoint" in message
+    assert load_model(path, trust=True).arch == "cnn"
+
+
 def test_cli_names_a_foreign_file_in_one_line(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(_onnx_binary())
