@@ -455,7 +455,8 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
     activation = returned[index]
     _check_feature_map(activation, layer)
     if logits is None or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
-        raise UsageError(f"the model must return [B, classes] logits first for Grad-CAM; it returned {_shape_of(logits)}")
+        shape = _shape_of(logits)
+        raise UsageError(f"the model must return [B, classes] logits first for Grad-CAM; it returned {shape}")
     chosen = _choose(logits, targets, images.device)
     score = logits.gather(1, chosen[:, None]).sum()
     try:

@@ -534,7 +534,7 @@ def _zoo_spec(model: nn.Module):
 
 def _stage_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
     """The last top-level block at each spatial resolution, in forward order."""
-    blocks = [(name, block) for name, block in _top_level_blocks(model) if not isinstance(block, torch.jit.ScriptModule)]
+    blocks = [(n, block) for n, block in _top_level_blocks(model) if not isinstance(block, torch.jit.ScriptModule)]
     shapes: list[tuple[str, tuple[int, ...]]] = []
     handles = []
 

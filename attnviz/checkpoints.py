@@ -242,7 +242,8 @@ def _file_kind(source: str) -> str:
         return "legacy"
     if _is_legacy_tar(source):
         return "tar"
-    raise CheckpointError(f"{source!r} is not a PyTorch checkpoint: it {_looks_like(head, source, names)} ({_WHAT_WE_READ})")
+    what = _looks_like(head, source, names)
+    raise CheckpointError(f"{source!r} is not a PyTorch checkpoint: it {what} ({_WHAT_WE_READ})")
 
 
 def _head(source: str, size: int = 512) -> bytes:
@@ -291,7 +292,8 @@ def _is_legacy_tar(source: str) -> bool:
 def _looks_like(head: bytes, source: str, zip_names: Sequence[str] | None) -> str:
     """What a file that is not a PyTorch checkpoint seems to be, as the end of "it ..."."""
     text = _as_text(head)
-    if source.lower().endswith(".onnx") or (text or "").lstrip().startswith("ir_version") or head[:1] + head[2:3] == b"\x08\x12":
+    onnx_binary = head[:1] + head[2:3] == b"\x08\x12"  # field 1 (ir_version), then field 2 (producer_name)
+    if source.lower().endswith(".onnx") or (text or "").lstrip().startswith("ir_version") or onnx_binary:
         return "looks like an ONNX model"
     if zip_names is not None:
         shown = ", ".join(zip_names[:3]) + (", ..." if len(zip_names) > 3 else "")
@@ -329,7 +331,7 @@ def _load_torchscript(source: str) -> LoadedModel:
     """``torch.jit.load``: runs the archive's code, so only ever called for a trusted file."""
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")  # any category
             model = torch.jit.load(source, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - the archive's own code failed; say why in one line
         raise CheckpointError(f"cannot load TorchScript archive {source!r}: {_first_line(exc)}") from exc
@@ -398,7 +400,8 @@ def _weights_only_reason(exc: Exception) -> str:
 def _unsafe_message(source: str, names: Sequence[str]) -> str:
     shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
     hint = "; or save model.state_dict() instead" if any(".nn." in n or "__main__" in n for n in names) else ""
-    return f"{source!r} holds pickled Python objects: it would import and call {shown} while loading; {_TRUST_HINT}{hint}"
+    what = f"it would import and call {shown} while loading"
+    return f"{source!r} holds pickled Python objects: {what}; {_TRUST_HINT}{hint}"
 
 
 def _unsafe_globals(source: str, exc: Exception) -> list[str]:
@@ -439,8 +442,10 @@ def _pickle_globals(ops: Iterator[tuple[Any, Any, Any]]) -> list[str]:
             memo[len(memo)] = pushed[-1] if pushed else None
         elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
             memo[int(arg)] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(int(arg)))
         elif name not in ("PROTO", "FRAME", "STOP"):
-            pushed.append(memo.get(int(arg)) if name in ("GET", "BINGET", "LONG_BINGET") else arg if isinstance(arg, str) else None)
+            pushed.append(arg if isinstance(arg, str) else None)
     return names
 
 

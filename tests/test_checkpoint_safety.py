@@ -195,7 +195,7 @@ def test_trusted_torchscript_gradcam_on_the_feature_map_it_returns(compiled):
     torch.testing.assert_close(result.raw, expected.raw, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(result.maps, expected.maps, atol=1e-5, rtol=1e-4)
     assert torch.equal(result.targets, expected.targets)
-    assert not any(p.requires_grad is False for p in scripted.parameters())  # restored after the call
+    assert all(p.requires_grad for p in scripted.parameters())  # restored after the call
     with pytest.raises(UsageError, match="gradcam\\+\\+ needs a layer inside the model"):
         cam_module.gradcam(scripted, x, method="gradcam++")
 
@@ -204,7 +204,8 @@ def test_trusted_torchscript_through_the_commands(tmp_path, compiled):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(2):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        pixels = np.random.default_rng(i).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i}.png")
     traced, scripted = compiled["traced"], compiled["scripted"]
 
     result = run("inspect", "--model", traced, "--trust-checkpoint", "--size", 16)
