@@ -12,37 +12,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attnviz._lazy import lazy_exports
+from attnviz.runtime.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "load_model": "attnviz.checkpoints",
-    "save_checkpoint": "attnviz.checkpoints",
-    "LoadedModel": "attnviz.checkpoints",
-    "capture": "attnviz.capturing",
-    "Capture": "attnviz.capturing",
-    "Capturer": "attnviz.capturing",
-    "Gate": "attnviz.capturing",
-    "gradcam": "attnviz.cam",
-    "CamResult": "attnviz.cam",
-    "load_input": "attnviz.inputs",
-    "load_rgb": "attnviz.inputs",
-    "preprocess": "attnviz.inputs",
-    "get_preset": "attnviz.inputs",
+    "load_model": "attnviz.io.checkpoints",
+    "save_checkpoint": "attnviz.io.checkpoints",
+    "LoadedModel": "attnviz.io.checkpoints",
+    "capture": "attnviz.capturing.capturer",
+    "Capture": "attnviz.capturing.capturer",
+    "Capturer": "attnviz.capturing.capturer",
+    "Gate": "attnviz.capturing.capturer",
+    "gradcam": "attnviz.explain.cam",
+    "CamResult": "attnviz.explain.cam",
+    "load_input": "attnviz.io.inputs",
+    "load_rgb": "attnviz.io.inputs",
+    "preprocess": "attnviz.io.inputs",
+    "get_preset": "attnviz.io.inputs",
     "build_model": "attnviz.models",
     "list_architectures": "attnviz.models",
-    "run_maps": "attnviz.maps",
+    "run_maps": "attnviz.jobs.maps",
+    "compare": "attnviz.jobs.compare",
+    "Comparison": "attnviz.jobs.compare",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from attnviz.cam import CamResult, gradcam
-    from attnviz.capturing import Capture, Capturer, Gate, capture
-    from attnviz.checkpoints import LoadedModel, load_model, save_checkpoint
-    from attnviz.inputs import get_preset, load_input, load_rgb, preprocess
-    from attnviz.maps import run_maps
+    from attnviz.capturing.capturer import Capture, Capturer, Gate, capture
+    from attnviz.explain.cam import CamResult, gradcam
+    from attnviz.io.checkpoints import LoadedModel, load_model, save_checkpoint
+    from attnviz.io.inputs import get_preset, load_input, load_rgb, preprocess
+    from attnviz.jobs.compare import Comparison, compare
+    from attnviz.jobs.maps import run_maps
     from attnviz.models import build_model, list_architectures
 
 

@@ -13,7 +13,7 @@ Rows:
     attnviz capture      attnviz.Capturer(model)(x): every gate, features around each gate and the default
                          feature layers, copied to the CPU (the Capturer is reused, as in batch runs)
     attnviz capture (new Capturer)   attnviz.capture(model, x): the same, finding the layers anew
-    attnviz gradcam      attnviz.cam.gradcam: predicted class, maps upsampled to the input and normalised
+    attnviz gradcam      attnviz.explain.cam.gradcam: predicted class, maps upsampled to the input and normalised
     pytorch-grad-cam     ``with GradCAM(model, [layer]) as cam: cam(x, None)`` (predicted class, upsampled)
     captum LayerGradCam  attribute(target=precomputed predictions) + LayerAttribution.interpolate
     torchcam GradCAM     ``with GradCAM(model, layer) as e``: forward, e(predictions, scores), upsampling
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 import torchvision
+from _doc import DOC, machine, write_section
 from torch import nn
 
-from attnviz.cam import gradcam
-from attnviz.capturing import Capturer, capture
+from attnviz.capturing.capturer import Capturer, capture
+from attnviz.explain.cam import gradcam
 from attnviz.models import build_model
-from _doc import DOC, machine, write_section
 
 SECTION = "## Capture and Grad-CAM"
 PACKAGES = ("torch", "torchvision", "grad-cam", "captum", "torchcam")

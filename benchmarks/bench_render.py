@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _doc import machine, write_section
 
 from attnviz import render
-from _doc import machine, write_section
 
 SECTION = "## Rendering"
 
@@ -81,8 +81,8 @@ def maps_speed() -> list[str]:
     """Wall time of ``run_maps`` on the bundled sample images, pictures drawn here or in worker processes."""
     import os
 
-    from attnviz.checkpoints import load_model
-    from attnviz.maps import MapsOptions, run_maps
+    from attnviz.io.checkpoints import load_model
+    from attnviz.jobs.maps import MapsOptions, run_maps
 
     root = Path(__file__).resolve().parents[1] / "samples"
     images = sorted((root / "images").glob("*.png"))

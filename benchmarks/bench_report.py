@@ -11,7 +11,7 @@ its own process (so its peak memory is its own) into a fresh folder.
 Stages (seconds of the run's wall time, measured in the main process):
     decode      waiting for the next decoded batch (DataLoader; with workers the decoding overlaps)
     model       forward pass with gate capture, every model
-    Grad-CAM    one forward and backward pass per model (attnviz.cam.gradcam)
+    Grad-CAM    one forward and backward pass per model (attnviz.explain.cam.gradcam)
     metrics     deletion/insertion curves, pointing games, agreement with the baseline
     sanity      the randomisation sanity check (ReportOptions' default number of images, once per report)
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
@@ -46,8 +46,8 @@ def child(images: int, workers: int, render_workers: int, steps: int, threads: i
     """One report run in this process; returns its timings, wall time and peak memory."""
     import torch
 
-    from attnviz.checkpoints import LoadedModel, load_model
-    from attnviz.inputs import get_preset
+    from attnviz.io.checkpoints import LoadedModel, load_model
+    from attnviz.io.inputs import get_preset
     from attnviz.models import build_model
     from attnviz.report import ReportOptions, name_models, run_report
 

@@ -6,7 +6,6 @@ import csv
 from pathlib import Path
 
 import click
-
 from attnviz.cli.options import check_device
 
 
@@ -37,9 +36,9 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
     from rich.console import Console
     from rich.table import Table
 
-    from attnviz.checkpoints import load_model
-    from attnviz.compare import compare as run_compare
-    from attnviz.inputs import load_rgb
+    from attnviz.io.checkpoints import load_model
+    from attnviz.io.inputs import load_rgb
+    from attnviz.jobs.compare import compare as run_compare
 
     console = Console(highlight=False, soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -59,12 +58,12 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
         except Exception as error:  # noqa: BLE001 - reported per file, the rest go on
             errors.print(f"attnviz: skipped {path}: {error}", markup=False)
     if not originals:
-        from attnviz.errors import InputImageError
+        from attnviz.runtime.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be read; nothing to compare")
     names = next((m.class_names for m in models.values() if m.class_names), None)
     if names is None:
-        from attnviz.inputs import CIFAR10_CLASSES
+        from attnviz.io.inputs import CIFAR10_CLASSES
 
         if all(getattr(m.preset, "name", None) == "cifar10" for m in models.values()):
             names = list(CIFAR10_CLASSES)
@@ -86,7 +85,7 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
 
 
 def _read_truth(path: Path, images: list[Path], class_names: list[str] | None) -> list[int | None]:
-    from attnviz.errors import UsageError
+    from attnviz.runtime.errors import UsageError
 
     try:
         with open(path, newline="", encoding="utf-8") as file:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import click
-
 from attnviz.cli.options import check_device, model_loading
 
 
@@ -31,7 +30,7 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     from rich.console import Console
     from rich.table import Table
 
-    from attnviz.errors import UsageError
+    from attnviz.runtime.errors import UsageError
 
     console = Console(highlight=False, soft_wrap=True)
     if list_archs:
@@ -46,9 +45,9 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     if model_path is None:
         raise UsageError("inspect needs --model CHECKPOINT (or --list)")
 
-    from attnviz.checkpoints import load_model
-    from attnviz.inputs import get_preset
-    from attnviz.summary import summarize
+    from attnviz.io.checkpoints import load_model
+    from attnviz.io.inputs import get_preset
+    from attnviz.jobs.inspect import summarize
 
     loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
     preset = get_preset(loaded.preset or "imagenet", size=size) if size or not loaded.preset else get_preset(loaded.preset)

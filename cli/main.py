@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from attnviz.errors import AttnvizError
+from attnviz.runtime.errors import AttnvizError
 
 # name -> (module, attribute, one-line help shown in `attnviz --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -6,8 +6,12 @@ import sys
 from pathlib import Path
 
 import click
-
-from attnviz.cli.options import check_device, input_options, model_loading, resolve_inputs
+from attnviz.cli.options import (
+    check_device,
+    input_options,
+    model_loading,
+    resolve_inputs,
+)
 
 
 @click.command(
@@ -41,8 +45,8 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
     """
     from rich.console import Console
 
-    from attnviz.checkpoints import load_model
-    from attnviz.maps import Failure, MapsOptions, run_maps
+    from attnviz.io.checkpoints import load_model
+    from attnviz.jobs.maps import Failure, MapsOptions, run_maps
 
     console = Console(highlight=False, soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -68,7 +72,7 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
 
     results, failures = run_maps(loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report)
     if not results:
-        from attnviz.errors import InputImageError
+        from attnviz.runtime.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be used; nothing written")
     console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""), markup=False)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 ARCH_HELP = (
     "Architecture of a bare state_dict: a registry name (see `attnviz inspect --list`), timm:NAME, "
@@ -55,7 +55,7 @@ def input_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_file: Path | None):
     """The preset and class names for a loaded model, with the command line's overrides applied."""
-    from attnviz.inputs import CIFAR10_CLASSES, get_preset, load_class_names
+    from attnviz.io.inputs import CIFAR10_CLASSES, get_preset, load_class_names
 
     base = preset or loaded.preset or "imagenet"
     resolved = get_preset(base, size=size) if size else get_preset(base)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-
 from attnviz.cli.options import check_device, model_loading
 
 
@@ -63,7 +62,7 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
 
     Exits with 1 when some images could not be decoded (they are listed in the report) or, with
     --merge, when a shard is missing or not finished (the merged report holds what is finished)."""
-    from attnviz.errors import UsageError
+    from attnviz.runtime.errors import UsageError
 
     if merge:
         if baseline_path or model_paths:
@@ -80,8 +79,8 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
     paths = [p for p in (baseline_path, *model_paths) if p is not None]
     if not paths:
         raise UsageError("give the models: --baseline CKPT and/or --model CKPT")
-    from attnviz.checkpoints import load_model
-    from attnviz.inputs import load_class_names
+    from attnviz.io.checkpoints import load_model
+    from attnviz.io.inputs import load_class_names
     from attnviz.report.runner import ReportOptions, name_models, run_report
 
     device = check_device(device)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 
 def _stage_epochs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner, Result
-
 from attnviz.cli.main import cli
+from click.testing import CliRunner, Result
 
 ROOT = Path(__file__).resolve().parents[1]
 

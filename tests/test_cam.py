@@ -16,9 +16,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from attnviz.cam import METHODS, CamResult, gradcam, resolve_cam_layer
-from attnviz.errors import CaptureError, UsageError
+from attnviz.explain.cam import METHODS, CamResult, gradcam, resolve_cam_layer
 from attnviz.models import build_model, get_spec, list_architectures
+from attnviz.runtime.errors import CaptureError, UsageError
 
 # --------------------------------------------------------------------------- independent references
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from attnviz.capturing import Capture, Capturer, capture
-from attnviz.errors import CaptureError, UsageError
+from attnviz.capturing.capturer import Capture, Capturer, capture
+from attnviz.runtime.errors import CaptureError, UsageError
 
 timm = pytest.importorskip("timm")
 

@@ -18,15 +18,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import ROOT, run
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from attnviz import cam as cam_module
-from attnviz.capturing import capture
-from attnviz.checkpoints import load_model, save_checkpoint
-from attnviz.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError, UsageError
+from attnviz.explain import cam as cam_module
+from attnviz.capturing.capturer import capture
+from attnviz.io.checkpoints import load_model, save_checkpoint
 from attnviz.models import build_model
-from support import ROOT, run
+from attnviz.runtime.errors import (
+    ArchitectureError,
+    CheckpointError,
+    UnsafeCheckpointError,
+    UsageError,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,15 @@ import torch
 import torchvision
 from torch import nn
 
-from attnviz.checkpoints import load_model, save_checkpoint
-from attnviz.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError, UsageError
-from attnviz.inputs import PRESETS
+from attnviz.io.checkpoints import load_model, save_checkpoint
+from attnviz.io.inputs import PRESETS
 from attnviz.models import build_model, list_architectures
+from attnviz.runtime.errors import (
+    ArchitectureError,
+    CheckpointError,
+    UnsafeCheckpointError,
+    UsageError,
+)
 
 ZOO = list_architectures()
 

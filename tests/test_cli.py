@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from attnviz.cli.main import cli
 from click.testing import CliRunner
 from PIL import Image
-
-from attnviz.checkpoints import load_model, save_checkpoint
-from attnviz.cli.main import cli
-from attnviz.inputs import CIFAR10_CLASSES, get_preset, load_rgb, preprocess
-from attnviz.models import build_model
 from support import run
+
+from attnviz.io.checkpoints import load_model, save_checkpoint
+from attnviz.io.inputs import CIFAR10_CLASSES, get_preset, load_rgb, preprocess
+from attnviz.models import build_model
 
 
 def _image(path: Path, seed: int) -> Path:

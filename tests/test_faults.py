@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import run
 
-from attnviz._text import csv_cell, strict_json
-from attnviz.checkpoints import save_checkpoint
-from attnviz.maps import _output_folders
+from attnviz.io.checkpoints import save_checkpoint
+from attnviz.jobs.maps import _output_folders
 from attnviz.models import build_model
 from attnviz.report.results import csv_columns
-from support import run
+from attnviz.runtime.text import csv_cell, strict_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,7 +105,7 @@ def test_maps_prints_names_with_console_markup_as_text(models, tmp_path):
 
 
 def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path, monkeypatch):
-    import attnviz.maps_pictures
+    import attnviz.jobs.maps_pictures
 
     def failing(job, folder, options):  # draws nothing for a (fast), fails halfway for b
         if folder.name == "b":
@@ -114,7 +114,7 @@ def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path
             raise ValueError("cannot draw this one")
         return []
 
-    monkeypatch.setattr(attnviz.maps_pictures, "draw_pictures", failing)
+    monkeypatch.setattr(attnviz.jobs.maps_pictures, "draw_pictures", failing)
     images = [_image(tmp_path / f"{n}.png", i) for i, n in enumerate("ab")]
     result = run("maps", "--model", models["cnn"], *images, "--out", tmp_path / "out", "--no-cam", "--render-workers", 0)
     assert result.exit_code == 1, result.output
@@ -283,8 +283,8 @@ def test_maps_on_a_full_disk_says_so_keeps_finished_images_and_cleans_the_partia
 
 
 def test_a_full_disk_removes_every_unfinished_image_still_waiting_for_its_pictures(tmp_path, monkeypatch):
-    from attnviz.errors import OutputError
-    from attnviz.maps import ImageResult, MapsOptions, _Painter
+    from attnviz.jobs.maps import ImageResult, MapsOptions, _Painter
+    from attnviz.runtime.errors import OutputError
 
     outcomes = []
     for name in "abc":

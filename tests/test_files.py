@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from attnviz._files import atomic_file, write_bytes
+from attnviz.runtime.files import atomic_file, write_bytes
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):

@@ -17,16 +17,16 @@ import pytest
 from PIL import Image, ImageDraw
 from support import ROOT, run
 
-from attnviz import inputs
-from attnviz.errors import InputImageError
-from attnviz.inputs import decode_image, load_input, load_rgb, preprocess
+from attnviz.io import inputs
+from attnviz.io.inputs import decode_image, load_input, load_rgb, preprocess
+from attnviz.runtime.errors import InputImageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 MODELS = ROOT / "samples" / "models"
 GOOD = ROOT / "samples" / "images" / "00_circle.png"
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
-#: Growth of peak memory allowed for decoding one image: the bound that the README and attnviz.inputs state.
+#: Growth of peak memory allowed for decoding one image: the bound that the README and attnviz.io.inputs state.
 MEMORY_BOUND_MB = 250
 
 
@@ -73,8 +73,8 @@ def test_small_hostile_files_decode_in_bounded_memory(hostile):
     code = f"""
         import json
         import cv2, numpy, torch
-        from attnviz.errors import InputImageError
-        from attnviz.inputs import get_preset, load_input
+        from attnviz.runtime.errors import InputImageError
+        from attnviz.io.inputs import get_preset, load_input
         from attnviz.report.sources import DecodingDataset, resolve_source
         preset = get_preset("imagenet")
         load_input({str(GOOD)!r}, preset)  # warm up: lazy imports, allocator
@@ -242,8 +242,8 @@ def test_ghostscript_never_runs(tmp_path):
     for name in ("x.png", "y.eps", "z.ps"):
         (images / name).write_bytes(EPS)
     code = f"""
-        from attnviz.errors import InputImageError
-        from attnviz.inputs import get_preset, load_rgb
+        from attnviz.runtime.errors import InputImageError
+        from attnviz.io.inputs import get_preset, load_rgb
         from attnviz.report.sources import DecodingDataset, resolve_source
         for name in ("x.png", "y.eps", "z.ps"):
             try:
@@ -308,8 +308,8 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     code = """
         import time
         from torch.utils.data import DataLoader
-        from attnviz._pool import WorkerPool
-        from attnviz.inputs import get_preset
+        from attnviz.runtime.pool import WorkerPool
+        from attnviz.io.inputs import get_preset
         from attnviz.report.sources import DecodingDataset, resolve_source
         source = resolve_source("shapes:64")
         dataset = DecodingDataset(source, source.items, {"k": get_preset("cifar10")})

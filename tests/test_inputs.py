@@ -11,8 +11,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from attnviz.errors import InputImageError, UsageError
-from attnviz.inputs import (
+from attnviz.io.inputs import (
     CIFAR10_CLASSES,
     PRESETS,
     InputImage,
@@ -24,6 +23,7 @@ from attnviz.inputs import (
     load_rgb,
     preprocess,
 )
+from attnviz.runtime.errors import InputImageError, UsageError
 
 
 def _over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -11,10 +11,9 @@ import torch
 from scipy import stats
 from torch import nn
 
-from attnviz.cam import gradcam
-from attnviz.errors import CaptureError, UsageError
-from attnviz.inputs import preprocess
-from attnviz.metrics import (
+from attnviz.data.shapes import make_sample
+from attnviz.explain.cam import gradcam
+from attnviz.explain.metrics import (
     channel_selectivity,
     class_selectivity,
     deletion_insertion,
@@ -28,8 +27,9 @@ from attnviz.metrics import (
     spearman,
     top_region_iou,
 )
+from attnviz.io.inputs import preprocess
 from attnviz.models import build_model
-from attnviz.train.shapes import make_sample
+from attnviz.runtime.errors import CaptureError, UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

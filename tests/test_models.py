@@ -10,7 +10,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from attnviz.errors import ArchitectureError, CheckpointError
 from attnviz.models import (
     CBAM,
     ResNet18_CBAM,
@@ -24,6 +23,7 @@ from attnviz.models import (
 from attnviz.models.cifar_cnn import ChannelAttention as SEChannelAttention
 from attnviz.models.densenet_se import SE_Block
 from attnviz.models.resnet_se import ResidualBlock, SEModule
+from attnviz.runtime.errors import ArchitectureError, CheckpointError
 
 NAMES = ["cnn", "se_cnn", "cbam_cnn", "densenet_se", "resnet18_cbam", "resnet_se"]
 

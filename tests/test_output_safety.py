@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-
-from attnviz.checkpoints import load_model
-from attnviz.report import ReportOptions, name_models, run_report, runner
 from support import ROOT, run
+
+from attnviz.io.checkpoints import load_model
+from attnviz.report import ReportOptions, name_models, run_report, runner
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,6 @@ import pytest
 from matplotlib.container import BarContainer, ErrorbarContainer
 from matplotlib.text import Text
 
-from attnviz.errors import UsageError
 from attnviz.render import (
     bar_order,
     cam_overlay,
@@ -20,6 +19,7 @@ from attnviz.render import (
     comparison_grid,
     feature_grid,
     figure_to_rgb,
+    fonts,
     index_figure,
     index_image,
     overlay_rgb,
@@ -27,7 +27,7 @@ from attnviz.render import (
     save_rgb,
     spatial_overlay,
 )
-from attnviz.render import fonts
+from attnviz.runtime.errors import UsageError
 
 
 @pytest.fixture

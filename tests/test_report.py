@@ -14,16 +14,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from support import ROOT, hand_gradcam, hooked_output, run
 
-from attnviz import metrics
-from attnviz.checkpoints import load_model
-from attnviz.errors import UsageError
-from attnviz.inputs import preprocess
-from attnviz.report import ReportOptions, merge_reports, name_models, resolve_source, run_report
+from attnviz.data.shapes import SHAPES_CLASSES, make_sample
+from attnviz.explain import metrics
+from attnviz.io.checkpoints import load_model
+from attnviz.io.inputs import preprocess
+from attnviz.report import (
+    ReportOptions,
+    merge_reports,
+    name_models,
+    resolve_source,
+    run_report,
+)
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.sources import parse_shard, shard_items
-from attnviz.train.shapes import SHAPES_CLASSES, make_sample
-from support import ROOT, hand_gradcam, hooked_output, run
+from attnviz.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -108,7 +114,7 @@ def test_pointing_game_equals_a_hand_check_on_the_shapes_masks(shapes_report, sh
 
 
 def test_deletion_and_insertion_in_the_csv_equal_the_metric(shapes_report, shapes_data):
-    from attnviz.cam import gradcam
+    from attnviz.explain.cam import gradcam
 
     rows = by_source(read_csv(shapes_report / "results.csv"))
     for name, path in MODELS.items():
@@ -165,7 +171,7 @@ def test_per_class_excitation_is_the_mean_of_the_models_own_gate_values(shapes_r
 
 
 def test_agreement_with_the_baseline_is_the_metric_on_both_maps(shapes_report, shapes_data):
-    from attnviz.cam import gradcam
+    from attnviz.explain.cam import gradcam
 
     rows = by_source(read_csv(shapes_report / "results.csv"))
     base, other = load_model(MODELS["cnn"]).model, load_model(MODELS["cbam_cnn"]).model

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from attnviz.cli.main import cli
 from click.testing import CliRunner
 from PIL import Image
 
-from attnviz.cli.main import cli
-from attnviz.train.shapes import make_sample
+from attnviz.data.shapes import make_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "samples" / "models"

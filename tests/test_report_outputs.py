@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from scipy import stats
-
-from attnviz.checkpoints import load_model
-from attnviz.inputs import preprocess
-from attnviz.train.shapes import make_sample
 from support import ROOT, hand_gradcam, run
+
+from attnviz.data.shapes import make_sample
+from attnviz.io.checkpoints import load_model
+from attnviz.io.inputs import preprocess
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -100,7 +100,7 @@ def test_sanity_check_decorrelates_the_trained_models_as_a_hand_cascade_does(rep
 
 
 def test_a_map_made_constant_counts_as_no_correlation():
-    from attnviz import metrics
+    from attnviz.explain import metrics
     from attnviz.models import build_model
 
     torch.manual_seed(0)

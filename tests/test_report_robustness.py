@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from support import ROOT, run
 
-from attnviz.checkpoints import load_model
-from attnviz.errors import UsageError
+from attnviz.data.shapes import make_sample
+from attnviz.io.checkpoints import load_model
 from attnviz.report import ReportOptions, name_models, resolve_source, run_report
 from attnviz.report.progress import _Lines
-from attnviz.train.shapes import make_sample
-from support import ROOT, run
+from attnviz.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from attnviz.errors import UsageError
-from attnviz.train.data import make_datasets, parse_data_spec, eval_transform
-from attnviz.train.shapes import NOISE, SHAPES_CLASSES, ShapesDataset, make_sample
+from attnviz.data.shapes import NOISE, SHAPES_CLASSES, ShapesDataset, make_sample
+from attnviz.data.specs import eval_transform, make_datasets, parse_data_spec
+from attnviz.runtime.errors import UsageError
 
 N = 200
 

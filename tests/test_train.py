@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from attnviz.cli.main import cli
 from click.testing import CliRunner
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from attnviz.capturing import capture
-from attnviz.checkpoints import load_model
-from attnviz.cli.main import cli
-from attnviz.errors import AttnvizError, CheckpointError, UsageError
+from attnviz.capturing.capturer import capture
+from attnviz.data.specs import make_datasets
+from attnviz.io.checkpoints import load_model
 from attnviz.models import build_model
+from attnviz.runtime.errors import AttnvizError, CheckpointError, UsageError
 from attnviz.train import fit, stage_for_epoch, stage_param_groups
-from attnviz.train.data import make_datasets
 from attnviz.train.loop import Runtime, evaluate
 from attnviz.train.recipes import make_optimizer, set_trainable
 from attnviz.train.trainer import checkpoint_paths

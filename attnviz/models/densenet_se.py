@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from attnviz.errors import ArchitectureError
+from attnviz.runtime.errors import ArchitectureError
 
 
 class SE_Block(nn.Module):  # noqa: N801 - the notebook's class name

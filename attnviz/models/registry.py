@@ -20,8 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnviz.errors import ArchitectureError
-from attnviz.models import shapes
+from attnviz.models import infer as shapes
 from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
 from attnviz.models.densenet_se import DenseNet
 from attnviz.models.resnet18_cbam import ResNet18_CBAM
@@ -33,6 +32,7 @@ from attnviz.models.statedict import (
     expected_shapes,
     tensor_shape,
 )
+from attnviz.runtime.errors import ArchitectureError
 
 __all__ = [
     "ArchSpec",

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from attnviz.errors import ArchitectureError, CheckpointError
 from attnviz.models.cbam import CBAM
 from attnviz.models.statedict import compare_state_dict
+from attnviz.runtime.errors import ArchitectureError, CheckpointError
 
 
 class ResNet18_CBAM(nn.Module):  # noqa: N801 - the notebook's class name

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 
 def as_rgb_image(image: Any, name: str = "image") -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 
 def colormap_lut(cmap: Any) -> np.ndarray:

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import UsageError
 from attnviz.render._checks import as_array, check_choice
 from attnviz.render.fonts import font_context
 from attnviz.render.output import new_figure
+from attnviz.runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attnviz.errors import UsageError
 from attnviz.render.fonts import font_context
+from attnviz.runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -8,11 +8,16 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from attnviz.errors import UsageError
-from attnviz.render._checks import as_array, as_rgb_image, check_choice, check_unit_range
+from attnviz.render._checks import (
+    as_array,
+    as_rgb_image,
+    check_choice,
+    check_unit_range,
+)
 from attnviz.render.colormaps import apply_colormap
 from attnviz.render.fonts import font_context
 from attnviz.render.output import new_figure
+from attnviz.runtime.errors import UsageError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -2,7 +2,7 @@
 
 Usage::
 
-    from attnviz.checkpoints import load_model
+    from attnviz.io.checkpoints import load_model
     from attnviz.report import ReportOptions, run_report
 
     models = {"cnn": load_model("cnn.pth"), "cbam_cnn": load_model("cbam.pth")}  # baseline first
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attnviz._lazy import lazy_exports
+from attnviz.runtime.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "run_report": "attnviz.report.runner",
@@ -40,7 +40,12 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from attnviz.report.build import BuildResult, build_report
     from attnviz.report.merge import merge_reports
-    from attnviz.report.runner import ReportOptions, ReportResult, name_models, run_report
+    from attnviz.report.runner import (
+        ReportOptions,
+        ReportResult,
+        name_models,
+        run_report,
+    )
     from attnviz.report.sources import resolve_source
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from attnviz import metrics
+from attnviz.explain import metrics
 
 SAMPLE_LIMIT = 2000
 CAM_METRICS = ("prob", "p_target", "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")

@@ -1,6 +1,6 @@
 """Per batch: every model's prediction, gates and Grad-CAM, and the numbers about them.
 
-Each model captures its gates in one forward pass (:class:`~attnviz.capturing.Capturer`, no
+Each model captures its gates in one forward pass (:class:`~attnviz.capturing.capturer.Capturer`, no
 feature layers) and explains one target class per image with Grad-CAM: the true class when the
 image has one, else the class most models predict (ties: the higher mean probability), so all
 models answer the same question and their maps can be compared. Only per-image numbers and the
@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnviz.capturing import Capturer
-from attnviz.checkpoints import LoadedModel
-from attnviz.inputs import Preset, get_preset
+from attnviz.capturing.capturer import Capturer
+from attnviz.io.checkpoints import LoadedModel
+from attnviz.io.inputs import Preset, get_preset
 from attnviz.report import measures
 from attnviz.report.sources import Decoded, preset_key
 
@@ -90,8 +90,8 @@ def prepare_models(
     models: Mapping[str, LoadedModel], class_names: Sequence[str] | None, method: str = "gradcam"
 ) -> list[ModelRun]:
     """Wrap each model with its capturer, Grad-CAM layer and gate layout (one probe image each)."""
-    from attnviz.cam import METHODS, resolve_cam_layer
-    from attnviz.errors import UsageError
+    from attnviz.explain.cam import METHODS, resolve_cam_layer
+    from attnviz.runtime.errors import UsageError
 
     if method not in METHODS:
         raise UsageError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
@@ -123,7 +123,7 @@ def analyse_batch(
         (``cams``: model -> ``[H,W]``, ``spatial``: model -> gate -> ``[h,w]``, ``channel``:
         model -> gate -> ``[C]``).
     """
-    from attnviz.cam import gradcam
+    from attnviz.explain.cam import gradcam
 
     outputs = [_forward(run, samples, timings) for run in runs]
     targets = choose_targets(truths, [out["logits"] for out in outputs])

@@ -15,12 +15,16 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from attnviz._files import atomic_file, write_bytes
 from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
 from attnviz.report.html import write_page
-from attnviz.report.results import write_results_csv, write_results_json, write_summary_csv
+from attnviz.report.results import (
+    write_results_csv,
+    write_results_json,
+    write_summary_csv,
+)
+from attnviz.runtime.files import atomic_file, write_bytes
 
 FIGURES_DIR = "figures"
 #: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.

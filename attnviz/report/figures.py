@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnviz._files import write_bytes
+from attnviz.runtime.files import write_bytes
 
 
 def excitation_png(

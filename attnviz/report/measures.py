@@ -1,4 +1,4 @@
-"""The report's numbers about maps, one call into :mod:`attnviz.metrics` each.
+"""The report's numbers about maps, one call into :mod:`attnviz.explain.metrics` each.
 
 Saliency maps (Grad-CAM at the model's input size, spatial gates at their own resolution) are
 scored against masks at the mask's size (the metrics upsample them bilinearly), which is right
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnviz import metrics
+from attnviz.explain import metrics
 
 
 def to_size(saliency: Any, size: tuple[int, int]) -> torch.Tensor:

@@ -10,7 +10,7 @@ Shard folders are untrusted input: before anything is written, every path that a
 ``run.json``, manifest or records name (model slugs, item ids, pictures) must be a plain relative
 path inside the shard (no ``..``, no absolute path, no symbolic link out of it, pictures only in the
 picture folders); else the merge is refused with one line. The merged folder is claimed and locked
-as any report folder (:func:`attnviz._outdir.claim_output_folder`).
+as any report folder (:func:`attnviz.runtime.outdir.claim_output_folder`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from attnviz._files import temporary_sibling
-from attnviz._outdir import claim_output_folder
-from attnviz.errors import UsageError
 from attnviz.report import records as store
 from attnviz.report.build import BuildResult, build_report
+from attnviz.runtime.errors import UsageError
+from attnviz.runtime.files import temporary_sibling
+from attnviz.runtime.outdir import claim_output_folder
 
 
 def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False) -> BuildResult:

@@ -100,7 +100,7 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
     """
     import cv2
 
-    from attnviz._files import write_bytes
+    from attnviz.runtime.files import write_bytes
 
     start = time.perf_counter()
     root = Path(out)

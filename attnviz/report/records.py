@@ -27,8 +27,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from attnviz._files import remove_temporaries, write_bytes
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
+from attnviz.runtime.files import remove_temporaries, write_bytes
 
 FORMAT = "attnviz-report"
 VERSION = 1

@@ -8,8 +8,8 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
-from attnviz._text import csv_cell
 from attnviz.report.records import plain
+from attnviz.runtime.text import csv_cell
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
 MODEL_COLUMNS = ("predicted", "predicted_index", "prob", "correct", "target", "p_target", "deletion_auc",

@@ -22,15 +22,27 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from attnviz._outdir import claim_output_folder
-from attnviz.checkpoints import LoadedModel
-from attnviz.errors import UsageError
+from attnviz.io.checkpoints import LoadedModel
 from attnviz.report import pictures
 from attnviz.report import records as store
-from attnviz.report.analysis import AnalysisOptions, ModelRun, analyse_batch, prepare_models
+from attnviz.report.analysis import (
+    AnalysisOptions,
+    ModelRun,
+    analyse_batch,
+    prepare_models,
+)
 from attnviz.report.build import build_report
 from attnviz.report.progress import phase, progress_bar
-from attnviz.report.sources import DecodingDataset, Item, Source, resolve_source, shard_items, truth_index
+from attnviz.report.sources import (
+    DecodingDataset,
+    Item,
+    Source,
+    resolve_source,
+    shard_items,
+    truth_index,
+)
+from attnviz.runtime.errors import UsageError
+from attnviz.runtime.outdir import claim_output_folder
 
 #: Images whose pictures may wait in the render queue: this many batches (so that drawing one batch
 #: overlaps with running the models on the next), and at least this many per render worker.
@@ -46,9 +58,9 @@ class ReportOptions:
         workers: ``DataLoader`` worker processes that decode images (0: in this process).
         render_workers: Processes that draw the pictures (0: in this process).
         shard: ``(K, N)``: process only the K-th of N deterministic slices (1-based).
-        method: CAM method (any of :data:`attnviz.cam.METHODS`).
+        method: CAM method (any of :data:`attnviz.explain.cam.METHODS`).
         steps: Steps of the deletion/insertion curves.
-        deletion_baseline: What removed pixels become (see :func:`attnviz.metrics.deletion_insertion`).
+        deletion_baseline: What removed pixels become (see :func:`attnviz.explain.metrics.deletion_insertion`).
         sanity_images: Images of the randomisation sanity check (the first ones of the input; 0: off).
         pictures: Draw the pictures (off: numbers only).
         class_names: Overrides the models' class names.
@@ -120,7 +132,7 @@ def run_report(
             ``folder:PATH``); see :mod:`attnviz.report.sources`.
         out: The report folder (``index.html``, ``results.csv``, ``results.json``...). A folder
             of an earlier run of the same models and options is resumed. It must be new, empty or
-            attnviz's own report folder (see :mod:`attnviz._outdir`; ``options.force``), and
+            attnviz's own report folder (see :mod:`attnviz.runtime.outdir`; ``options.force``), and
             is locked while the run writes it.
         options: How to run; defaults to :class:`ReportOptions()`.
 
@@ -197,7 +209,7 @@ def resolve_class_names(
     Raises:
         UsageError: Two models' checkpoints name their classes differently (and none are given).
     """
-    from attnviz.inputs import CIFAR10_CLASSES
+    from attnviz.io.inputs import CIFAR10_CLASSES
 
     if given is not None:
         return list(given)
@@ -254,7 +266,7 @@ def _process(
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
         pool = None
         if options.pictures and options.render_workers > 0:
-            from attnviz._pool import WorkerPool
+            from attnviz.runtime.pool import WorkerPool
 
             # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
             pool = stack.enter_context(WorkerPool(options.render_workers))

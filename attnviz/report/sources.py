@@ -17,7 +17,7 @@
 
 Every item gets a stable id (readable name + hash of its key), so re-runs, shards and merges
 agree on which image is which. :class:`DecodingDataset` decodes items in ``DataLoader`` workers,
-each in the bounded memory of :func:`attnviz.inputs.decode_image` (``--workers N``: N images at
+each in the bounded memory of :func:`attnviz.io.inputs.decode_image` (``--workers N``: N images at
 once), and a worker exits when the process that started it dies.
 """
 
@@ -38,15 +38,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from attnviz._pool import exit_with_parent
-from attnviz.errors import AttnvizError, InputImageError, UsageError
-from attnviz.inputs import (
+from attnviz.io.inputs import (
     Preset,
     decode_image,
     preprocess,
     supported_formats,
     working_side,
 )
+from attnviz.runtime.errors import AttnvizError, InputImageError, UsageError
+from attnviz.runtime.pool import exit_with_parent
 
 #: Masks larger than this (longest side, pixels) are reduced with nearest-neighbour sampling.
 MASK_MAX_SIDE = 1024
@@ -265,7 +265,7 @@ class DecodingDataset(Dataset):
     def _read(self, item: Item) -> tuple[np.ndarray, tuple[int, int], np.ndarray | None, str | None]:
         """The item's RGB image (reduced if large), its own ``(height, width)``, mask and note."""
         if self.kind == "shapes":
-            from attnviz.train.shapes import make_sample
+            from attnviz.data.shapes import make_sample
 
             sample = make_sample(int(item.key.rsplit(":", 1)[1]), seed=self.options["seed"], split="test")
             return sample.image, sample.image.shape[:2], sample.mask, None
@@ -285,7 +285,7 @@ class DecodingDataset(Dataset):
 
     def _cifar(self) -> Any:
         if self._data is None:  # opened once per worker
-            from attnviz.train.data import make_datasets
+            from attnviz.data.specs import make_datasets
 
             self._data = make_datasets("cifar10", self.options.get("data_dir"))[1]
         return self._data
@@ -474,7 +474,7 @@ def _spec(text: str, data_dir: str | os.PathLike[str] | None, seed: int) -> Sour
 
 
 def _shapes(count: int | None, seed: int) -> Source:
-    from attnviz.train.shapes import DEFAULT_SIZES, SHAPES_CLASSES
+    from attnviz.data.shapes import DEFAULT_SIZES, SHAPES_CLASSES
 
     total = DEFAULT_SIZES["test"] if count is None else count
     items = [
@@ -485,8 +485,8 @@ def _shapes(count: int | None, seed: int) -> Source:
 
 
 def _cifar(count: int | None, data_dir: str | os.PathLike[str] | None) -> Source:
-    from attnviz.inputs import CIFAR10_CLASSES
-    from attnviz.train.data import make_datasets
+    from attnviz.data.specs import make_datasets
+    from attnviz.io.inputs import CIFAR10_CLASSES
 
     test = make_datasets("cifar10", data_dir)[1]
     total = len(test) if count is None else min(count, len(test))
@@ -500,7 +500,7 @@ def _cifar(count: int | None, data_dir: str | os.PathLike[str] | None) -> Source
 def _folder_spec(text: str, seed: int) -> Source:
     from torch.utils.data import Subset
 
-    from attnviz.train.data import make_datasets
+    from attnviz.data.specs import make_datasets
 
     _, test, names = make_datasets(text, seed=seed)
     indices = list(test.indices) if isinstance(test, Subset) else None

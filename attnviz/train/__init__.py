@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from attnviz._lazy import lazy_exports
+from attnviz.runtime.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "fit": "attnviz.train.trainer",
     "FitResult": "attnviz.train.trainer",
     "checkpoint_paths": "attnviz.train.trainer",
-    "make_datasets": "attnviz.train.data",
-    "train_transform": "attnviz.train.data",
-    "eval_transform": "attnviz.train.data",
-    "ShapesDataset": "attnviz.train.shapes",
-    "ShapeSample": "attnviz.train.shapes",
-    "make_sample": "attnviz.train.shapes",
-    "SHAPES_CLASSES": "attnviz.train.shapes",
+    "make_datasets": "attnviz.data.specs",
+    "train_transform": "attnviz.data.specs",
+    "eval_transform": "attnviz.data.specs",
+    "ShapesDataset": "attnviz.data.shapes",
+    "ShapeSample": "attnviz.data.shapes",
+    "make_sample": "attnviz.data.shapes",
+    "SHAPES_CLASSES": "attnviz.data.shapes",
     "stage_for_epoch": "attnviz.train.recipes",
     "stage_param_groups": "attnviz.train.recipes",
 }
@@ -32,9 +32,14 @@ _EXPORTS: dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from attnviz.train.data import eval_transform, make_datasets, train_transform
+    from attnviz.data.shapes import (
+        SHAPES_CLASSES,
+        ShapeSample,
+        ShapesDataset,
+        make_sample,
+    )
+    from attnviz.data.specs import eval_transform, make_datasets, train_transform
     from attnviz.train.recipes import stage_for_epoch, stage_param_groups
-    from attnviz.train.shapes import SHAPES_CLASSES, ShapeSample, ShapesDataset, make_sample
     from attnviz.train.trainer import FitResult, checkpoint_paths, fit
 
 

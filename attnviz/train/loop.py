@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn, optim
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 #: Architectures trained with the staged recipe.
 STAGED_ARCHS: frozenset[str] = frozenset({"resnet18_cbam"})

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from attnviz.capturing import capture
-from attnviz.inputs import PRESETS
+from attnviz.capturing.capturer import capture
+from attnviz.io.inputs import PRESETS
 
 SCALAR_TAGS = {
     "train_loss": "Train/Epoch Loss",

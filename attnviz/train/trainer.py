@@ -33,9 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import attnviz
-from attnviz.errors import CheckpointError, UsageError
+from attnviz.data.specs import make_datasets
 from attnviz.models import build_model, get_spec
-from attnviz.train.data import make_datasets
+from attnviz.runtime.errors import CheckpointError, UsageError
 from attnviz.train.loop import EpochStats, Runtime, evaluate, train_epoch
 from attnviz.train.recipes import (
     check_stage_epochs,
@@ -385,7 +385,7 @@ def _train_state(epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, s
 def _write(path: Path, model: nn.Module, run: _Run, record: dict[str, Any],
            train_state: dict[str, Any] | None = None) -> None:
     """Save an attnviz checkpoint atomically, with the training state when given."""
-    from attnviz.checkpoints import save_checkpoint
+    from attnviz.io.checkpoints import save_checkpoint
 
     save_checkpoint(path, model, run.arch, arch_kwargs=run.arch_kwargs, preset=PRESET,
                     class_names=run.class_names, record=record,
@@ -471,7 +471,13 @@ class _Progress:
     def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bars = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.errors import AttnvizError, CaptureError, UsageError
-from attnviz.inputs import as_image_batch
+from attnviz.io.inputs import as_image_batch
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
 
 __all__ = ["METHODS", "CamResult", "gradcam", "normalise_maps", "resolve_cam_layer", "upsample"]
 

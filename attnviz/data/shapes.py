@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
 
 #: Class names, in label order.
 SHAPES_CLASSES: tuple[str, ...] = (

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from attnviz.errors import InputImageError, UsageError
+from attnviz.runtime.errors import InputImageError, UsageError
 
 __all__ = [
     "CIFAR10_CLASSES",

@@ -39,9 +39,9 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import os
 import io
 import math
+import os
 import pickle
 import pickletools
 import re
@@ -59,9 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnviz._files import atomic_file
-from attnviz.errors import ArchitectureError, CheckpointError, UnsafeCheckpointError, UsageError
-from attnviz.inputs import Preset, get_preset
+from attnviz.io.inputs import Preset, get_preset
 from attnviz.models import (
     StateDictDiff,
     build_model,
@@ -71,6 +69,13 @@ from attnviz.models import (
     list_architectures,
     nearest_architectures,
 )
+from attnviz.runtime.errors import (
+    ArchitectureError,
+    CheckpointError,
+    UnsafeCheckpointError,
+    UsageError,
+)
+from attnviz.runtime.files import atomic_file
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "LoadedModel", "load_model", "save_checkpoint"]
 

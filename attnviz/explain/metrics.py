@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnviz.errors import AttnvizError, CaptureError, UsageError
-from attnviz.inputs import as_image_batch
+from attnviz.io.inputs import as_image_batch
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
 
 __all__ = [
     "BASELINES",
@@ -98,7 +98,7 @@ def map_agreement(first: Any, second: Any) -> dict[str, float]:
 
     ``top20_iou`` is :func:`top_region_iou` of the top-20% regions, ``spearman`` is
     :func:`spearman` (``nan`` when a map is constant); the two numbers
-    :mod:`attnviz.compare` reports against the baseline.
+    :mod:`attnviz.jobs.compare` reports against the baseline.
 
     Raises:
         UsageError: The maps' shapes differ.
@@ -118,7 +118,7 @@ def pointing_game(saliency: Any, mask: Any, *, tolerance: float = 0) -> bool:
     A hit when the map's maximum lies within ``tolerance`` pixels (Euclidean distance between
     pixel centres, at the mask's resolution) of a mask pixel; ``tolerance=0`` asks for the
     maximum to lie inside the mask. The map is first resized bilinearly
-    (``align_corners=False``, as :func:`attnviz.cam.upsample`) to the mask's size when the sizes
+    (``align_corners=False``, as :func:`attnviz.explain.cam.upsample`) to the mask's size when the sizes
     differ. Ties: when several pixels share the maximum value, it is a hit only if every one of
     them is within the tolerance, so a constant map never scores on a mask that leaves pixels
     out. (Bilinear upsampling turns a single peak cell into a 2×2 block of equal maxima around
@@ -287,7 +287,7 @@ def randomisation_sanity(
     On a deep copy of ``model`` in eval mode (the user's model is never touched), the modules
     that own parameters or buffers are re-initialised from the logits downwards, in the reverse
     of the order in which a forward pass finishes them, and the maps of ``method``
-    (:func:`attnviz.cam.gradcam`) are recomputed for the same target classes after each step.
+    (:func:`attnviz.explain.cam.gradcam`) are recomputed for the same target classes after each step.
     ``order="cascading"`` keeps earlier steps randomised (top layers first, then deeper);
     ``order="independent"`` restores the trained weights before randomising each step's modules.
     A map that explains what the model learned decorrelates from the original as more layers
@@ -307,8 +307,8 @@ def randomisation_sanity(
     Args:
         model: The classifier (left unchanged).
         images: ``[B,C,H,W]`` images as the model takes them.
-        method: Any :data:`attnviz.cam.METHODS` entry.
-        layer: Target layer name (``None``: :func:`attnviz.cam.resolve_cam_layer`).
+        method: Any :data:`attnviz.explain.cam.METHODS` entry.
+        layer: Target layer name (``None``: :func:`attnviz.explain.cam.resolve_cam_layer`).
         targets: Classes to explain (``None``: the original model's predictions); the same
             classes are explained at every step.
         order: ``"cascading"`` or ``"independent"``.
@@ -317,7 +317,7 @@ def randomisation_sanity(
             step (``1``: top-level blocks); ``None``: one step per module.
         steps: Merge the groups into at most this many contiguous steps of near-equal size.
         initializer: Custom re-initialisation of one module.
-        batch_size: Passed to :func:`attnviz.cam.gradcam`.
+        batch_size: Passed to :func:`attnviz.explain.cam.gradcam`.
 
     Returns:
         One dict per step, step 0 being the original model: ``step``, ``layers`` (modules
@@ -333,7 +333,7 @@ def randomisation_sanity(
         UsageError: Bad order, depth, steps, images, layer, method or targets.
         CaptureError: The model's forward or backward pass failed.
     """
-    from attnviz.cam import gradcam, resolve_cam_layer
+    from attnviz.explain.cam import gradcam, resolve_cam_layer
 
     if order not in ("cascading", "independent"):
         raise UsageError(f"order must be 'cascading' or 'independent', got {order!r}")

@@ -33,8 +33,8 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-from attnviz._files import TEMPORARY_NAME, temporary_sibling, write_bytes
-from attnviz.errors import UsageError
+from attnviz.runtime.errors import UsageError
+from attnviz.runtime.files import TEMPORARY_NAME, temporary_sibling, write_bytes
 
 MARKER = ".attnviz.json"
 LOCK = ".attnviz.lock"

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from attnviz._files import atomic_file, write_bytes
-from attnviz._outdir import claim_output_folder
-from attnviz._text import finite, strict_json
-from attnviz.capturing import Capture, Capturer
-from attnviz.checkpoints import LoadedModel
-from attnviz.errors import AttnvizError, OutputError
-from attnviz.inputs import InputImage, Preset, get_preset, load_input
+from attnviz.capturing.capturer import Capture, Capturer
+from attnviz.io.checkpoints import LoadedModel
+from attnviz.io.inputs import InputImage, Preset, get_preset, load_input
+from attnviz.runtime.errors import AttnvizError, OutputError
+from attnviz.runtime.files import atomic_file, write_bytes
+from attnviz.runtime.outdir import claim_output_folder
+from attnviz.runtime.text import finite, strict_json
 
 if TYPE_CHECKING:
-    from attnviz.maps_pictures import PictureJob
+    from attnviz.jobs.maps_pictures import PictureJob
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class _Painter:
         workers = min(options.render_workers, n_images) if options.pictures and n_images > 1 else 0
         self.pool = None
         if workers > 0:
-            from attnviz._pool import WorkerPool
+            from attnviz.runtime.pool import WorkerPool
 
             self.pool = WorkerPool(workers)  # workers ignore Ctrl-C: the main process stops them
         self.window = 2 * workers
@@ -216,7 +216,7 @@ class _Painter:
                             _remove_unfinished(outcome, keep_arrays)
 
     def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
-        from attnviz.maps_pictures import draw_pictures
+        from attnviz.jobs.maps_pictures import draw_pictures
 
         work: Any = None
         if isinstance(outcome, ImageResult) and self.options.pictures and job is not None:
@@ -299,7 +299,7 @@ def _write_arrays(
 ) -> tuple[ImageResult, PictureJob]:
     """Write one image's ``attention.npz`` into ``folder`` (made here, inside the output folder);
     return its result (summary not yet written) and picture job."""
-    from attnviz.maps_pictures import PictureJob
+    from attnviz.jobs.maps_pictures import PictureJob
 
     folder.mkdir(exist_ok=True)
     summary = summary_dict(loaded, preset, cap, index, item.path)
@@ -316,8 +316,8 @@ def _write_arrays(
 
 
 def _gradcam(loaded: LoadedModel, cap: Capture, class_names: Sequence[str] | None) -> torch.Tensor | None:
-    from attnviz.cam import gradcam
-    from attnviz.errors import UsageError
+    from attnviz.explain.cam import gradcam
+    from attnviz.runtime.errors import UsageError
 
     try:
         result = gradcam(loaded.model, cap.images, class_names=class_names)

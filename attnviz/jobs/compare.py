@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from attnviz._text import strict_json
-from attnviz.checkpoints import LoadedModel
-from attnviz.errors import UsageError
-from attnviz.inputs import Preset, get_preset, preprocess
-from attnviz.metrics import spearman, top_region_iou
+from attnviz.explain.metrics import spearman, top_region_iou
+from attnviz.io.checkpoints import LoadedModel
+from attnviz.io.inputs import Preset, get_preset, preprocess
+from attnviz.runtime.errors import UsageError
+from attnviz.runtime.text import strict_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -157,9 +157,9 @@ def compare(
         truth: The true class per image (``None`` where unknown).
         target: One class (index or name) to explain in every image; overrides ``truth``.
         class_names: Class names; default: the first model's.
-        method: Any :func:`attnviz.cam.gradcam` method.
+        method: Any :func:`attnviz.explain.cam.gradcam` method.
     """
-    from attnviz.cam import gradcam
+    from attnviz.explain.cam import gradcam
 
     if len(models) < 2:
         raise UsageError("compare needs a baseline and at least one more model")

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnviz.capturing import Capture, capture
-from attnviz.gates import first_tensor
+from attnviz.capturing.capturer import Capture, capture
+from attnviz.capturing.gates import first_tensor
 
 
 @dataclass(frozen=True)

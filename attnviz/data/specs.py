@@ -2,7 +2,7 @@
 
 A data spec names the data set:
 
-* ``shapes`` — the generated shapes data set (:mod:`attnviz.train.shapes`), no files needed;
+* ``shapes`` — the generated shapes data set (:mod:`attnviz.data.shapes`), no files needed;
 * ``cifar10`` — torchvision's CIFAR-10 from ``data_dir`` (downloaded only with ``download=True``);
 * ``folder:PATH`` — an ``ImageFolder`` tree: ``PATH/train`` and ``PATH/test`` (or ``PATH/val``),
   or a single tree split 80/20 by the seed.
@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets, transforms
 
-from attnviz.errors import UsageError
-from attnviz.inputs import CIFAR10_CLASSES, PRESETS
-from attnviz.train.shapes import SHAPES_CLASSES, ShapesDataset
+from attnviz.data.shapes import SHAPES_CLASSES, ShapesDataset
+from attnviz.io.inputs import CIFAR10_CLASSES, PRESETS
+from attnviz.runtime.errors import UsageError
 
 #: The data specs :func:`make_datasets` understands (``folder:`` takes a path).
 DATA_SPECS: tuple[str, ...] = ("shapes", "cifar10", "folder:PATH")

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from attnviz.capturing import Capture
-    from attnviz.maps import MapsOptions
+    from attnviz.capturing.capturer import Capture
+    from attnviz.jobs.maps import MapsOptions
 
 
 @dataclass

@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from attnviz.errors import CaptureError, UsageError
-from attnviz.gates import (
+from attnviz.capturing.gates import (
     GATE_FUNCTIONS,
     GateKind,
     canonical_values,
@@ -39,7 +38,8 @@ from attnviz.gates import (
     is_sigmoid_leaf,
     is_spatial_map,
 )
-from attnviz.inputs import as_image_batch
+from attnviz.io.inputs import as_image_batch
+from attnviz.runtime.errors import CaptureError, UsageError
 
 ROOT_NAME = "model"
 

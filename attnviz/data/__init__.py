@@ -1,0 +1,1 @@
+"""Data sets that training and reports share: the generated ``shapes`` set and the data specs."""

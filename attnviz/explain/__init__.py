@@ -1,0 +1,1 @@
+"""Explanations computed from a model: Grad-CAM and friends (``cam``), metrics about maps (``metrics``)."""

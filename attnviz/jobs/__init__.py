@@ -1,0 +1,1 @@
+"""What one command does, as a library call: ``maps``, ``compare``, ``inspect``."""

@@ -1,0 +1,160 @@
+"""Running a user's model: the one place that knows how.
+
+Every layer above uses these instead of its own copy: where inputs go (the model's device and
+floating dtype), eval mode with every submodule's mode restored, a forward pass whose failure is a
+one-line :class:`CaptureError`, layer lookup with "did you mean", device parsing, and the one-line
+form of an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
+
+__all__ = [
+    "describe",
+    "did_you_mean",
+    "eval_mode",
+    "file_slug",
+    "find_module",
+    "first_line",
+    "first_tensor",
+    "model_device",
+    "parse_device",
+    "run_forward",
+    "to_model",
+]
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line of the message``, for one-line errors that wrap a library's failure."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the choices closest to ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def parse_device(device: str | torch.device | None, *, flag: str = "--device") -> torch.device:
+    """The device to run on: ``None`` or ``"auto"`` is CUDA when a GPU is available, else the CPU.
+
+    Raises:
+        UsageError: An unknown device, or one (CUDA, MPS) that this machine does not have.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {str(device)!r} asked for, but no CUDA GPU is available; use {flag} cpu")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device {str(device)!r} asked for, but MPS is not available; use {flag} cpu")
+    return parsed
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model with neither)."""
+    reference = _reference_tensor(model)
+    return reference.device if reference is not None else torch.device("cpu")
+
+
+def to_model(images: Tensor, model: nn.Module) -> Tensor:
+    """``images`` on the model's device, in its floating dtype (unchanged for a model without tensors)."""
+    reference = _reference_tensor(model)
+    if reference is None:
+        return images
+    dtype = reference.dtype if reference.is_floating_point() else images.dtype
+    return images.to(device=reference.device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for a ``with`` block; afterwards every submodule's own mode is back (also on error).
+
+    Restoring only the top-level flag would put a frozen (eval) BatchNorm of a training model back in
+    training mode, so each module's flag is saved and restored.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def run_forward(model: nn.Module, images: Tensor, what: str = "the model's forward pass") -> Any:
+    """``model(images)``; a failure inside the user's code becomes a one-line :class:`CaptureError`.
+
+    attnviz's own errors and ``KeyboardInterrupt`` pass through unchanged.
+    """
+    try:
+        return model(images)
+    except AttnvizError:
+        raise
+    except Exception as exc:
+        raise CaptureError(f"{what} failed on input {tuple(images.shape)}: {describe(exc)}") from exc
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called ``name`` (as ``named_modules`` names it).
+
+    Raises:
+        UsageError: No such module; the message names the closest ones.
+    """
+    modules = dict(model.named_modules())
+    if name in modules:
+        return modules[name]
+    raise UsageError(f"the model has no layer {name!r}{did_you_mean(name, [n for n in modules if n])}")
+
+
+def first_tensor(value: object) -> Tensor | None:
+    """The first tensor in a module's inputs or outputs (tuples, lists and dict values searched)."""
+    if isinstance(value, Tensor):
+        return value
+    items: Iterable[object] = ()
+    if isinstance(value, (tuple, list)):
+        items = value
+    elif isinstance(value, dict):
+        items = value.values()
+    for item in items:
+        found = first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]+")
+
+
+def file_slug(name: str, *, fill: str = "-", default: str = "item", max_length: int | None = None) -> str:
+    """``name`` as a file name: runs of characters other than letters, digits, ``_ . -`` become ``fill``;
+    no leading or trailing dots, so never ``.``, ``..`` or a hidden file; ``default`` when nothing is left."""
+    slug = _UNSAFE_IN_FILE_NAMES.sub(fill, name)
+    if max_length is not None:
+        slug = slug[:max_length]
+    return slug.strip(".") or default
+
+
+def _reference_tensor(model: nn.Module) -> Tensor | None:
+    reference = next(model.parameters(), None)
+    return reference if reference is not None else next(model.buffers(), None)
