@@ -422,3 +422,51 @@ def test_importing_attnviz_does_not_import_matplotlib():
     code = "import sys, attnviz; assert 'matplotlib' not in sys.modules, 'matplotlib imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_channel_strip_bars_are_the_gate_values_with_the_half_line():
+    from attnviz.render import channel_strip
+    from attnviz.render.strips import BAR_COLOUR, HALF_COLOUR, LABEL_HEIGHT, MIN_WIDTH, PANEL_HEIGHT
+
+    values = np.array([0.0, 0.25, 1.0, 1.5])  # above 1 is drawn as 1
+    strip = channel_strip({"a": values, "b": np.full(8, 0.5)})
+    assert strip.dtype == np.uint8 and strip.shape == (2 * (LABEL_HEIGHT + PANEL_HEIGHT), MIN_WIDTH, 3)
+    body = strip[LABEL_HEIGHT : LABEL_HEIGHT + PANEL_HEIGHT]
+    per_bar = MIN_WIDTH // values.size
+    for channel, value in enumerate(np.clip(values, 0, 1)):
+        column = body[:-1, channel * per_bar + per_bar // 2]  # the middle of the bar, above the grey base line
+        blue = np.all(column == BAR_COLOUR, axis=1)
+        height = round(value * (PANEL_HEIGHT - 1))  # rows from the bottom, the grey base line included
+        half = PANEL_HEIGHT - 1 - round(0.5 * (PANEL_HEIGHT - 1))
+        top = PANEL_HEIGHT - height
+        assert not blue[:top].any() and blue[top:].sum() >= height - 2  # the 0.5 dash may cross the bar
+        assert set(np.flatnonzero(~blue[top:]) + top) <= {half}
+    assert np.all(body[half, 0:4] == HALF_COLOUR) and np.all(body[half, 4:8] != HALF_COLOUR)  # dashed
+    assert np.all(body[-1] == 128)
+
+
+def test_channel_strip_is_as_wide_as_the_most_channels_and_leaves_non_finite_gates_empty():
+    from attnviz.render import channel_strip
+    from attnviz.render.strips import BAR_COLOUR, LABEL_HEIGHT, PANEL_HEIGHT
+
+    strip = channel_strip({"wide": np.ones(500), "nan": np.array([0.5, np.nan])})
+    assert strip.shape == (2 * (LABEL_HEIGHT + PANEL_HEIGHT), 500, 3)
+    second = strip[2 * LABEL_HEIGHT + PANEL_HEIGHT :]
+    assert not np.all(second == BAR_COLOUR, axis=-1).any()  # no bars for a gate with NaN values
+    bottom = strip[LABEL_HEIGHT + PANEL_HEIGHT - 2]  # just above the grey base line
+    assert np.all(bottom == BAR_COLOUR, axis=-1).all()  # 500 bars of one pixel each, no gaps between them
+
+
+def test_png_bytes_round_trips_the_pixels(rng):
+    import io
+
+    from PIL import Image
+
+    from attnviz.render import png_bytes
+
+    rgb = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    data = png_bytes(rgb)
+    assert data.startswith(b"\x89PNG")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
+    with pytest.raises(UsageError):
+        png_bytes(np.zeros((4, 4)) + 2.0)

@@ -13,14 +13,16 @@ from attnviz.render.colormaps import apply_colormap, colormap_lut
 from attnviz.render.compare import comparison_grid, index_figure, index_image
 from attnviz.render.fonts import font_context, font_families
 from attnviz.render.grids import feature_grid, select_channels
-from attnviz.render.output import figure_to_rgb, new_figure, save_figure, save_rgb
+from attnviz.render.output import figure_to_rgb, new_figure, png_bytes, save_figure, save_rgb
 from attnviz.render.overlays import cam_overlay, overlay_rgb, spatial_overlay
+from attnviz.render.strips import channel_strip
 
 __all__ = [
     "apply_colormap",
     "bar_order",
     "cam_overlay",
     "channel_bars",
+    "channel_strip",
     "colormap_lut",
     "comparison_grid",
     "feature_grid",
@@ -31,6 +33,7 @@ __all__ = [
     "index_image",
     "new_figure",
     "overlay_rgb",
+    "png_bytes",
     "save_figure",
     "save_rgb",
     "select_channels",

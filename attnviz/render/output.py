@@ -85,3 +85,20 @@ def save_rgb(rgb: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     mpl_image.imsave(path, pixels, format="png")
     return path
+
+
+def png_bytes(rgb: Any, compression: int = 3) -> bytes:
+    """A uint8 ``[H, W, 3]`` array encoded as PNG (OpenCV's encoder, zlib level ``compression``).
+
+    Raises:
+        UsageError: The array is not an RGB image.
+    """
+    import cv2
+
+    from attnviz.render._checks import as_rgb_image
+
+    pixels = as_rgb_image(rgb, "rgb")
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    if not ok:
+        raise UsageError("could not encode the array as PNG")
+    return encoded.tobytes()

@@ -2,8 +2,8 @@
 
 Per image: the thumbnail, each model's Grad-CAM overlay, an overlay per spatial gate (on the
 gate's absolute [0, 1] scale) and one strip of channel bars per model (every channel gate, in
-channel order, with the 0.5 line of an untrained gate). The strips are drawn straight into an
-array (no matplotlib), so thousands of them cost little.
+channel order, with the 0.5 line of an untrained gate: :func:`attnviz.render.channel_strip`).
+Everything is drawn by :mod:`attnviz.render`; this module only says what goes where.
 
 Beside the pictures, ``arrays/<id>.npz`` holds the maps they were drawn from, as float16:
 ``cam/<model>`` (the Grad-CAM ``[h,w]`` at the model's input size, in [0, 1]) and
@@ -25,11 +25,6 @@ import numpy as np
 #: The colormap of every overlay (Grad-CAM and spatial gates, both on [0, 1]); the page's colour bar uses it too.
 OVERLAY_CMAP = "jet"
 
-BAR_COLOUR = (31, 119, 180)  # matplotlib's tab:blue
-HALF_COLOUR = (214, 39, 40)  # tab:red, the 0.5 line
-PANEL_HEIGHT = 44
-LABEL_HEIGHT = 14
-MIN_WIDTH = 384
 PNG_COMPRESSION = 3
 
 
@@ -65,7 +60,7 @@ def draw(job: dict[str, Any]) -> dict[str, np.ndarray]:
             values = job["spatial"][name][gate]
             pictures[path] = render.overlay_rgb(thumb, values, vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP) if _finite(values) else thumb
         if "bars" in entry:
-            pictures[entry["bars"]] = channel_strip(job["channel"][name])
+            pictures[entry["bars"]] = render.channel_strip(job["channel"][name])
     return pictures
 
 
@@ -98,51 +93,16 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
     Returns:
         The relative paths (as :func:`picture_paths`) and the seconds it took.
     """
-    import cv2
-
+    from attnviz import render
     from attnviz.runtime.files import write_bytes
 
     start = time.perf_counter()
     root = Path(out)
     for relative, rgb in draw(job).items():
-        ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
-        if not ok:
-            raise RuntimeError(f"could not encode {relative} as PNG")
-        write_bytes(root / relative, encoded.tobytes())
+        write_bytes(root / relative, render.png_bytes(rgb, PNG_COMPRESSION))
     paths = picture_paths(job["id"], job)
     write_bytes(root / paths["arrays"], npz_bytes(maps(job)))
     return paths, time.perf_counter() - start
-
-
-def channel_strip(gates: dict[str, np.ndarray]) -> np.ndarray:
-    """One panel per channel gate, stacked: a bar per channel (height = gate value on [0, 1]),
-    the 0.5 line dashed in red, and the gate's name, channel count and mean above the bars."""
-    import cv2
-
-    width = max(MIN_WIDTH, max(np.asarray(v).size for v in gates.values()))
-    panels = []
-    for name, values in gates.items():
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        finite = _finite(values)  # a gate with NaN values (NaN weights) gets no bars
-        values = np.clip(values, 0.0, 1.0) if finite else np.zeros_like(values)
-        panel = np.full((LABEL_HEIGHT + PANEL_HEIGHT, width, 3), 255, np.uint8)
-        text = f"{name}: {values.size} ch, " + (f"mean {values.mean():.3f}" if finite else "NaN values, not drawn")
-        cv2.putText(panel, text.encode("ascii", "replace").decode(), (2, LABEL_HEIGHT - 4),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
-        columns = np.minimum((np.arange(width) * values.size) // width, values.size - 1)
-        heights = np.round(values[columns] * (PANEL_HEIGHT - 1)).astype(int)
-        rows = np.arange(PANEL_HEIGHT)[:, None]
-        filled = rows >= (PANEL_HEIGHT - heights)[None, :]
-        edges = np.r_[True, np.diff(columns) != 0] if values.size * 3 <= width else np.zeros(width, bool)
-        filled &= ~edges[None, :]  # a white gap between bars when there is room
-        body = panel[LABEL_HEIGHT:]
-        body[filled] = BAR_COLOUR
-        half = PANEL_HEIGHT - 1 - round(0.5 * (PANEL_HEIGHT - 1))
-        dashes = (np.arange(width) // 4) % 2 == 0
-        body[half, dashes] = HALF_COLOUR
-        body[-1, :] = (128, 128, 128)
-        panels.append(panel)
-    return np.concatenate(panels, axis=0)
 
 
 def _finite(values: Any) -> bool:
