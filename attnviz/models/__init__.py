@@ -20,21 +20,45 @@ keyword arguments that load a given state_dict, and :func:`compare_state_dict` t
 state_dict does not load.
 """
 
-from attnviz.models.cbam import CBAM
-from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
-from attnviz.models.densenet_se import DenseNet
-from attnviz.models.registry import (
-    ArchSpec,
-    StateDictDiff,
-    build_model,
-    compare_state_dict,
-    get_spec,
-    infer_architecture,
-    list_architectures,
-    nearest_architectures,
-)
-from attnviz.models.resnet18_cbam import ResNet18_CBAM
-from attnviz.models.resnet_se import CustomCNN
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from attnviz.runtime.lazy import lazy_exports
+
+# name -> module: loaded on first use, so that the light catalog (``attnviz inspect --list``)
+# does not import torch.
+_EXPORTS: dict[str, str] = {
+    "CBAM": "attnviz.models.cbam",
+    "CBAM_CNN": "attnviz.models.cifar_cnn",
+    "CNN": "attnviz.models.cifar_cnn",
+    "SE_CNN": "attnviz.models.cifar_cnn",
+    "DenseNet": "attnviz.models.densenet_se",
+    "ResNet18_CBAM": "attnviz.models.resnet18_cbam",
+    "CustomCNN": "attnviz.models.resnet_se",
+    **{
+        name: "attnviz.models.registry"
+        for name in ("ArchSpec", "StateDictDiff", "build_model", "compare_state_dict", "get_spec",
+                     "infer_architecture", "list_architectures", "nearest_architectures")
+    },
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from attnviz.models.cbam import CBAM
+    from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
+    from attnviz.models.densenet_se import DenseNet
+    from attnviz.models.registry import (
+        ArchSpec,
+        StateDictDiff,
+        build_model,
+        compare_state_dict,
+        get_spec,
+        infer_architecture,
+        list_architectures,
+        nearest_architectures,
+    )
+    from attnviz.models.resnet18_cbam import ResNet18_CBAM
+    from attnviz.models.resnet_se import CustomCNN
 
 __all__ = [
     "CBAM",
@@ -53,3 +77,5 @@ __all__ = [
     "list_architectures",
     "nearest_architectures",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

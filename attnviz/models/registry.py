@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from attnviz.models import infer as shapes
+from attnviz.models.catalog import CATALOG
 from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
 from attnviz.models.densenet_se import DenseNet
 from attnviz.models.resnet18_cbam import ResNet18_CBAM
@@ -95,8 +96,10 @@ def _defaults(factory: Callable[..., nn.Module]) -> Mapping[str, Any]:
 
 
 def _spec(name: str, factory: Callable[..., nn.Module], **fields: Any) -> ArchSpec:
+    entry = CATALOG[name]
     return ArchSpec(
-        name=name, factory=factory, default_kwargs=_defaults(factory), preset="cifar10", **fields
+        name=name, factory=factory, default_kwargs=_defaults(factory), preset=entry.preset,
+        description=entry.description, **fields,
     )
 
 
@@ -109,7 +112,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 CNN,
                 feature_layers=("pool1", "pool2", "pool3"),
                 cam_layer="pool3",
-                description="baseline 3-block CIFAR-10 CNN (seed 000)",
                 infer_kwargs=shapes.cnn_kwargs,
             ),
             _spec(
@@ -117,7 +119,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 SE_CNN,
                 feature_layers=("pool1", "pool2", "pool3"),
                 cam_layer="pool3",
-                description="3-block CNN with SE ChannelAttention ca1..ca3 (seed 000)",
                 infer_kwargs=shapes.se_cnn_kwargs,
             ),
             _spec(
@@ -125,7 +126,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 CBAM_CNN,
                 feature_layers=("cbam1", "cbam2", "cbam3"),
                 cam_layer="cbam3",
-                description="3-block CNN with CBAM cbam1..cbam3 after each pooled block (seed 001)",
                 infer_kwargs=shapes.cbam_cnn_kwargs,
             ),
             _spec(
@@ -133,7 +133,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 DenseNet,
                 feature_layers=tuple(f"features.denseblock{i}" for i in (1, 2, 3, 4)),
                 cam_layer="features.norm_final",
-                description="DenseNet-BC with an SE_Block in every dense layer (seed 002)",
                 infer_kwargs=shapes.densenet_se_kwargs,
                 feature_layer_pattern=r"features\.denseblock\d+",
             ),
@@ -142,7 +141,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 ResNet18_CBAM,
                 feature_layers=tuple(f"cbam_layer{i}" for i in (1, 2, 3, 4)),
                 cam_layer="cbam_layer4",
-                description="torchvision ResNet-18 for 32x32, CBAM after every stage (seed 003)",
                 infer_kwargs=shapes.resnet18_cbam_kwargs,
             ),
             _spec(
@@ -150,7 +148,6 @@ _SPECS: Mapping[str, ArchSpec] = MappingProxyType(
                 CustomCNN,
                 feature_layers=("layer1", "layer2", "layer3", "layer4"),
                 cam_layer="layer4",
-                description="CustomCNN: residual blocks with SE before the shortcut add (seed 004)",
                 infer_kwargs=shapes.resnet_se_kwargs,
             ),
         )
