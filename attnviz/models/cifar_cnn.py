@@ -16,10 +16,11 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from attnviz.models.cbam import CBAM
+from attnviz.models.se import SqueezeExcite
 
 
-class ChannelAttention(nn.Module):
-    """SE channel attention of seed 000: ``x * sigmoid(fc(avg_pool(x)))``.
+class ChannelAttention(SqueezeExcite):
+    """SE channel attention of seed 000: :class:`SqueezeExcite` under the notebook's names.
 
     Args:
         in_channels: Channels of the input feature map.
@@ -27,20 +28,7 @@ class ChannelAttention(nn.Module):
     """
 
     def __init__(self, in_channels: int, reduction_ratio: int = 16) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Sequential(
-            nn.Linear(in_channels, in_channels // reduction_ratio, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(in_channels // reduction_ratio, in_channels, bias=False),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        batch_size, channels, _, _ = x.size()
-        pooled = self.avg_pool(x).view(batch_size, channels)
-        channel_weights = self.fc(pooled).view(batch_size, channels, 1, 1)
-        return x * channel_weights
+        super().__init__(in_channels, reduction_ratio)
 
 
 class CNN(nn.Module):

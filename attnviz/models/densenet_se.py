@@ -28,11 +28,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from attnviz.models.se import SqueezeExcite
 from attnviz.runtime.errors import ArchitectureError
 
 
-class SE_Block(nn.Module):  # noqa: N801 - the notebook's class name
-    """Squeeze-and-excitation: ``x * sigmoid(fc(avg_pool(x)))``.
+class SE_Block(SqueezeExcite):  # noqa: N801 - the notebook's class name
+    """Squeeze-and-excitation of seed 002: :class:`SqueezeExcite` under the notebook's names.
 
     Args:
         ch_in: Channels of the input feature map.
@@ -40,20 +41,7 @@ class SE_Block(nn.Module):  # noqa: N801 - the notebook's class name
     """
 
     def __init__(self, ch_in: int, reduction: int = 16) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Sequential(
-            nn.Linear(ch_in, ch_in // reduction, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(ch_in // reduction, ch_in, bias=False),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, _, _ = x.size()
-        y = self.avg_pool(x).view(b, c)
-        y = self.fc(y).view(b, c, 1, 1)
-        return x * y.expand_as(x)
+        super().__init__(ch_in, reduction)
 
 
 def _bn_function_factory(

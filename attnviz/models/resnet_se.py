@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from attnviz.models.se import SqueezeExcite
 
-class SEModule(nn.Module):
-    """Squeeze-and-excitation: ``x * sigmoid(fc(avg_pool(x)))``.
+
+class SEModule(SqueezeExcite):
+    """Squeeze-and-excitation of seed 004: :class:`SqueezeExcite` under the notebook's names.
 
     Args:
         in_channels: Channels of the input feature map.
@@ -21,20 +23,7 @@ class SEModule(nn.Module):
     """
 
     def __init__(self, in_channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Sequential(
-            nn.Linear(in_channels, in_channels // reduction, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(in_channels // reduction, in_channels, bias=False),
-            nn.Sigmoid(),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, c, _, _ = x.size()
-        y = self.avg_pool(x).view(b, c)
-        y = self.fc(y).view(b, c, 1, 1)
-        return x * y.expand_as(x)
+        super().__init__(in_channels, reduction)
 
 
 class ResidualBlock(nn.Module):
