@@ -257,3 +257,31 @@ def test_cli_trains_and_reports(tmp_path):
     assert out.with_name("cnn.last.pth").is_file()
     bad = runner.invoke(cli, ["train", "--arch", "cnn", "--epochs", "1", "--out", str(out), "--data", "mnist"])
     assert bad.exit_code == 2 and "attnviz: error: unknown data spec" in bad.output
+
+
+# --- progress in logs -------------------------------------------------------------------------
+
+
+def test_train_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    result = fit("cnn", "shapes", epochs=2, out=tmp_path / "cnn.pth", device="cpu", train_size=40, test_size=16,
+                 batch_size=10, num_workers=0, progress=True)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert not any("\x1b" in line or "\r" in line for line in err)  # no terminal control characters
+    for epoch in (1, 2):
+        train = [line for line in err if line.startswith(f"epoch {epoch}/2 train: ")]
+        assert train[0] == f"epoch {epoch}/2 train: 4 of 4 step(s) to process"
+        assert [line.split(",")[0] for line in train[1:-1]] == [f"epoch {epoch}/2 train: {n}/4 steps" for n in (1, 2, 3)]
+        assert train[-1].startswith(f"epoch {epoch}/2 train: 4/4 steps, done in ")
+        test = [line for line in err if line.startswith(f"epoch {epoch}/2 test: ")]
+        assert test[0] == f"epoch {epoch}/2 test: 2 of 2 step(s) to process"
+        assert test[-1].startswith(f"epoch {epoch}/2 test: 2/2 steps, done in ")
+        entry = result.history[epoch - 1]
+        summary = next(line for line in err if line.startswith(f"epoch {epoch}/2: "))
+        assert f"test loss {entry['test_loss']:.4f} acc {entry['test_acc']:.2f}%" in summary
+        assert err.index(summary) > err.index(test[-1])  # the epoch's line follows its test pass
+
+
+def test_train_prints_nothing_when_progress_is_off(tmp_path, capsys):
+    fit("cnn", "shapes", epochs=1, out=tmp_path / "cnn.pth", device="cpu", train_size=20, test_size=10,
+        batch_size=10, num_workers=0, progress=False)
+    assert capsys.readouterr().err == ""

@@ -58,16 +58,18 @@ def phase(text: str, enabled: bool | None) -> None:
 
 
 class _Lines:
-    """Plain progress lines for a log file (no terminal control characters)."""
+    """Plain progress lines for a log file (no terminal control characters), counting items of
+    ``unit`` (``image``: the report's images; ``step``: training batches)."""
 
-    def __init__(self, total: int, done: int, description: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, total: int, done: int, description: str, clock: Callable[[], float] = time.monotonic,
+                 unit: str = "image") -> None:
         self.total, self.start_done, self.done, self.description = total, done, done, description
-        self.clock = clock
+        self.clock, self.unit = clock, unit
         self.started = self.last_time = clock()
         self.step = max(1, math.ceil(total * LINE_FRACTION))
         self.next_count = done + self.step
         earlier = f" ({done} finished earlier)" if done else ""
-        self._say(f"{total - done} of {total} image(s) to process{earlier}")
+        self._say(f"{total - done} of {total} {unit}(s) to process{earlier}")
 
     def advance(self, n: int) -> None:
         self.done += n
@@ -77,11 +79,11 @@ class _Lines:
         if self.done >= self.next_count or now - self.last_time >= LINE_SECONDS:
             self.next_count = (self.done // self.step + 1) * self.step
             self.last_time = now
-            self._say(f"{self.done}/{self.total} images, ETA {self._eta(now)}")
+            self._say(f"{self.done}/{self.total} {self.unit}s, ETA {self._eta(now)}")
 
     def finish(self) -> None:
         if self.done >= self.total:
-            self._say(f"{self.done}/{self.total} images, done in {_clock_text(self.clock() - self.started)}")
+            self._say(f"{self.done}/{self.total} {self.unit}s, done in {_clock_text(self.clock() - self.started)}")
 
     def _eta(self, now: float) -> str:
         finished = self.done - self.start_done

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -249,7 +250,7 @@ class _Run:
             generator.manual_seed(epoch_seed(seed, epoch))
             steps = len(train_loader)
 
-            def on_batch(index: int, loss: float, epoch: int = epoch) -> None:
+            def on_batch(index: int, loss: float, epoch: int = epoch, steps: int = steps) -> None:
                 bars.advance(loss)
                 if log is not None:
                     log.log_iteration((epoch - 1) * steps + index + 1, loss)
@@ -385,7 +386,7 @@ def _train_state(epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, s
 def _write(path: Path, model: nn.Module, run: _Run, record: dict[str, Any],
            train_state: dict[str, Any] | None = None) -> None:
     """Save an attnviz checkpoint atomically, with the training state when given."""
-    from attnviz.io.checkpoints import save_checkpoint
+    from attnviz.io.save import save_checkpoint
 
     save_checkpoint(path, model, run.arch, arch_kwargs=run.arch_kwargs, preset=PRESET,
                     class_names=run.class_names, record=record,
@@ -461,15 +462,19 @@ def _epoch_line(entry: dict[str, Any], epochs: int, improved: bool) -> str:
 
 
 class _Progress:
-    """Rich progress bars on stderr, or nothing but log records when disabled."""
+    """Rich progress bars on stderr when it is a terminal; plain lines there otherwise (a job
+    scheduler's log: one each tenth of an epoch's steps or 30 s, as the report's); nothing but log
+    records when disabled."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
+        self.plain = enabled and not sys.stderr.isatty()
         self._bars: Any = None
         self._task: Any = None
+        self._lines: Any = None
 
     def __enter__(self) -> _Progress:
-        if self.enabled:
+        if self.enabled and not self.plain:
             from rich.console import Console
             from rich.progress import (
                 BarColumn,
@@ -487,21 +492,37 @@ class _Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._finish_lines()
         if self._bars is not None:
             self._bars.stop()
             self._bars = None
 
     def start(self, description: str, total: int) -> None:
+        if self.plain:
+            from attnviz.report.progress import _Lines
+
+            self._finish_lines()
+            self._lines = _Lines(total, 0, description, unit="step")
         if self._bars is not None:
             if self._task is not None:
                 self._bars.remove_task(self._task)
             self._task = self._bars.add_task(description, total=total, loss="-")
 
     def advance(self, loss: float) -> None:
+        if self._lines is not None:
+            self._lines.advance(1)
         if self._bars is not None and self._task is not None:
             self._bars.update(self._task, advance=1, loss=f"{loss:.4f}")
 
     def line(self, text: str) -> None:
         logger.info(text)
+        self._finish_lines()
         if self._bars is not None:
             self._bars.console.print(text, markup=False, highlight=False)
+        elif self.plain:
+            print(text, file=sys.stderr, flush=True)
+
+    def _finish_lines(self) -> None:
+        if self._lines is not None:
+            self._lines.finish()
+            self._lines = None
