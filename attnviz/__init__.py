@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "load_model": "attnviz.io.checkpoints",
-    "save_checkpoint": "attnviz.io.checkpoints",
+    "save_checkpoint": "attnviz.io.save",
     "LoadedModel": "attnviz.io.checkpoints",
     "capture": "attnviz.capturing.capturer",
     "Capture": "attnviz.capturing.capturer",
@@ -42,7 +42,8 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:  # pragma: no cover
     from attnviz.capturing.capturer import Capture, Capturer, Gate, capture
     from attnviz.explain.cam import CamResult, gradcam
-    from attnviz.io.checkpoints import LoadedModel, load_model, save_checkpoint
+    from attnviz.io.checkpoints import LoadedModel, load_model
+    from attnviz.io.save import save_checkpoint
     from attnviz.io.inputs import get_preset, load_input, load_rgb, preprocess
     from attnviz.jobs.compare import Comparison, compare
     from attnviz.jobs.maps import run_maps

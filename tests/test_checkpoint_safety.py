@@ -24,7 +24,8 @@ from torch.overrides import TorchFunctionMode
 
 from attnviz.explain import cam as cam_module
 from attnviz.capturing.capturer import capture
-from attnviz.io.checkpoints import load_model, save_checkpoint
+from attnviz.io.checkpoints import load_model
+from attnviz.io.save import save_checkpoint
 from attnviz.models import build_model
 from attnviz.runtime.errors import (
     ArchitectureError,

@@ -14,8 +14,9 @@ import torch
 import torchvision
 from torch import nn
 
-from attnviz.io.checkpoints import load_model, save_checkpoint
+from attnviz.io.checkpoints import load_model
 from attnviz.io.inputs import PRESETS
+from attnviz.io.save import save_checkpoint
 from attnviz.models import build_model, list_architectures
 from attnviz.runtime.errors import (
     ArchitectureError,

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from PIL import Image
 from support import run
 
-from attnviz.io.checkpoints import load_model, save_checkpoint
+from attnviz.io.checkpoints import load_model
 from attnviz.io.inputs import CIFAR10_CLASSES, get_preset, load_rgb, preprocess
+from attnviz.io.save import save_checkpoint
 from attnviz.models import build_model
 
 

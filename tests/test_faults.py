@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from support import run
 
-from attnviz.io.checkpoints import save_checkpoint
+from attnviz.io.save import save_checkpoint
 from attnviz.jobs.maps import _output_folders
 from attnviz.models import build_model
 from attnviz.report.results import csv_columns

@@ -55,6 +55,8 @@ def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float
 def parse_device(device: str | torch.device | None, *, flag: str = "--device") -> torch.device:
     """The device to run on: ``None`` or ``"auto"`` is CUDA when a GPU is available, else the CPU.
 
+    ``flag`` names the option in messages: a CLI flag (``--device``) or an API argument (``device``).
+
     Raises:
         UsageError: An unknown device, or one (CUDA, MPS) that this machine does not have.
     """
@@ -64,10 +66,12 @@ def parse_device(device: str | torch.device | None, *, flag: str = "--device") -
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
         raise UsageError(f"unknown device {str(device)!r}; use auto, cpu, cuda or cuda:N") from None
+    use_cpu = f"{flag} cpu" if flag.startswith("-") else f"{flag}='cpu'"  # a CLI flag, or an API argument
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {str(device)!r} asked for, but no CUDA GPU is available; use {flag} cpu")
+        why = "no CUDA GPU is available" if flag.startswith("-") else "CUDA is not available (no CUDA GPU)"
+        raise UsageError(f"device {str(device)!r} asked for, but {why}; use {use_cpu}")
     if parsed.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"device {str(device)!r} asked for, but MPS is not available; use {flag} cpu")
+        raise UsageError(f"device {str(device)!r} asked for, but MPS is not available; use {use_cpu}")
     return parsed
 
 
