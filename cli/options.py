@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from attnviz.runtime.errors import UsageError
-
 ARCH_HELP = (
     "Architecture of a bare state_dict: a registry name (see `attnviz inspect --list`), timm:NAME, "
     "torchvision:NAME, path/to/file.py:ClassName or package.module:ClassName. Inferred when omitted."
@@ -71,15 +69,11 @@ def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_fi
 
 
 def check_device(device: str) -> str:
-    """The device to use: ``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``."""
-    import torch
+    """The device to use: ``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``.
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        parsed = torch.device(device)
-    except RuntimeError as error:
-        raise UsageError(f"unknown device '{device}'") from error
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device '{device}' asked for, but no CUDA GPU is available; use --device cpu")
-    return device
+    Raises:
+        UsageError: An unknown device, or one (CUDA, MPS) this machine does not have.
+    """
+    from attnviz.runtime.model import parse_device  # imports torch: only once a model is needed
+
+    return str(parse_device(device))

@@ -18,9 +18,9 @@ can see into: for them only the outputs are captured (with a one-line warning sa
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +33,13 @@ from attnviz.capturing.gates import (
     GATE_FUNCTIONS,
     GateKind,
     canonical_values,
-    first_tensor,
     gate_kind,
     is_sigmoid_leaf,
     is_spatial_map,
 )
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import CaptureError, UsageError
+from attnviz.runtime.model import did_you_mean, eval_mode, first_tensor, run_forward, to_model
 
 ROOT_NAME = "model"
 
@@ -243,34 +243,18 @@ class Capturer:
 
     def __call__(self, images: torch.Tensor, originals: Sequence[np.ndarray] | None = None) -> Capture:
         """Run one forward pass on ``images`` (``[B,3,H,W]`` or ``[3,H,W]``) and capture it."""
-        images = as_image_batch(images)
-        device = _model_device(self.model)
-        images = images.to(device)
+        images = to_model(as_image_batch(images), self.model)
         if self._layers is None:
             self._layers = default_feature_layers(self.model, images[:1])
         recorder = _Recorder(self._names, set(self._layers), self._modules_filter)
-        was_training = self.model.training
-        if was_training:
+        if self.model.training:
             warnings.warn(
                 "the model was in training mode; attnviz captures in eval mode and restores training mode afterwards",
                 stacklevel=2,
             )
-        handles = []
-        try:
-            self.model.eval()
-            for module, name in self._names.items():
-                handles.append(module.register_forward_pre_hook(recorder.pre_hook(name)))
-                handles.append(module.register_forward_hook(recorder.post_hook(name)))
-            with torch.no_grad(), _GateMode(recorder):
-                output = self.model(images)
-        except (UsageError, CaptureError):
-            raise
-        except Exception as error:  # the user's model failed: say where, keep the cause
-            raise CaptureError(f"the model's forward pass failed: {type(error).__name__}: {error}") from error
-        finally:
-            for handle in handles:
-                handle.remove()
-            self.model.train(was_training)
+        hooks = [(module, recorder.pre_hook(name), recorder.post_hook(name)) for module, name in self._names.items()]
+        with eval_mode(self.model), _hooked(hooks), torch.no_grad(), _GateMode(recorder):
+            output = run_forward(self.model, images)
         logits = _logits(output)
         return Capture(
             images=images.detach().cpu(),
@@ -489,23 +473,28 @@ def _module_names(model: nn.Module) -> dict[nn.Module, str]:
     return names
 
 
+@contextlib.contextmanager
+def _hooked(hooks: Sequence[tuple[nn.Module, Any, Any]]) -> Iterator[None]:
+    """Forward pre-hooks and hooks on modules for a ``with`` block; all removed afterwards (also on error)."""
+    handles = []
+    try:
+        for module, pre_hook, post_hook in hooks:
+            handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(post_hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _check_layer(model: nn.Module, name: str) -> str:
     known = [n for n, _ in model.named_modules() if n]
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, known, cutoff=0.6, quote=False)
         raise UsageError(f"the model has no layer named '{name}'{hint}")
     if isinstance(model.get_submodule(name), torch.jit.ScriptModule):
         raise UsageError(f"layer '{name}' is TorchScript code, whose outputs cannot be recorded; choose another layer")
     return name
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _logits(output: Any) -> torch.Tensor:
@@ -546,19 +535,14 @@ def _stage_outputs(model: nn.Module, probe: torch.Tensor) -> list[str]:
 
         return hook
 
-    was_training = model.training
     try:
-        model.eval()
         for name, module in blocks:
             handles.append(module.register_forward_hook(record(name)))
-        with torch.no_grad():
-            model(probe)
-    except Exception as error:
-        raise CaptureError(f"the model's forward pass failed: {type(error).__name__}: {error}") from error
+        with eval_mode(model), torch.no_grad():
+            run_forward(model, probe)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     stages = []
     for position, (name, size) in enumerate(shapes):
         following = shapes[position + 1][1] if position + 1 < len(shapes) else None

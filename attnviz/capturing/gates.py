@@ -75,20 +75,3 @@ def is_sigmoid_leaf(module: nn.Module) -> bool:
 def is_spatial_map(value: object) -> bool:
     """True for a 4-D tensor with more than one spatial position (a CNN feature map)."""
     return isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-1] * value.shape[-2] > 1
-
-
-def first_tensor(value: object) -> torch.Tensor | None:
-    """The first tensor in a module's positional inputs or outputs (tuples and lists searched)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(value, dict):
-        for item in value.values():
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None

@@ -23,6 +23,7 @@ from torchvision import datasets, transforms
 from attnviz.data.shapes import SHAPES_CLASSES, ShapesDataset
 from attnviz.io.inputs import CIFAR10_CLASSES, PRESETS
 from attnviz.runtime.errors import UsageError
+from attnviz.runtime.model import first_line
 
 #: The data specs :func:`make_datasets` understands (``folder:`` takes a path).
 DATA_SPECS: tuple[str, ...] = ("shapes", "cifar10", "folder:PATH")
@@ -155,8 +156,7 @@ def _image_folder(path: Path, transform: transforms.Compose) -> datasets.ImageFo
     try:
         return datasets.ImageFolder(str(path), transform=transform)
     except (FileNotFoundError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"cannot read image folder {path}: {reason}") from error
+        raise UsageError(f"cannot read image folder {path}: {first_line(error)}") from error
 
 
 def _subset(dataset: Dataset, size: int | None, seed: int) -> Dataset:

@@ -21,7 +21,6 @@ normalised the same way.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import io
 import numbers
 import operator
@@ -39,6 +38,7 @@ from torch import Tensor, nn
 
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
+from attnviz.runtime.model import describe, did_you_mean, eval_mode, first_tensor, run_forward, to_model
 
 __all__ = ["METHODS", "CamResult", "gradcam", "normalise_maps", "resolve_cam_layer", "upsample"]
 
@@ -174,7 +174,7 @@ def gradcam(
     batch = as_image_batch(images)
     targets = _parse_targets(target, len(batch), class_names)
     _check_batch_size(batch_size)
-    batch = _to_model(batch, model)
+    batch = to_model(batch, model)
     if model.training:
         warnings.warn(
             "the model was in train mode; Grad-CAM runs it in eval mode and restores train mode "
@@ -229,10 +229,10 @@ def resolve_cam_layer(model: nn.Module, images: Tensor | None = None) -> str:
         return zoo
     find = _returned_map if isinstance(model, torch.jit.ScriptModule) else _traced_layer
     if images is not None:
-        return find(model, _to_model(as_image_batch(images)[:1], model))
+        return find(model, to_model(as_image_batch(images)[:1], model))
     channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
     for size in _PROBE_SIZES:
-        probe = _to_model(torch.zeros(1, channels, size, size), model)
+        probe = to_model(torch.zeros(1, channels, size, size), model)
         try:
             return find(model, probe)
         except CaptureError:
@@ -268,8 +268,7 @@ def normalise_maps(maps: Tensor) -> Tensor:
 def _check_method(method: str) -> str:
     key = method.strip().lower() if isinstance(method, str) else method
     if key not in METHODS:
-        close = difflib.get_close_matches(str(method).lower(), METHODS, n=2, cutoff=0.6)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(str(method).lower(), METHODS, n=2, cutoff=0.6)
         raise UsageError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}{hint}")
     return key
 
@@ -310,9 +309,7 @@ def _class_index(item: Any, class_names: Sequence[str] | None) -> int:
             raise UsageError(f"target {item!r} is a class name; pass class_names= to use names")
         names = list(class_names)
         if item not in names:
-            close = difflib.get_close_matches(item, names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UsageError(f"unknown class name {item!r}{hint}")
+            raise UsageError(f"unknown class name {item!r}{did_you_mean(item, names)}")
         return names.index(item)
     if isinstance(item, bool) or not isinstance(item, numbers.Integral):
         raise UsageError(f"a target must be a class index or name, got {item!r}")
@@ -349,9 +346,7 @@ def _layer_name(model: nn.Module, layer: str | nn.Module | None, images: Tensor)
         )
     if not isinstance(layer, str) or layer not in modules or not layer:
         names = [name for name in modules if name]
-        close = difflib.get_close_matches(str(layer), names, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UsageError(f"the model has no layer {layer!r}{hint}")
+        raise UsageError(f"the model has no layer {layer!r}{did_you_mean(str(layer), names)}")
     return layer
 
 
@@ -388,7 +383,7 @@ def _explain(
     except AttnvizError:
         raise
     except Exception as exc:  # noqa: BLE001 - any library failure becomes one line for the user
-        raise CaptureError(f"{method} failed: {_one_line(exc)}") from exc
+        raise CaptureError(f"{method} failed: {describe(exc)}") from exc
     return _Part(raw.to(images.device), logits, chosen)
 
 
@@ -432,7 +427,7 @@ def _fast_gradcam(
     try:
         (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
     except RuntimeError as exc:  # the model's own graph cannot be differentiated
-        raise CaptureError(f"the backward pass to {layer!r} failed: {_one_line(exc)}") from exc
+        raise CaptureError(f"the backward pass to {layer!r} failed: {describe(exc)}") from exc
     if grads is None:
         raise UsageError(f"the logits do not depend on layer {layer!r}; choose another layer")
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
@@ -447,9 +442,9 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
     graph from the input to the logits through the returned feature map.
     """
     index = int(_OUTPUT_LAYER.fullmatch(layer).group(1))
-    output = _run(model, images.detach().requires_grad_(True))
+    output = run_forward(model, images.detach().requires_grad_(True))
     returned = _returned_tensors(output)
-    logits = _first_tensor(output)
+    logits = first_tensor(output)
     if index >= len(returned):
         raise UsageError(f"the model's forward returns {len(returned)} tensor(s); there is no {layer!r}")
     activation = returned[index]
@@ -462,7 +457,7 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
     try:
         (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
     except RuntimeError as exc:  # the compiled graph cannot be differentiated back to that output
-        raise CaptureError(f"the backward pass to {layer!r} failed: {_one_line(exc)}") from exc
+        raise CaptureError(f"the backward pass to {layer!r} failed: {describe(exc)}") from exc
     if grads is None:
         raise UsageError(f"the logits do not depend on {layer!r} in a way autograd can follow; choose another layer")
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
@@ -575,41 +570,27 @@ def _captum(
 @contextlib.contextmanager
 def _prepared(model: nn.Module) -> Iterator[None]:
     """Eval mode and parameters without ``requires_grad`` for the call; everything restored."""
-    modes = [(m, m.training) for m in model.modules()]
     params = list(model.parameters())
     state = [(p, p.requires_grad, p.grad) for p in params]
-    try:
-        model.eval()
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, requires_grad, grad in state:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model):
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, requires_grad, grad in state:
+                p.requires_grad_(requires_grad)
+                p.grad = grad
 
 
 def _forward(model: nn.Module, images: Tensor, *, grad: bool) -> Tensor:
     """Run the model and return its ``[B,K]`` logits."""
     with torch.set_grad_enabled(grad):
-        logits = _first_tensor(_run(model, images))
+        logits = first_tensor(run_forward(model, images))
     if logits is None or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
         shape = None if logits is None else tuple(logits.shape)
         raise UsageError(f"the model must return [B, classes] logits for Grad-CAM; it returned {shape}")
     return logits
-
-
-def _run(model: nn.Module, images: Tensor) -> Any:
-    """The model's output; any failure inside it becomes a one-line :class:`CaptureError`."""
-    try:
-        return model(images)
-    except AttnvizError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure inside the user's model
-        shape = tuple(images.shape)
-        raise CaptureError(f"the model's forward pass failed on input {shape}: {_one_line(exc)}") from exc
 
 
 def _choose(logits: Tensor, targets: list[int] | None, device: torch.device) -> Tensor:
@@ -652,16 +633,6 @@ def _quiet_progress() -> Iterator[None]:
         warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
 
 
-def _to_model(images: Tensor, model: nn.Module) -> Tensor:
-    reference = next(model.parameters(), None)
-    if reference is None:
-        reference = next(model.buffers(), None)
-    if reference is None:
-        return images
-    dtype = reference.dtype if reference.is_floating_point() else images.dtype
-    return images.to(device=reference.device, dtype=dtype)
-
-
 def _chunks(
     images: Tensor, targets: list[int] | None, batch_size: int | None
 ) -> Iterator[tuple[Tensor, list[int] | None]]:
@@ -680,19 +651,6 @@ def _returned_tensors(value: Any) -> list[Tensor]:
 
 def _shape_of(value: Any) -> Any:
     return tuple(value.shape) if isinstance(value, Tensor) else None
-
-
-def _first_tensor(value: Any) -> Tensor | None:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (tuple, list)) and value:
-        return _first_tensor(value[0])
-    return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- automatic layer
@@ -729,7 +687,7 @@ def _traced_layer(model: nn.Module, probe: Tensor) -> str:
 def _returned_map(model: nn.Module, probe: Tensor) -> str:
     """A TorchScript model's Grad-CAM layer: the last feature map its forward returns (``"output[i]"``)."""
     with _prepared(model), torch.no_grad():
-        returned = _returned_tensors(_run(model, probe))
+        returned = _returned_tensors(run_forward(model, probe))
     found = [i for i, t in enumerate(returned) if t.dim() == 4 and t.shape[-2:].numel() > 1]
     if not found:
         shapes = ", ".join(str(list(t.shape)) for t in returned) or "no tensor"
@@ -752,7 +710,7 @@ def _trace_outputs(model: nn.Module, probe: Tensor) -> list[_Event]:
                 return
             key = (output.data_ptr(), tuple(output.shape), output.stride(), output._version)
             pooling = isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
-            events.append(_Event(name, key, _first_tensor(inputs) is probe, pooling, output))
+            events.append(_Event(name, key, first_tensor(inputs) is probe, pooling, output))
 
         return hook
 
@@ -763,7 +721,7 @@ def _trace_outputs(model: nn.Module, probe: Tensor) -> list[_Event]:
     ]
     try:
         with _prepared(model), torch.no_grad():
-            _run(model, probe)
+            run_forward(model, probe)
     finally:
         for handle in handles:
             handle.remove()

@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from attnviz.explain.metrics import spearman, top_region_iou
+from attnviz.explain.array_metrics import spearman, top_region_iou
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.io.inputs import Preset, get_preset, preprocess
 from attnviz.runtime.errors import UsageError
+from attnviz.runtime.model import eval_mode, run_forward, to_model
 from attnviz.runtime.text import strict_json
 
 if TYPE_CHECKING:
@@ -217,15 +218,10 @@ def _batch(images: Sequence[np.ndarray], loaded: LoadedModel) -> torch.Tensor:
 
 
 def _eval_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    was_training = model.training
-    try:
-        model.eval()
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        output = model(batch.to(device))
-        logits = output[0] if isinstance(output, (tuple, list)) and output else output  # (logits, features)
-        return logits.float().cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model):
+        output = run_forward(model, to_model(batch, model))
+    logits = output[0] if isinstance(output, (tuple, list)) and output else output  # (logits, features)
+    return logits.float().cpu()
 
 
 def _targets(

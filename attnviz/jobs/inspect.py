@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from attnviz.capturing.capturer import Capture, capture
-from attnviz.capturing.gates import first_tensor
+from attnviz.runtime.model import first_tensor, model_device
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
     is restored afterwards. Layers inside TorchScript code have no output shape (no hook can
     enter compiled code).
     """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    probe = torch.randn(1, channels, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    probe = torch.randn(1, channels, *input_size, generator=torch.Generator().manual_seed(0)).to(model_device(model))
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
     selected = [(name, module) for name, module in model.named_modules() if name and name.count(".") < depth]

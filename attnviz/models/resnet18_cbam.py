@@ -22,6 +22,7 @@ from torchvision import models
 from attnviz.models.cbam import CBAM
 from attnviz.models.statedict import compare_state_dict
 from attnviz.runtime.errors import ArchitectureError, CheckpointError
+from attnviz.runtime.model import first_line
 
 
 class ResNet18_CBAM(nn.Module):  # noqa: N801 - the notebook's class name
@@ -76,8 +77,7 @@ def _load_imagenet_weights(backbone: nn.Module, path: Path) -> None:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"cannot read ImageNet weights {path}: {reason}") from exc
+        raise CheckpointError(f"cannot read ImageNet weights {path}: {first_line(exc)}") from exc
     if not isinstance(state_dict, dict):
         kind = type(state_dict).__name__
         raise ArchitectureError(f"{path} does not hold a state_dict (got {kind})")

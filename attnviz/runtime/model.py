@@ -46,10 +46,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5) -> str:
-    """``"; did you mean 'a' or 'b'?"`` for the choices closest to ``name``, or ``""`` when none is close."""
+def did_you_mean(
+    name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5, quote: bool = True
+) -> str:
+    """``"; did you mean 'a' or 'b'?"`` for the choices closest to ``name``, or ``""`` when none is close.
+
+    ``quote=False`` writes the choices bare (``did you mean a or b?``).
+    """
     close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    shown = [repr(c) if quote else str(c) for c in close]
+    return f"; did you mean {' or '.join(shown)}?" if close else ""
 
 
 def parse_device(device: str | torch.device | None, *, flag: str = "--device") -> torch.device:

@@ -7,8 +7,7 @@ are averaged over samples and accuracies are percentages, as the notebooks print
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attnviz.runtime.errors import UsageError
+from attnviz.runtime.model import eval_mode, parse_device
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,9 @@ class Runtime:
         """CUDA with mixed precision and channels-last when available, else the CPU.
 
         Raises:
-            UsageError: An unknown device, or CUDA asked for where there is none.
+            UsageError: An unknown device, or one (CUDA, MPS) this machine does not have.
         """
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            parsed = torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise UsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from error
-        if parsed.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"device {str(parsed)!r} asked for, but no CUDA GPU is available; use --device cpu")
+        parsed = parse_device(device)
         on_cuda = parsed.type == "cuda"
         return cls(parsed, amp=on_cuda, channels_last=on_cuda)
 
@@ -107,7 +100,7 @@ def evaluate(
 ) -> EpochStats:
     """Mean loss and accuracy of ``model`` (in eval mode) over ``loader``."""
     criterion = nn.CrossEntropyLoss(reduction="sum")
-    with _eval_mode(model):
+    with eval_mode(model):
         total_loss, correct, seen = 0.0, 0, 0
         for index, (images, targets) in enumerate(loader):
             images, targets = runtime.batch(images), targets.to(runtime.device, non_blocking=True)
@@ -126,13 +119,3 @@ def _stats(total_loss: float, correct: int, seen: int) -> EpochStats:
     if seen == 0:
         raise UsageError("the data loader yielded no samples; check the data set and its size")
     return EpochStats(loss=total_loss / seen, acc=100.0 * correct / seen, samples=seen)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from attnviz.capturing.capturer import capture
 from attnviz.io.inputs import PRESETS
+from attnviz.runtime.model import eval_mode
 
 SCALAR_TAGS = {
     "train_loss": "Train/Epoch Loss",
@@ -69,12 +70,8 @@ class TensorBoardLog:
 
     def log_attention(self, model: nn.Module, epoch: int, class_names: Sequence[str] | None = None) -> list[str]:
         """Capture the gates of the fixed images and log them; returns the tags written."""
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             gates = capture(model, self.images, layers=[], class_names=class_names).gates
-        finally:
-            model.train(was_training)
         tags: list[str] = []
         for name, gate in gates.items():
             values = gate.values.float()
