@@ -15,13 +15,14 @@ import heapq
 import math
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from attnviz.explain import metrics
+from attnviz.report.schema import Record
 
 SAMPLE_LIMIT = 2000
 CAM_METRICS = ("prob", "p_target", "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
@@ -78,8 +79,13 @@ class Aggregator:
         self.disagree = 0
         self._sample: list[tuple[int, str, dict[str, tuple[int, dict[str, np.ndarray]]]]] = []
 
-    def add(self, record: dict[str, Any]) -> None:
-        """Count one image's record (failed images count as failed only)."""
+    def add(self, record: Record | Mapping[str, Any]) -> None:
+        """Count one image's record (failed images count as failed only); a record or its JSON form.
+
+        The sums read the JSON form (:meth:`~attnviz.report.schema.ImageRecord.to_json`), where a
+        number lost to NaN is ``None`` as on disk."""
+        if not isinstance(record, Mapping):
+            record = record.to_json()
         if record.get("status") != "ok":
             self.failed += 1
             return

@@ -23,6 +23,7 @@ from attnviz.capturing.capturer import Capturer
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.io.inputs import Preset, get_preset
 from attnviz.report import measures
+from attnviz.report.schema import Agreement, CamResult, ChannelGate, Localisation, ModelOutcome, SpatialGate, replace
 from attnviz.report.sources import Decoded, preset_key
 
 
@@ -115,7 +116,7 @@ def analyse_batch(
     truths: Sequence[int | None],
     options: AnalysisOptions,
     timings: dict[str, float],
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+) -> list[tuple[dict[str, ModelOutcome], dict[str, Any]]]:
     """Run every model on a batch of decoded images.
 
     Returns:
@@ -127,7 +128,7 @@ def analyse_batch(
 
     outputs = [_forward(run, samples, timings) for run in runs]
     targets = choose_targets(truths, [out["logits"] for out in outputs])
-    entries: list[dict[str, Any]] = [{} for _ in samples]
+    entries: list[dict[str, ModelOutcome]] = [{} for _ in samples]
     arrays: list[dict[str, Any]] = [{"cams": {}, "spatial": {}, "channel": {}} for _ in samples]
     maps: dict[str, torch.Tensor] = {}
     for run, out in zip(runs, outputs):
@@ -152,10 +153,11 @@ def analyse_batch(
     baseline = runs[0].name
     for run in runs[1:]:
         for i in range(len(samples)):
-            entries[i][run.name]["agreement"] = (
-                measures.agreement(maps[baseline][i], maps[run.name][i])
-                if _finite(maps[baseline][i], maps[run.name][i]) else {"top20_iou": None, "spearman": None}
+            agreement = (
+                Agreement(**measures.agreement(maps[baseline][i], maps[run.name][i]))
+                if _finite(maps[baseline][i], maps[run.name][i]) else Agreement(None, None)
             )
+            entries[i][run.name] = replace(entries[i][run.name], agreement=agreement)
     timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
     return list(zip(entries, arrays))
 
@@ -202,37 +204,32 @@ def _entry(
     cam_map: torch.Tensor,
     mask: np.ndarray | None,
     method: str,
-) -> dict[str, Any]:
+) -> ModelOutcome:
     """One model's part of one image's record."""
     probs = out["probs"][i]
     top = probs.topk(min(3, probs.numel()))
     predicted = int(top.indices[0])
-    cam: dict[str, Any] = {
-        "method": method, "layer": run.cam_layer, "target": target, "target_label": _label(run, target),
-        "p_target": p_target, **faithful,
-    }
-    if mask is not None:
-        cam.update(_localisation(cam_map, mask))
+    cam = CamResult(method, run.cam_layer, target, _label(run, target), p_target, faithful["deletion_auc"],
+                    faithful["insertion_auc"], None if mask is None else _localisation(cam_map, mask))
     spatial = {}
     for name, values in out["spatial"].items():
         gate = values[i]
-        spatial[name] = {"mean": float(gate.mean()), "min": float(gate.min()), "max": float(gate.max())}
-        if mask is not None:
-            spatial[name].update(_localisation(gate, mask))
+        spatial[name] = SpatialGate(float(gate.mean()), float(gate.min()), float(gate.max()),
+                                    None if mask is None else _localisation(gate, mask))
     channel = {
-        name: {"mean": float(values[i].mean()), "values": [float(f"{v:.9g}") for v in values[i]]}
+        name: ChannelGate(float(values[i].mean()), tuple(float(f"{v:.9g}") for v in values[i]))
         for name, values in out["channel"].items()
     }
-    return {
-        "predicted": predicted,
-        "label": _label(run, predicted),
-        "prob": float(top.values[0]),
-        "top3": [[int(c), float(p)] for p, c in zip(top.values, top.indices)],
-        "correct": None if truth is None else predicted == truth,
-        "cam": cam,
-        "spatial_gates": spatial,
-        "channel_gates": channel,
-    }
+    return ModelOutcome(
+        predicted=predicted,
+        label=_label(run, predicted),
+        prob=float(top.values[0]),
+        top3=tuple((int(c), float(p)) for p, c in zip(top.values, top.indices)),
+        correct=None if truth is None else predicted == truth,
+        cam=cam,
+        spatial_gates=spatial,
+        channel_gates=channel,
+    )
 
 
 def _undefined_where(maps: torch.Tensor, undefined: torch.Tensor) -> torch.Tensor:
@@ -248,11 +245,13 @@ def _finite(*maps: Any) -> bool:
     return all(bool(np.isfinite(np.asarray(m, dtype=np.float64)).all()) for m in maps)
 
 
-def _localisation(saliency: Any, mask: np.ndarray) -> dict[str, Any]:
-    """Pointing game and energy pointing game; missing (``None``) for a map with NaN or infinite values."""
+def _localisation(saliency: Any, mask: np.ndarray) -> Localisation | None:
+    """Pointing game and energy pointing game (``None`` in both for a map with NaN or infinite
+    values); no localisation at all for an empty mask."""
     if not mask.any() or _finite(saliency):
-        return measures.localisation(saliency, mask)
-    return {"pointing_game": None, "energy_pointing_game": None}
+        found = measures.localisation(saliency, mask)
+        return Localisation(found["pointing_game"], found["energy_pointing_game"]) if found else None
+    return Localisation(None, None)
 
 
 def _label(run: ModelRun, index: int) -> str:

@@ -19,6 +19,7 @@ from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
 from attnviz.report.html import write_page
+from attnviz.report.schema import FailedImage, Record
 from attnviz.report.results import (
     write_results_csv,
     write_results_json,
@@ -70,8 +71,8 @@ def build_report(out: str | Path) -> BuildResult:
             pending += 1
             continue
         aggregator.add(record)
-        if record.get("status") != "ok":
-            failures.append({"id": record["id"], "source": record["source"], "reason": record["reason"]})
+        if isinstance(record, FailedImage):
+            failures.append({"id": record.id, "source": record.source, "reason": record.reason})
     summary = aggregator.summary()
     summary["pending"] = pending
     aggregator.warn_non_finite()
@@ -98,12 +99,12 @@ def build_report(out: str | Path) -> BuildResult:
     return BuildResult(out / "index.html", summary["images"], failures, pending, summary, seconds)
 
 
-def _records(out: Path, run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+def _records(out: Path, run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Record | None]]:
     for row in store.read_manifest(out):
         yield row, store.read_record(out, row["id"], run["config"])
 
 
-def _ok_or_failed(out: Path, run: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _ok_or_failed(out: Path, run: dict[str, Any]) -> Iterator[Record]:
     for _, record in _records(out, run):
         if record is not None:
             yield record

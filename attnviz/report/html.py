@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from attnviz import __version__
 from attnviz.report.pictures import OVERLAY_CMAP
+from attnviz.report.schema import ImageRecord, ModelOutcome, Record
 
 CARDS_MARK = "<!--CARDS-->"
 _NAV = (("models", "models"), ("spatial", "spatial gates"), ("confusion", "confusion"), ("channels", "channel gates"),
@@ -38,7 +39,7 @@ def write_page(
     run: dict[str, Any],
     summary: dict[str, Any],
     sanity: dict[str, Any] | None,
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     figures: dict[str, dict[str, str]],
     failures: list[dict[str, Any]],
     links: dict[str, str],
@@ -66,37 +67,37 @@ def write_page(
     file.write(_fill(head, fields))
     count = 0
     for record in records:
-        if record.get("status") == "ok":
+        if isinstance(record, ImageRecord):
             file.write(card(record, run))
             count += 1
     file.write(_fill(tail, fields))
     return count
 
 
-def card(record: dict[str, Any], run: dict[str, Any]) -> str:
+def card(record: ImageRecord, run: dict[str, Any]) -> str:
     """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand."""
     models = [m["name"] for m in run["models"]]
-    entries = record["models"]
-    truth = record.get("truth_index")
-    predictions = [entries[m]["predicted"] for m in models]
+    entries = record.models
+    truth = record.truth_index
+    predictions = [entries[m].predicted for m in models]
     mis = truth is not None and any(p != truth for p in predictions)
-    classes = [record["truth"]] if record.get("truth") else sorted({entries[m]["label"] for m in models})
+    classes = [record.truth] if record.truth else sorted({entries[m].label for m in models})
     attrs = {
-        "id": record["id"],
+        "id": record.id,
         "mis": int(mis),
         "dis": int(len(set(predictions)) > 1),
         "classes": "|".join(classes),
         "v": json.dumps(_sort_values(record, models), separators=(",", ":"), allow_nan=False),
     }
     data = " ".join(f'data-{k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
-    height, width = record["thumb_size"]
-    pictures = record.get("pictures") or {"image": None, "models": {name: {"cam": None} for name in models}}
-    truth_text = f"truth: {record['truth']}" if record.get("truth") else "truth: unknown"
+    height, width = record.thumb_size
+    pictures = record.pictures or {"image": None, "models": {name: {"cam": None} for name in models}}
+    truth_text = f"truth: {record.truth}" if record.truth else "truth: unknown"
     figures = [_figure(pictures["image"], width, height, "input", "")]
     for name in models:
         figures.append(_model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"]))
     gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height) for name in models)
-    note = f'<p class="note">{html.escape(record["note"])}</p>' if record.get("note") else ""
+    note = f'<p class="note">{html.escape(record.note)}</p>' if record.note else ""
     scale = legend() if any(pictures["models"][name].get("spatial") for name in models) else ""
     details = f'<details class="gates"><summary>spatial gates and channel bars</summary>{scale}{gates}</details>' if gates else ""
     arrays = pictures.get("arrays")
@@ -106,7 +107,7 @@ def card(record: dict[str, Any], run: dict[str, Any]) -> str:
     )
     return (
         f'<article class="card{" mis" if mis else ""}" {data}>'
-        f'<header><span class="name" title="{html.escape(record["source"])}">{html.escape(record["name"])}</span>'
+        f'<header><span class="name" title="{html.escape(record.source)}">{html.escape(record.name)}</span>'
         f'<span class="truth">{html.escape(truth_text)}{data_link}</span></header>'
         f'<div class="row">{"".join(figures)}</div>{note}{details}</article>\n'
     )
@@ -124,32 +125,32 @@ def _figure(src: str | None, width: int, height: int, caption: str, css: str) ->
 
 
 
-def _model_figure(name: str, entry: dict[str, Any], src: str | None, width: int, height: int, baseline: bool) -> str:
-    cam = entry["cam"]
-    mark = {True: " ✓", False: " ✗", None: ""}[entry["correct"]]
-    css = {True: "m ok", False: "m bad", None: "m"}[entry["correct"]]
-    numbers = [f"del {_num(cam.get('deletion_auc'))}", f"ins {_num(cam.get('insertion_auc'))}"]
-    if "pointing_game" in cam:
-        numbers += [f"PG {_num(cam['pointing_game'])}", f"EPG {_num(cam.get('energy_pointing_game'))}"]
-    if "agreement" in entry:
-        numbers += [f"IoU {_num(entry['agreement']['top20_iou'])}", f"ρ {_num(entry['agreement']['spearman'])}"]
+def _model_figure(name: str, entry: ModelOutcome, src: str | None, width: int, height: int, baseline: bool) -> str:
+    cam = entry.cam
+    mark = {True: " ✓", False: " ✗", None: ""}[entry.correct]
+    css = {True: "m ok", False: "m bad", None: "m"}[entry.correct]
+    numbers = [f"del {_num(cam.deletion_auc)}", f"ins {_num(cam.insertion_auc)}"]
+    if cam.localisation is not None:
+        numbers += [f"PG {_num(cam.localisation.pointing_game)}", f"EPG {_num(cam.localisation.energy_pointing_game)}"]
+    if entry.agreement is not None:
+        numbers += [f"IoU {_num(entry.agreement.top20_iou)}", f"ρ {_num(entry.agreement.spearman)}"]
+    target = cam.target_label if cam.target_label is not None else cam.target
     caption = (
         f"<b>{html.escape(name)}</b>{' (baseline)' if baseline else ''}<br>"
-        f'<span class="pred">{html.escape(entry["label"])}</span> P {_num(entry["prob"])}{mark}'
-        f'<span class="nums">Grad-CAM of {html.escape(str(cam.get("target_label", cam["target"])))} '
-        f"(P {_num(cam['p_target'])})<br>{' · '.join(numbers)}</span>"
+        f'<span class="pred">{html.escape(entry.label)}</span> P {_num(entry.prob)}{mark}'
+        f'<span class="nums">Grad-CAM of {html.escape(str(target))} '
+        f"(P {_num(cam.p_target)})<br>{' · '.join(numbers)}</span>"
     )
     return _figure(src, width, height, caption, css)
 
 
-def _gate_panel(name: str, entry: dict[str, Any], pictures: dict[str, Any], width: int, height: int) -> str:
+def _gate_panel(name: str, entry: ModelOutcome, pictures: dict[str, Any], width: int, height: int) -> str:
     parts = []
     for gate, src in pictures.get("spatial", {}).items():
-        values = entry["spatial_gates"][gate]
-        extra = ""
-        if "pointing_game" in values:
-            extra = f"<br>PG {_num(values['pointing_game'])} · EPG {_num(values['energy_pointing_game'])}"
-        caption = f"{html.escape(gate)}<br>min {_num(values['min'])} · mean {_num(values['mean'])} · max {_num(values['max'])}{extra}"
+        values = entry.spatial_gates[gate]
+        found = values.localisation
+        extra = "" if found is None else f"<br>PG {_num(found.pointing_game)} · EPG {_num(found.energy_pointing_game)}"
+        caption = f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}{extra}"
         parts.append(
             f'<figure><img data-src="{html.escape(src)}" width="{width}" height="{height}" alt="{html.escape(gate)}">'
             f"<figcaption>{caption}</figcaption></figure>"
@@ -162,24 +163,26 @@ def _gate_panel(name: str, entry: dict[str, Any], pictures: dict[str, Any], widt
     return f'<div class="gatemodel"><b>{html.escape(name)}</b><div class="row">{"".join(parts)}</div></div>'
 
 
-def _sort_values(record: dict[str, Any], models: list[str]) -> dict[str, Any]:
-    values: dict[str, Any] = {"name": record["name"]}
+def _sort_values(record: ImageRecord, models: list[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {"name": record.name}
     for name in models:
-        entry = record["models"][name]
-        cam = entry["cam"]
-        values[f"prob:{name}"] = entry["prob"]
-        values[f"p_target:{name}"] = cam["p_target"]
-        values[f"deletion_auc:{name}"] = cam.get("deletion_auc")
-        values[f"insertion_auc:{name}"] = cam.get("insertion_auc")
-        values[f"pointing_game:{name}"] = _hit(cam.get("pointing_game"))
-        values[f"energy_pointing_game:{name}"] = cam.get("energy_pointing_game")
-        if "agreement" in entry:
-            values[f"top20_iou:{name}"] = entry["agreement"]["top20_iou"]
-            values[f"spearman:{name}"] = entry["agreement"]["spearman"]
-        for gate, stats in entry.get("spatial_gates", {}).items():
-            values[f"gate_mean:{name}:{gate}"] = stats.get("mean")
-            values[f"gate_pointing_game:{name}:{gate}"] = _hit(stats.get("pointing_game"))
-            values[f"gate_energy_pointing_game:{name}:{gate}"] = stats.get("energy_pointing_game")
+        entry = record.models[name]
+        cam = entry.cam
+        found = cam.localisation
+        values[f"prob:{name}"] = entry.prob
+        values[f"p_target:{name}"] = cam.p_target
+        values[f"deletion_auc:{name}"] = cam.deletion_auc
+        values[f"insertion_auc:{name}"] = cam.insertion_auc
+        values[f"pointing_game:{name}"] = _hit(found.pointing_game if found else None)
+        values[f"energy_pointing_game:{name}"] = found.energy_pointing_game if found else None
+        if entry.agreement is not None:
+            values[f"top20_iou:{name}"] = entry.agreement.top20_iou
+            values[f"spearman:{name}"] = entry.agreement.spearman
+        for gate, stats in entry.spatial_gates.items():
+            found = stats.localisation
+            values[f"gate_mean:{name}:{gate}"] = stats.mean
+            values[f"gate_pointing_game:{name}:{gate}"] = _hit(found.pointing_game if found else None)
+            values[f"gate_energy_pointing_game:{name}:{gate}"] = found.energy_pointing_game if found else None
     return {k: (None if isinstance(v, float) and v != v else v) for k, v in values.items()}
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from attnviz.report import records as store
 from attnviz.report.build import BuildResult, build_report
+from attnviz.report.schema import ImageRecord
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import temporary_sibling
 from attnviz.runtime.outdir import claim_output_folder
@@ -113,7 +114,7 @@ def _check_paths(folder: Path, config: str) -> None:
             item_id = _item_id(folder, row.get("id"))
             _record_file(folder, item_id)
             record = store.read_record(folder, item_id, config)
-            for relative in _picture_files(record.get("pictures") if record else None):
+            for relative in _picture_files(record.pictures if isinstance(record, ImageRecord) else None):
                 _picture_path(folder, relative)
     except (ValueError, RecursionError):
         raise UsageError(f"refusing shard {folder}: its {store.MANIFEST_FILE} is not one JSON object per line") from None
@@ -166,7 +167,7 @@ def _take(folder: Path, out: Path, item_id: str, config: str) -> bool:
     record = store.read_record(folder, _item_id(folder, item_id), config)
     if record is None:
         return False
-    for relative in _picture_files(record.get("pictures")):
+    for relative in _picture_files(record.pictures if isinstance(record, ImageRecord) else None):
         source = _picture_path(folder, relative)  # checked again: the shard may have changed since
         if source.is_file():
             _place(source, store.inside(out, relative, "picture"))

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from attnviz.report.schema import ImageRecord, Record, record_from_json
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import remove_temporaries, write_bytes
 
@@ -137,26 +138,30 @@ def record_path(out: Path, item_id: str) -> Path:
     return out / ITEMS_DIR / f"{safe_name(item_id, 'item id')}.json"
 
 
-def write_record(out: Path, record: dict[str, Any]) -> Path:
-    """Write one image's record."""
-    return write_json(record_path(out, record["id"]), record)
+def write_record(out: Path, record: Record) -> Path:
+    """Write one image's record (its :meth:`~attnviz.report.schema.ImageRecord.to_json`)."""
+    return write_json(record_path(out, record.id), record.to_json())
 
 
-def read_record(out: Path, item_id: str, config: str | None = None) -> dict[str, Any] | None:
-    """One image's record, or ``None`` when it is missing, broken or of another configuration."""
-    record = read_json(record_path(out, item_id))
-    if not isinstance(record, dict) or record.get("id") != item_id:
+def read_record(out: Path, item_id: str, config: str | None = None) -> Record | None:
+    """One image's record, or ``None`` when it is missing, broken (not a record as attnviz writes
+    them) or of another configuration."""
+    data = read_json(record_path(out, item_id))
+    if not isinstance(data, dict) or data.get("id") != item_id:
         return None
-    if config is not None and record.get("config") != config:
+    if config is not None and data.get("config") != config:
         return None
-    return record
+    try:
+        return record_from_json(data)
+    except ValueError:
+        return None
 
 
 def is_finished(out: Path, item_id: str, config: str, stamp: Any = None) -> bool:
     """True when the image has a successful record of this configuration, made from files of
     this ``stamp`` (see :func:`file_stamp`; ``None`` for generated images)."""
     record = read_record(out, item_id, config)
-    return record is not None and record.get("status") == "ok" and record.get("files") == plain(stamp)
+    return isinstance(record, ImageRecord) and record.files == plain(stamp)
 
 
 def file_stamp(*paths: str | os.PathLike[str] | None) -> list[list[int] | None] | None:

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from attnviz.report.records import plain
+from attnviz.report.schema import ImageRecord, Record, slim
 from attnviz.runtime.text import csv_cell
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
@@ -33,29 +34,29 @@ def csv_columns(run: dict[str, Any]) -> list[str]:
     return [csv_cell(column) for column in columns]
 
 
-def csv_row(record: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+def csv_row(record: Record, run: dict[str, Any]) -> dict[str, Any]:
     """One image's row of ``results.csv``."""
-    row: dict[str, Any] = {key: record.get(key) for key in IMAGE_COLUMNS}
-    for name, entry in (record.get("models") or {}).items():
-        cam = entry["cam"]
+    row: dict[str, Any] = {key: getattr(record, key, None) for key in IMAGE_COLUMNS}
+    for name, entry in (record.models if isinstance(record, ImageRecord) else {}).items():
+        cam = entry.cam
         row.update({
-            f"{name}:predicted": entry["label"], f"{name}:predicted_index": entry["predicted"],
-            f"{name}:prob": entry["prob"], f"{name}:correct": entry["correct"], f"{name}:target": cam["target"],
-            f"{name}:p_target": cam["p_target"],
+            f"{name}:predicted": entry.label, f"{name}:predicted_index": entry.predicted,
+            f"{name}:prob": entry.prob, f"{name}:correct": entry.correct, f"{name}:target": cam.target,
+            f"{name}:p_target": cam.p_target, f"{name}:deletion_auc": cam.deletion_auc,
+            f"{name}:insertion_auc": cam.insertion_auc,
         })
-        for key in ("deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game"):
-            row[f"{name}:{key}"] = cam.get(key)
-        for key, value in entry.get("agreement", {}).items():
-            row[f"{name}:{key}"] = value
-        for gate, values in entry["spatial_gates"].items():
-            for key in SPATIAL_COLUMNS:
-                row[f"{name}:{gate}:{key}"] = values.get(key)
-        for gate, values in entry["channel_gates"].items():
-            row[f"{name}:{gate}:mean"] = values["mean"]
+        if cam.localisation is not None:
+            row.update({f"{name}:{key}": value for key, value in cam.localisation.to_json().items()})
+        if entry.agreement is not None:
+            row.update({f"{name}:{key}": value for key, value in entry.agreement.to_json().items()})
+        for gate, values in entry.spatial_gates.items():
+            row.update({f"{name}:{gate}:{key}": value for key, value in values.to_json().items() if key in SPATIAL_COLUMNS})
+        for gate, channel in entry.channel_gates.items():
+            row[f"{name}:{gate}:mean"] = channel.mean
     return {csv_cell(key): csv_cell(value) for key, value in plain(row).items()}
 
 
-def write_results_csv(file: IO[str], records: Iterable[dict[str, Any]], run: dict[str, Any]) -> None:
+def write_results_csv(file: IO[str], records: Iterable[Record], run: dict[str, Any]) -> None:
     """Stream ``results.csv``."""
     writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -99,25 +100,15 @@ def write_summary_csv(file: IO[str], summary: dict[str, Any], sanity: dict[str, 
 def write_results_json(
     file: IO[str],
     head: dict[str, Any],
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
 ) -> None:
     """Stream ``results.json``: ``head``'s keys, then ``images`` (one entry per record, without
-    the channel-gate vectors)."""
+    the channel-gate vectors; ``docs/results.schema.json`` describes the whole)."""
     file.write("{\n")
     for key, value in head.items():
         file.write(f"{json.dumps(key)}: {json.dumps(plain(value), ensure_ascii=False, allow_nan=False)},\n")
     file.write('"images": [')
     for index, record in enumerate(records):
         file.write(",\n" if index else "\n")
-        file.write(json.dumps(plain(_slim(record)), ensure_ascii=False, allow_nan=False))
+        file.write(json.dumps(plain(slim(record).to_json()), ensure_ascii=False, allow_nan=False))
     file.write("\n]}\n")
-
-
-def _slim(record: dict[str, Any]) -> dict[str, Any]:
-    if record.get("status") != "ok":
-        return record
-    models = {}
-    for name, entry in record["models"].items():
-        gates = {gate: {"mean": values["mean"]} for gate, values in entry["channel_gates"].items()}
-        models[name] = {**entry, "channel_gates": gates}
-    return {**record, "models": models}

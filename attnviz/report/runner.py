@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.report import pictures
 from attnviz.report import records as store
+from attnviz.report.schema import FailedImage, ImageRecord, ModelOutcome, replace
 from attnviz.report.analysis import (
     AnalysisOptions,
     ModelRun,
@@ -270,7 +271,7 @@ def _process(
 
             # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
             pool = stack.enter_context(WorkerPool(options.render_workers))
-        queue: dict[Future, dict[str, Any]] = {}
+        queue: dict[Future, ImageRecord] = {}
         queue_size = max(QUEUE_BATCHES * options.batch_size, QUEUE_PER_WORKER * options.render_workers)
         for batch in batches:
             good = []
@@ -287,7 +288,7 @@ def _process(
             truths = [_truth(item, class_names, classes) for item in items]
             results = analyse_batch(runs, good, truths, analysis, timings)
             for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
-                record = _record(item, sample, truth, class_names, entries, config) | {"files": stamps[item.id]}
+                record = _record(item, sample, truth, class_names, entries, config, stamps[item.id])
                 if not options.pictures:
                     store.write_record(out, record)
                     advance(1)
@@ -295,7 +296,8 @@ def _process(
                 job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
                 if pool is None:
                     start = time.perf_counter()
-                    record["pictures"], _ = pictures.write(job, str(out))
+                    drawn, _ = pictures.write(job, str(out))
+                    record = replace(record, pictures=drawn)
                     timings["render"] = timings.get("render", 0.0) + time.perf_counter() - start
                     store.write_record(out, record)
                     advance(1)
@@ -317,7 +319,7 @@ def _on_cuda(run: ModelRun) -> bool:
 
 
 def _drain(
-    queue: dict[Future, dict[str, Any]],
+    queue: dict[Future, ImageRecord],
     out: Path,
     timings: dict[str, float],
     advance: Callable[[int], None],
@@ -332,13 +334,13 @@ def _drain(
         for future in done:
             record = queue.pop(future)
             try:
-                record["pictures"], seconds = future.result()
+                drawn, seconds = future.result()
             except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
                 reason = f"could not draw its pictures: {type(error).__name__}: {error}"
                 _write_failure(out, _item_of(record), config, reason)
             else:
                 timings["render (workers)"] = timings.get("render (workers)", 0.0) + seconds
-                store.write_record(out, record)
+                store.write_record(out, replace(record, pictures=drawn))
             advance(1)
 
 
@@ -347,36 +349,36 @@ def _record(
     sample: Any,
     truth: int | None,
     class_names: list[str] | None,
-    entries: dict[str, Any],
+    entries: dict[str, ModelOutcome],
     config: str,
-) -> dict[str, Any]:
+    files: Any,
+) -> ImageRecord:
     label = class_names[truth] if truth is not None and class_names and truth < len(class_names) else None
-    return {
+    return ImageRecord(
         **_identity(item),
-        "status": "ok",
-        "config": config,
-        "truth": label if label is not None else (str(truth) if truth is not None else None),
-        "truth_index": truth,
-        "size": list(sample.size),
-        "thumb_size": list(sample.thumb.shape[:2]),
-        "has_mask": sample.mask is not None,
-        "note": sample.note,
-        "models": entries,
-        "pictures": None,
-    }
+        config=config,
+        truth=label if label is not None else (str(truth) if truth is not None else None),
+        truth_index=truth,
+        size=tuple(sample.size),
+        thumb_size=tuple(sample.thumb.shape[:2]),
+        has_mask=sample.mask is not None,
+        note=sample.note,
+        models=entries,
+        files=files,
+    )
 
 
 def _write_failure(out: Path, item: Item, config: str, reason: str) -> None:
-    store.write_record(out, {**_identity(item), "status": "failed", "config": config, "reason": reason})
+    store.write_record(out, FailedImage(**_identity(item), config=config, reason=reason))
 
 
 def _identity(item: Item) -> dict[str, Any]:
     return {"id": item.id, "index": item.index, "key": item.key, "name": item.name, "source": item.path or item.key}
 
 
-def _item_of(record: dict[str, Any]) -> Item:
-    source = record["source"]
-    return Item(record["index"], record["key"], record["name"], source if source != record["key"] else None)
+def _item_of(record: ImageRecord) -> Item:
+    source = record.source
+    return Item(record.index, record.key, record.name, source if source != record.key else None)
 
 
 def _timed(iterator: Iterator[Any], timings: dict[str, float], key: str) -> Iterator[Any]:
