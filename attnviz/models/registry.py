@@ -8,7 +8,6 @@ variants thus share the semantic place "input of the classifier head".
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 import warnings
@@ -34,6 +33,7 @@ from attnviz.models.statedict import (
     tensor_shape,
 )
 from attnviz.runtime.errors import ArchitectureError
+from attnviz.runtime.model import did_you_mean, first_line
 
 __all__ = [
     "ArchSpec",
@@ -170,8 +170,7 @@ def get_spec(name: str) -> ArchSpec:
         return _SPECS[name]
     except (KeyError, TypeError):
         known = ", ".join(_SPECS)
-        close = difflib.get_close_matches(str(name), list(_SPECS), n=2, cutoff=0.5)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(str(name), _SPECS, n=2)
         raise ArchitectureError(f"unknown architecture {name!r}; known: {known}{hint}") from None
 
 
@@ -196,8 +195,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     try:
         return spec.factory(**{**spec.default_kwargs, **kwargs})
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArchitectureError(f"cannot build {name} with {kwargs}: {reason}") from exc
+        raise ArchitectureError(f"cannot build {name} with {kwargs}: {first_line(exc)}") from exc
 
 
 def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
