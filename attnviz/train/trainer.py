@@ -17,7 +17,6 @@ import inspect
 import logging
 import math
 import os
-import pickle
 import sys
 import time
 import warnings
@@ -402,11 +401,9 @@ def _load_resume(path: Path, arch: str) -> dict[str, Any]:
     """
     if not path.is_file():
         raise CheckpointError(f"checkpoint to resume not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"cannot read {path}: {reason}") from error
+    from attnviz.io.safe_load import read_checkpoint
+
+    payload = read_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("format") != "attnviz" or "train_state" not in payload:
         raise CheckpointError(f"{path} holds no training state; resume from the *.last checkpoint of an attnviz train run")
     if payload.get("arch") != arch:
