@@ -37,6 +37,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from attnviz.runtime.errors import InputImageError, UsageError
+from attnviz.runtime.model import first_line
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -228,8 +229,7 @@ def decode_image(
             f"{name!r} is too large to decode safely (possible decompression bomb)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputImageError(f"cannot decode {name!r}: {reason}") from None
+        raise InputImageError(f"cannot decode {name!r}: {first_line(exc)}") from None
 
 
 def preprocess(rgb: np.ndarray, preset: str | Preset) -> torch.Tensor:
