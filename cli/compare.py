@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_device
+from attnviz.cli.options import check_checkpoints, check_device
 
 
 @click.command(
@@ -33,6 +33,7 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
     with the class above the row and each model's softmax score P for it under its map.
     Also reports how much each attention model's map agrees with the baseline's
     (IoU of the top-20% regions, Spearman rank correlation)."""
+    check_checkpoints(baseline_path, *model_paths)  # before torch is imported
     from rich.console import Console
     from rich.table import Table
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_device, model_loading
+from attnviz.cli.options import check_checkpoints, check_device, model_loading
 
 
 @click.command(
@@ -34,16 +34,16 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
 
     console = Console(highlight=False, soft_wrap=True)
     if list_archs:
-        from attnviz.models import get_spec, list_architectures
+        from attnviz.models.catalog import catalog_entries  # names only: no torch
 
         table = Table("name", "preset", "description", box=None, show_edge=False)
-        for name in list_architectures():
-            spec = get_spec(name)
-            table.add_row(name, spec.preset, spec.description)
+        for entry in catalog_entries():
+            table.add_row(entry.name, entry.preset, entry.description)
         console.print(table)
         return
     if model_path is None:
         raise UsageError("inspect needs --model CHECKPOINT (or --list)")
+    check_checkpoints(model_path)  # before torch is imported
 
     from attnviz.io.checkpoints import load_model
     from attnviz.io.inputs import get_preset

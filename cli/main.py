@@ -50,7 +50,7 @@ class LazyGroup(click.Group):
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
-    def invoke(self, ctx: click.Context):  # noqa: D401 - click API
+    def invoke(self, ctx: click.Context):
         with warnings.catch_warnings():  # restores showwarning and the filters when the command ends
             warnings.showwarning = _one_line_warning
             return self._invoke(ctx)

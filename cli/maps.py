@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from attnviz.cli.options import (
+    check_checkpoints,
     check_device,
     input_options,
     model_loading,
@@ -43,6 +44,7 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
     OUT/<image stem>/attention.npz (gate/<name>, in/<module>, out/<module>, feature/<layer>),
     OUT/<image stem>/summary.json and the pictures.
     """
+    check_checkpoints(model_path)  # before torch is imported
     from rich.console import Console
 
     from attnviz.io.checkpoints import load_model

@@ -68,6 +68,17 @@ def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_fi
     return resolved, names
 
 
+def check_checkpoints(*paths: Path | None) -> None:
+    """Refuse a checkpoint path that is missing, a folder, empty or not a PyTorch file, before
+    torch is imported (reading a few bytes, never unpickling): a wrong path is answered at once."""
+    from attnviz.io.sniff import check_file, file_kind
+
+    for path in paths:
+        if path is not None:
+            check_file(str(path))
+            file_kind(str(path))
+
+
 def check_device(device: str) -> str:
     """The device to use: ``auto`` becomes ``cuda`` when a GPU is available, else ``cpu``.
 

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_device, model_loading
+from attnviz.cli.options import check_checkpoints, check_device, model_loading
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
-    from attnviz.report.sources import parse_shard
+    from attnviz.report.shard import parse_shard  # light: no torch
 
     return parse_shard(value)
 
@@ -79,6 +79,7 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
     paths = [p for p in (baseline_path, *model_paths) if p is not None]
     if not paths:
         raise UsageError("give the models: --baseline CKPT and/or --model CKPT")
+    check_checkpoints(*paths)  # before torch is imported
     from attnviz.io.checkpoints import load_model
     from attnviz.io.inputs import load_class_names
     from attnviz.report.runner import ReportOptions, name_models, run_report

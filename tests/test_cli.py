@@ -251,3 +251,57 @@ def test_maps_with_no_usable_image_is_exit_2(workspace, tmp_path):
     assert [line.split(":")[1].strip() for line in lines[:2]] == ["skipped " + str(tmp_path / "text.png"), "skipped " + str(tmp_path / "missing.png")]
     assert lines[2] == "attnviz: error: none of the 2 image(s) could be used; nothing written"
     assert "Traceback" not in result.output
+
+
+# --- start-up: options and paths are checked before torch is imported ---------------------------
+
+_WITHOUT_TORCH = """
+import sys
+from attnviz.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print("exit", code, "torch", "torch" in sys.modules, file=sys.stderr)
+"""
+
+
+def _run_light(tmp_path: Path, *args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args", [
+    ("maps", "--model", "missing.pth", "x.png"),
+    ("inspect", "--model", "missing.pth"),
+    ("compare", "--baseline", "missing.pth", "--model", "m.pth", "x.png"),
+    ("report", "--model", "missing.pth", "shapes:2"),
+])
+def test_a_missing_checkpoint_is_answered_without_importing_torch(tmp_path, args):
+    done = _run_light(tmp_path, *args)
+    assert "attnviz: error: checkpoint 'missing.pth' does not exist" in done.stderr
+    assert done.stderr.strip().endswith("exit 2 torch False"), done.stderr
+
+
+def test_a_file_that_is_no_checkpoint_and_a_bad_shard_are_answered_without_torch(tmp_path):
+    (tmp_path / "notes.pth").write_text("# some notes\n")
+    done = _run_light(tmp_path, "maps", "--model", "notes.pth", "x.png")
+    assert "'notes.pth' is not a PyTorch checkpoint: it is a text file" in done.stderr
+    assert done.stderr.strip().endswith("exit 2 torch False"), done.stderr
+    done = _run_light(tmp_path, "report", "--model", "notes.pth", "shapes:2", "--shard", "3/2")
+    assert "--shard must be K/N" in done.stderr and done.stderr.strip().endswith("exit 2 torch False"), done.stderr
+
+
+def test_inspect_list_imports_no_torch_and_shows_the_registry(tmp_path):
+    from attnviz.models import get_spec, list_architectures
+
+    done = _run_light(tmp_path, "inspect", "--list")
+    assert done.stderr.strip().endswith("exit 0 torch False"), done.stderr
+    first_cells = [line.split() for line in done.stdout.splitlines()[1:] if line[:2].strip()]  # not wrapped text
+    rows = {cells[0]: cells[1] for cells in first_cells}
+    assert list(rows) == list_architectures()
+    assert all(rows[name] == get_spec(name).preset for name in rows)
+    assert get_spec("cbam_cnn").description.split()[0] in done.stdout

@@ -45,6 +45,7 @@ from attnviz.io.inputs import (
     supported_formats,
     working_side,
 )
+from attnviz.report.shard import parse_shard  # noqa: F401 - re-exported: the shard parser's old home
 from attnviz.runtime.errors import AttnvizError, InputImageError, UsageError
 from attnviz.runtime.pool import exit_with_parent
 
@@ -201,18 +202,6 @@ def shard_items(items: Sequence[Item], shard: tuple[int, int]) -> list[Item]:
     if n == 1:
         return list(items)
     return [item for item in items if int(key_hash(item.key)[:12], 16) % n == k - 1]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``"K/N"`` with 1 <= K <= N.
-
-    Raises:
-        UsageError: Anything else.
-    """
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if not match or not 1 <= int(match[1]) <= int(match[2]):
-        raise UsageError(f"--shard must be K/N with 1 <= K <= N (e.g. 1/4), got {text!r}")
-    return int(match[1]), int(match[2])
 
 
 def truth_index(truth: str | None, class_names: Sequence[str] | None) -> int | None:
