@@ -124,6 +124,7 @@ def test_parse_device() -> None:
 
 def test_parse_device_is_what_training_and_the_command_line_use(monkeypatch: pytest.MonkeyPatch) -> None:
     from attnviz.cli.options import check_device
+
     from attnviz.train.loop import Runtime
 
     assert Runtime.for_device("cpu").device == torch.device("cpu") and check_device("cpu") == "cpu"

@@ -395,7 +395,10 @@ class _Recorder:
                 if frame.input._version == frame.input_version:
                     self.inputs[name] = _copy(frame.input)
                 else:
-                    warnings.warn(f"module '{name}' modified its input in place; its features before gating are not available")
+                    warnings.warn(
+                        f"module '{name}' modified its input in place; its features before gating are not available",
+                        stacklevel=2,
+                    )
                 self.outputs[name] = _copy(out)
 
         return hook

@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -69,7 +69,7 @@ _OUTPUT_LAYER = re.compile(r"output\[(\d+)\]")
 #: Probe sizes tried by :func:`resolve_cam_layer` when it gets no images.
 _PROBE_SIZES = (224, 64, 32)
 
-Target = Union[int, str, Sequence[Union[int, str]], Tensor, None]
+Target = int | str | Sequence[int | str] | Tensor | None
 
 
 @dataclass(frozen=True)
@@ -382,7 +382,7 @@ def _explain(
             raw = _captum(model, module, layer, method, images, chosen, batch_size)
     except AttnvizError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any library failure becomes one line for the user
+    except Exception as exc:  # any library failure becomes one line for the user
         raise CaptureError(f"{method} failed: {describe(exc)}") from exc
     return _Part(raw.to(images.device), logits, chosen)
 

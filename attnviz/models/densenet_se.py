@@ -129,7 +129,7 @@ class _DenseBlock(nn.Module):
                 efficient=efficient,
                 reduction=reduction,
             )
-            self.add_module("denselayer%d" % (i + 1), layer)
+            self.add_module(f"denselayer{i + 1}", layer)
 
     def forward(self, init_features: Tensor) -> Tensor:
         features = [init_features]
@@ -191,16 +191,16 @@ class DenseNet(nn.Module):
                 efficient=efficient,
                 reduction=reduction,
             )
-            self.features.add_module("denseblock%d" % (i + 1), block)
+            self.features.add_module(f"denseblock{i + 1}", block)
             num_features = num_features + num_layers * growth_rate
             if i != len(block_config) - 1:
                 out_features = int(num_features * compression)
                 trans = _Transition(num_features, out_features)
-                self.features.add_module("transition%d" % (i + 1), trans)
+                self.features.add_module(f"transition{i + 1}", trans)
                 num_features = out_features
                 if se_after_transition:
                     self.features.add_module(
-                        "SE_Block%d" % (i + 1), SE_Block(num_features, reduction=reduction)
+                        f"SE_Block{i + 1}", SE_Block(num_features, reduction=reduction)
                     )
         self.features.add_module("norm_final", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)

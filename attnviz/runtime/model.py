@@ -46,9 +46,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
-def did_you_mean(
-    name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5, quote: bool = True
-) -> str:
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5, quote: bool = True) -> str:
     """``"; did you mean 'a' or 'b'?"`` for the choices closest to ``name``, or ``""`` when none is close.
 
     ``quote=False`` writes the choices bare (``did you mean a or b?``).
