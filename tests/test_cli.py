@@ -98,15 +98,15 @@ def test_maps_pictures_show_the_captured_values(workspace, tmp_path):
 def test_maps_render_workers_draw_the_same_pictures_in_input_order(workspace, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
-    images = [workspace["a"], broken, workspace["b"], _image(tmp_path / "c.png", 3)]
+    images = [workspace["a"], broken, workspace["b"]]  # two drawn images show the order; each costs ~10 s
     args = ["maps", "--model", workspace["cbam_cnn"], *images]
     serial = run(*args, "--out", tmp_path / "serial", "--render-workers", "0")
     parallel = run(*args, "--out", tmp_path / "parallel", "--render-workers", "2")
     assert serial.exit_code == parallel.exit_code == 1
     assert "broken.png" in parallel.stderr and parallel.stderr.count("attnviz: skipped") == 1
     order = [line.split(" → ")[0] for line in parallel.stdout.splitlines() if " → " in line]
-    assert order == [str(workspace["a"]), str(workspace["b"]), str(tmp_path / "c.png")]
-    for stem in ("a", "b", "c"):
+    assert order == [str(workspace["a"]), str(workspace["b"])]
+    for stem in ("a", "b"):
         summary = json.loads((tmp_path / "parallel" / stem / "summary.json").read_text())
         assert summary == json.loads((tmp_path / "serial" / stem / "summary.json").read_text())
         assert len(summary["pictures"]) > 10
