@@ -24,7 +24,7 @@ from support import ROOT, run
 from attnviz.data.shapes import make_sample
 from attnviz.io.checkpoints import load_model
 from attnviz.report import ReportOptions, name_models, resolve_source, run_report
-from attnviz.report.progress import _Lines
+from attnviz.runtime.progress import ProgressLines
 from attnviz.runtime.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -259,7 +259,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
 
 def test_progress_lines_every_tenth_or_every_30_seconds(capsys):
     now = [0.0]
-    lines_ = _Lines(1000, 100, "report", clock=lambda: now[0])
+    lines_ = ProgressLines(1000, 100, "report", clock=lambda: now[0])
     for _ in range(900):
         lines_.advance(1)
     lines_.finish()
@@ -268,7 +268,7 @@ def test_progress_lines_every_tenth_or_every_30_seconds(capsys):
     assert [line.split(",")[0] for line in err[1:-1]] == [f"report: {n}/1000 images" for n in range(200, 1000, 100)]
     assert err[-1] == "report: 1000/1000 images, done in 00:00"
 
-    slow = _Lines(1000, 0, "report", clock=lambda: now[0])
+    slow = ProgressLines(1000, 0, "report", clock=lambda: now[0])
     for _ in range(3):
         now[0] += 31.0
         slow.advance(1)  # far from a tenth, but 31 s went by each time

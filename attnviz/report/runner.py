@@ -33,7 +33,7 @@ from attnviz.report.analysis import (
     prepare_models,
 )
 from attnviz.report.build import build_report
-from attnviz.report.progress import phase, progress_bar
+from attnviz.runtime.progress import phase, progress_bar
 from attnviz.report.sources import (
     DecodingDataset,
     Item,

@@ -496,10 +496,10 @@ class _Progress:
 
     def start(self, description: str, total: int) -> None:
         if self.plain:
-            from attnviz.report.progress import _Lines
+            from attnviz.runtime.progress import ProgressLines
 
             self._finish_lines()
-            self._lines = _Lines(total, 0, description, unit="step")
+            self._lines = ProgressLines(total, 0, description, unit="step")
         if self._bars is not None:
             if self._task is not None:
                 self._bars.remove_task(self._task)

@@ -30,7 +30,7 @@ def progress_bar(total: int, done: int, enabled: bool | None, description: str) 
         yield lambda n: None
         return
     if enabled is None and not sys.stderr.isatty():
-        lines = _Lines(total, done, description)
+        lines = ProgressLines(total, done, description)
         yield lines.advance
         lines.finish()
         return
@@ -57,7 +57,7 @@ def phase(text: str, enabled: bool | None) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-class _Lines:
+class ProgressLines:
     """Plain progress lines for a log file (no terminal control characters), counting items of
     ``unit`` (``image``: the report's images; ``step``: training batches)."""
 
