@@ -26,11 +26,10 @@ import os
 import re
 import unicodedata
 import warnings
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,13 +37,13 @@ import torch
 from attnviz.capturing.capturer import Capture, Capturer
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.io.inputs import InputImage, Preset, get_preset, load_input
+from attnviz.jobs import maps_pictures
+from attnviz.jobs.maps_pictures import PictureJob
 from attnviz.runtime.errors import AttnvizError, OutputError
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.outdir import claim_output_folder
 from attnviz.runtime.text import finite, strict_json
-
-if TYPE_CHECKING:
-    from attnviz.jobs.maps_pictures import PictureJob
+from attnviz.runtime.workqueue import Outcome, WorkQueue
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +85,10 @@ class Failure:
     reason: str
 
 
+#: An image waiting in the render queue: its outcome, and whom to hand it to when it is finished.
+_Entry = tuple[ImageResult | Failure, Callable[[Any], None]]
+
+
 def run_maps(
     loaded: LoadedModel,
     paths: Sequence[str | os.PathLike[str]],
@@ -120,24 +123,27 @@ def run_maps(
     names = list(class_names) if class_names is not None else loaded.class_names
     capturer = Capturer(loaded.model, layers=options.layers, class_names=names, model_name=loaded.arch)
     out = Path(out)
-    paths = [str(p) for p in paths]
-    folders = _output_folders([Path(p) for p in paths])
+    sources = [str(p) for p in paths]
+    folders = _output_folders([Path(p) for p in sources])
     results: list[ImageResult] = []
     failures: list[Failure] = []
 
     def done(outcome: ImageResult | Failure) -> None:
-        (failures if isinstance(outcome, Failure) else results).append(outcome)
+        if isinstance(outcome, Failure):
+            failures.append(outcome)
+        else:
+            results.append(outcome)
         if on_image:
             on_image(outcome)
 
-    with claim_output_folder(out, "maps"), _Painter(options, len(paths)) as painter:  # refuses others' folders; locks
-        for start in range(0, len(paths), options.batch_size):
+    with claim_output_folder(out, "maps"), _Painter(options, len(sources)) as painter:  # refuses others' folders; locks
+        for start in range(0, len(sources), options.batch_size):
             inputs: list[tuple[int, InputImage]] = []
-            for position in range(start, min(start + options.batch_size, len(paths))):
+            for position in range(start, min(start + options.batch_size, len(sources))):
                 try:
-                    inputs.append((position, load_input(paths[position], preset)))
+                    inputs.append((position, load_input(sources[position], preset)))
                 except AttnvizError as error:
-                    painter.put(Failure(paths[position], str(error)), done)
+                    painter.put(Failure(sources[position], str(error)), done)
             if not inputs:
                 continue
             batch = torch.stack([item.tensor for _, item in inputs])
@@ -178,78 +184,69 @@ def _warn_non_finite(results: Sequence[ImageResult], model: str) -> None:
 
 class _Painter:
     """Draws each image's pictures (in this process or in worker processes), then writes its
-    ``summary.json`` and hands the outcome on, in input order, at most ``window`` images behind."""
+    ``summary.json`` and hands the outcome on, in input order, at most ``window`` images behind
+    (a :class:`WorkQueue`). On the way out of a failed run the images not finished are removed
+    (:func:`_abandon`).
+    """
 
     def __init__(self, options: MapsOptions, n_images: int) -> None:
-        self.options = options
         workers = min(options.render_workers, n_images) if options.pictures and n_images > 1 else 0
-        self.pool = None
-        if workers > 0:
-            from attnviz.runtime.pool import WorkerPool
-
-            self.pool = WorkerPool(workers)  # workers ignore Ctrl-C: the main process stops them
-        self.window = 2 * workers
-        self.pending: deque[tuple[ImageResult | Failure, Callable[[Any], None], Any]] = deque()
+        self.queue: WorkQueue[_Entry] = WorkQueue(workers, 2 * workers, self._finish_image, abandon=_abandon)
+        self.options = options
         self.finished = 0  # images whose summary.json is written
 
+    @property
+    def window(self) -> int:
+        """How many images may wait for their pictures."""
+        return self.queue.window
+
+    @window.setter
+    def window(self, value: int) -> None:
+        self.queue.window = value
+
     def __enter__(self) -> _Painter:
+        self.queue.__enter__()
         return self
 
     def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        failed = kind is not None
-        try:
-            if not failed:
-                while self.pending:
-                    self._finish()
-        except BaseException as raised:
-            failed, error = True, raised
-            raise
-        finally:
-            try:
-                if self.pool is not None:
-                    self.pool.close(failed=failed)  # after a Ctrl-C: busy workers stopped after a grace time
-            finally:
-                if failed:  # after a Ctrl-C the arrays are kept; after an output error nothing is
-                    keep_arrays = not isinstance(error, OutputError)
-                    for outcome, _, _ in self.pending:
-                        if isinstance(outcome, ImageResult):
-                            _remove_unfinished(outcome, keep_arrays)
+        self.queue.__exit__(kind, error, trace)
 
     def put(self, outcome: ImageResult | Failure, done: Callable[[Any], None], job: PictureJob | None = None) -> None:
-        from attnviz.jobs.maps_pictures import draw_pictures
-
-        work: Any = None
+        """Queue ``outcome`` (with its pictures' ``job``, if any); ``done`` receives it when finished."""
         if isinstance(outcome, ImageResult) and self.options.pictures and job is not None:
-            if self.pool is None:
-                work = lambda: draw_pictures(job, outcome.out_dir, self.options)  # noqa: E731
-            else:
-                work = self.pool.submit(draw_pictures, job, outcome.out_dir, self.options)
-        self.pending.append((outcome, done, work))
-        while len(self.pending) > self.window:
-            self._finish()
+            self.queue.put((outcome, done), maps_pictures.draw_pictures, job, outcome.out_dir, self.options)
+        else:
+            self.queue.put((outcome, done))
 
-    def _finish(self) -> None:
-        outcome, done, work = self.pending[0]  # stays pending (see __exit__) until its pictures are in
+    def _finish_image(self, entry: _Entry, drawing: Outcome) -> None:
+        """Store the pictures drawn and write ``summary.json``; a picture failing makes the image a
+        :class:`Failure`, an output that cannot be written stops the run."""
+        outcome, done = entry
         if isinstance(outcome, ImageResult):
             try:
-                if work is not None:
-                    pictures = work() if callable(work) else work.result()
+                pictures = drawing.result()
+                if pictures is not None:
                     outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in pictures]
                     outcome.files.extend(pictures)
                 text = strict_json(outcome.summary, indent=2)
                 outcome.files.append(write_bytes(outcome.out_dir / "summary.json", text.encode("utf-8")))
             except OSError as error:  # a full disk fails every image: stop, and say what was written
-                self.pending.popleft()  # __exit__ removes the other pending images
-                _remove_unfinished(outcome, keep_arrays=False)
-                raise output_error(error, outcome.out_dir, self.finished) from None
+                raise output_error(error, outcome.out_dir, self.finished) from None  # _abandon removes it
             except Exception as error:  # a picture failing must not lose the other images
                 logger.debug("drawing %s failed", outcome.path, exc_info=True)
                 _remove_unfinished(outcome, keep_arrays=False)
                 outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
             else:
                 self.finished += 1
-        self.pending.popleft()
         done(outcome)
+
+
+def _abandon(entries: list[_Entry], error: BaseException) -> None:
+    """After a Ctrl-C the unfinished images keep their arrays; after an output error nothing is kept."""
+    keep_arrays = not isinstance(error, OutputError)
+    for outcome, _ in entries:
+        if isinstance(outcome, ImageResult):
+            _remove_unfinished(outcome, keep_arrays)
 
 
 def _remove_unfinished(outcome: ImageResult, keep_arrays: bool = True) -> None:
@@ -299,8 +296,6 @@ def _write_arrays(
 ) -> tuple[ImageResult, PictureJob]:
     """Write one image's ``attention.npz`` into ``folder`` (made here, inside the output folder);
     return its result (summary not yet written) and picture job."""
-    from attnviz.jobs.maps_pictures import PictureJob
-
     folder.mkdir(exist_ok=True)
     summary = summary_dict(loaded, preset, cap, index, item.path)
     arrays = cap.arrays(index)
@@ -310,7 +305,7 @@ def _write_arrays(
     summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
     result = ImageResult(str(item.path), folder, finite(summary))  # NaN as None, here as in the JSON
     with atomic_file(folder / "attention.npz") as file:
-        np.savez_compressed(file, **arrays)
+        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
     result.files.append(folder / "attention.npz")
     return result, PictureJob.from_capture(cap, index, item.original, arrays)
 

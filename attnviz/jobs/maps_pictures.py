@@ -5,13 +5,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from attnviz.capturing.capturer import Capture
-    from attnviz.jobs.maps import MapsOptions
+
+
+class PictureOptions(Protocol):
+    """What the pictures need of the command's options (:class:`attnviz.jobs.maps.MapsOptions` has it)."""
+
+    format: str
+    order: str
+    scale: str
+    top_n: int
 
 
 @dataclass
@@ -50,7 +58,7 @@ class PictureJob:
         return {key[len(prefix) + 1 :]: value for key, value in self.arrays.items() if key.startswith(prefix + "/")}
 
 
-def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[Path]:
+def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> list[Path]:
     """Draw every picture of one image into ``folder``; return the files written.
 
     Channel bars per channel gate, an overlay per spatial gate, before/after feature grids per
@@ -78,7 +86,7 @@ def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[P
         channel_gate = next(
             (g for g, m in job.gated_modules.items() if m == module and job.gate_kinds.get(g) == "channel"), None
         )
-        if not _finite(before, outputs[module], gates.get(channel_gate)):
+        if not _finite(before, outputs[module], gates.get(channel_gate) if channel_gate is not None else None):
             continue
         kwargs: dict[str, Any] = {"top_n": options.top_n}
         if channel_gate is not None:
@@ -110,7 +118,7 @@ def draw_pictures(job: PictureJob, folder: Path, options: MapsOptions) -> list[P
     return written
 
 
-def _save(pictures: list[tuple[str, Path, Any]], folder: Path, options: MapsOptions, job: PictureJob,
+def _save(pictures: list[tuple[str, Path, Any]], folder: Path, options: PictureOptions, job: PictureJob,
           written: list[Path]) -> None:
     """Save each picture and the index sheet of them all, adding each file to ``written`` before
     it is written (so that a file cut short is removed too)."""

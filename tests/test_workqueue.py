@@ -1,0 +1,100 @@
+"""attnviz.runtime.workqueue: the ordered render queue shared by ``maps`` and ``report``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from attnviz.runtime.workqueue import WorkQueue
+
+
+def slow_square(value: int, seconds: float) -> int:
+    """Module level, so that worker processes can run it."""
+    time.sleep(seconds)
+    return value * value
+
+
+def failing(value: int) -> int:
+    raise ValueError(f"cannot draw {value}")
+
+
+def test_in_process_items_are_finished_at_once_with_their_drawings_results():
+    finished = []
+    with WorkQueue(0, 0, lambda item, outcome: finished.append((item, outcome.result()))) as queue:
+        queue.put("a", slow_square, 3, 0.0)
+        assert finished == [("a", 9)]
+        queue.put("b")  # no drawing: its outcome is None
+        assert finished == [("a", 9), ("b", None)]
+    assert queue.in_process and queue.waited == 0.0
+
+
+def test_a_window_keeps_that_many_items_waiting_and_the_exit_finishes_them_in_order():
+    finished, waiting = [], []
+    with WorkQueue(0, 2, lambda item, outcome: finished.append(outcome.result())) as queue:
+        for value in range(5):
+            queue.put(value, slow_square, value, 0.0)
+            waiting.append(value + 1 - len(finished))
+    assert waiting == [1, 2, 2, 2, 2] and finished == [0, 1, 4, 9, 16]
+
+
+def test_worker_processes_draw_and_ordered_queues_finish_in_input_order():
+    finished = []
+    delays = [0.6, 0.0, 0.0]  # the first drawing ends last
+    with WorkQueue(2, 3, lambda item, outcome: finished.append((item, outcome.result()))) as queue:
+        assert not queue.in_process
+        for value, seconds in enumerate(delays):
+            queue.put(value, slow_square, value, seconds)
+    assert finished == [(0, 0), (1, 1), (2, 4)] and queue.waited > 0.0
+
+
+def test_unordered_queues_finish_items_as_their_drawings_end():
+    finished = []
+    with WorkQueue(2, 3, lambda item, outcome: finished.append(outcome.result()), ordered=False) as queue:
+        queue.put(0, slow_square, 5, 1.5)
+        queue.put(1, slow_square, 2, 0.0)
+        queue.put(2)  # nothing to draw: ready at once
+        queue.drain(1)
+        assert sorted(map(str, finished)) == ["4", "None"]  # the slow one, put first, still waits
+    assert finished[-1] == 25 and len(finished) == 3
+
+
+def test_a_drawing_that_fails_raises_from_its_outcome_for_finish_to_handle():
+    seen = []
+
+    def finish(item, outcome):
+        try:
+            seen.append(outcome.result())
+        except ValueError as error:
+            seen.append(str(error))
+
+    with WorkQueue(0, 0, finish) as queue:
+        queue.put("a", failing, 7)
+        queue.put("b", slow_square, 2, 0.0)
+    assert seen == ["cannot draw 7", 4]
+
+
+def test_when_finish_fails_the_unfinished_items_are_abandoned_with_the_error():
+    abandoned = []
+
+    def finish(item, outcome):
+        if item == "b":
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        with WorkQueue(0, 5, finish, abandon=lambda items, error: abandoned.append((items, error))) as queue:
+            for item in "abc":
+                queue.put(item)
+    [(items, error)] = abandoned
+    assert items == ["b", "c"] and isinstance(error, OSError)  # a was finished; b failed while finishing
+
+
+def test_an_interrupt_abandons_what_waits_and_nothing_else_is_finished():
+    finished, abandoned = [], []
+    with pytest.raises(KeyboardInterrupt):
+        with WorkQueue(0, 5, lambda item, outcome: finished.append(item),
+                       abandon=lambda items, error: abandoned.append((items, type(error)))) as queue:
+            queue.put("a")
+            queue.put("b")
+            raise KeyboardInterrupt
+    assert finished == [] and abandoned == [(["a", "b"], KeyboardInterrupt)]
