@@ -96,7 +96,7 @@ def prepare_models(
 
     if method not in METHODS:
         raise UsageError(f"unknown CAM method {method!r}; known: {', '.join(METHODS)}")
-    runs, slugs = [], set()
+    runs, slugs = [], set[str]()
     for name, loaded in models.items():
         preset = get_preset(loaded.preset or "imagenet")
         capturer = Capturer(loaded.model, layers=[], class_names=class_names, model_name=name)
@@ -166,7 +166,7 @@ def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor])
     """The class each image is explained for: its truth, else the models' majority vote
     (ties go to the class with the higher mean probability)."""
     targets = []
-    probs = [l.float().softmax(dim=1) for l in logits]
+    probs = [values.float().softmax(dim=1) for values in logits]
     for i, truth in enumerate(truths):
         if truth is not None:
             targets.append(int(truth))

@@ -19,12 +19,12 @@ from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
 from attnviz.report.html import write_page
-from attnviz.report.schema import FailedImage, Record
 from attnviz.report.results import (
     write_results_csv,
     write_results_json,
     write_summary_csv,
 )
+from attnviz.report.schema import FailedImage, Record
 from attnviz.runtime.files import atomic_file, write_bytes
 
 FIGURES_DIR = "figures"
@@ -66,7 +66,7 @@ def build_report(out: str | Path) -> BuildResult:
     start = time.perf_counter()
     aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
     failures, pending = [], 0
-    for row, record in _records(out, run):
+    for _row, record in _records(out, run):
         if record is None:
             pending += 1
             continue
@@ -150,7 +150,7 @@ def _text_page(title: str, text: str) -> bytes:
         '<body style="max-width:60rem;margin:2rem auto;padding:0 1rem">'
         f'<pre style="white-space:pre-wrap;font:0.95rem/1.5 ui-monospace,monospace">{html.escape(text)}</pre>'
         "</body></html>\n"
-    ).encode("utf-8")
+    ).encode()
 
 
 def _report_head(run: dict[str, Any]) -> dict[str, Any]:

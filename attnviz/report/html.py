@@ -312,7 +312,7 @@ def _confusion_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
             continue
         labels, matrix = confusion["labels"], confusion["matrix"]
         peak = max((max(row) for row in matrix), default=0) or 1
-        head = "".join(f'<th title="predicted">{html.escape(l)}</th>' for l in labels)
+        head = "".join(f'<th title="predicted">{html.escape(label)}</th>' for label in labels)
         body = []
         for i, row in enumerate(matrix):
             cells = "".join(
@@ -332,7 +332,7 @@ def _confusion_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
 def _channel_section(run: dict[str, Any], summary: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
     rows, blocks, keys = [], [], []
     for model in run["models"]:
-        for gate, stats in summary["models"][model["name"]]["channel_gates"].items():
+        for stats in summary["models"][model["name"]]["channel_gates"].values():
             for key in (stats.get("statistics") or {}):
                 if key not in keys and key not in ("images", "channels") and _scalar(stats["statistics"][key]):
                     keys.append(key)

@@ -60,8 +60,8 @@ def agreement(first: Any, second: Any) -> dict[str, float]:
     """Top-20% IoU and Spearman correlation of two maps (the smaller one resized to the larger)."""
     a, b = torch.as_tensor(first).float(), torch.as_tensor(second).float()
     if a.shape != b.shape:
-        size = tuple(max(a.shape, b.shape, key=lambda s: s[0] * s[1]))
-        a, b = to_size(a, size), to_size(b, size)
+        height, width = max(a.shape, b.shape, key=lambda s: s[0] * s[1])
+        a, b = to_size(a, (height, width)), to_size(b, (height, width))
     result = metrics.map_agreement(a.numpy(), b.numpy())
     return {"top20_iou": float(result["top20_iou"]), "spearman": float(result["spearman"])}
 
