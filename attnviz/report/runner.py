@@ -13,7 +13,6 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from torch.utils.data import DataLoader
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.report import pictures
 from attnviz.report import records as store
-from attnviz.report.schema import FailedImage, ImageRecord, ModelOutcome, replace
 from attnviz.report.analysis import (
     AnalysisOptions,
     ModelRun,
@@ -33,7 +31,7 @@ from attnviz.report.analysis import (
     prepare_models,
 )
 from attnviz.report.build import build_report
-from attnviz.runtime.progress import phase, progress_bar
+from attnviz.report.schema import FailedImage, ImageRecord, ModelOutcome, replace
 from attnviz.report.sources import (
     DecodingDataset,
     Item,
@@ -44,6 +42,8 @@ from attnviz.report.sources import (
 )
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.outdir import claim_output_folder
+from attnviz.runtime.progress import phase, progress_bar
+from attnviz.runtime.workqueue import Outcome, WorkQueue
 
 #: Images whose pictures may wait in the render queue: this many batches (so that drawing one batch
 #: overlaps with running the models on the next), and at least this many per render worker.
@@ -265,14 +265,11 @@ def _process(
         stack.push(lambda kind, error, trace: bool(kind is not None and store.clean_report(out)))
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
-        pool = None
-        if options.pictures and options.render_workers > 0:
-            from attnviz.runtime.pool import WorkerPool
-
-            # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
-            pool = stack.enter_context(WorkerPool(options.render_workers))
-        queue: dict[Future, ImageRecord] = {}
-        queue_size = max(QUEUE_BATCHES * options.batch_size, QUEUE_PER_WORKER * options.render_workers)
+        workers = options.render_workers if options.pictures else 0
+        writer = _RecordWriter(out, config, timings, advance, in_process=workers == 0)
+        # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
+        queue: WorkQueue[ImageRecord] = stack.enter_context(
+            WorkQueue(workers, _queue_size(options) if workers else 0, writer, ordered=False))
         for batch in batches:
             good = []
             for sample in batch:
@@ -290,21 +287,45 @@ def _process(
             for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
                 record = _record(item, sample, truth, class_names, entries, config, stamps[item.id])
                 if not options.pictures:
-                    store.write_record(out, record)
-                    advance(1)
+                    queue.put(record)
                     continue
                 job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
-                if pool is None:
-                    start = time.perf_counter()
-                    drawn, _ = pictures.write(job, str(out))
-                    record = replace(record, pictures=drawn)
-                    timings["render"] = timings.get("render", 0.0) + time.perf_counter() - start
-                    store.write_record(out, record)
-                    advance(1)
-                else:
-                    queue[pool.submit(pictures.write, job, str(out))] = record
-                    _drain(queue, out, timings, advance, config, keep=queue_size)
-        _drain(queue, out, timings, advance, config, keep=0)
+                queue.put(record, pictures.write, job, str(out))
+        queue.drain(0)
+        if workers:
+            timings["render (waiting)"] = timings.get("render (waiting)", 0.0) + queue.waited
+
+
+def _queue_size(options: ReportOptions) -> int:
+    """How many images may wait for their pictures while the models run on the next batch."""
+    return max(QUEUE_BATCHES * options.batch_size, QUEUE_PER_WORKER * options.render_workers)
+
+
+@dataclass
+class _RecordWriter:
+    """Finishes an image of the render queue: writes its record with the pictures drawn (``None``:
+    none asked for), or a failure record when they could not be drawn; then advances the progress."""
+
+    out: Path
+    config: str
+    timings: dict[str, float]
+    advance: Callable[[int], None]
+    in_process: bool
+
+    def __call__(self, record: ImageRecord, drawing: Outcome) -> None:
+        try:
+            drawn = drawing.result()
+        except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
+            reason = f"could not draw its pictures: {type(error).__name__}: {error}"
+            _write_failure(self.out, _item_of(record), self.config, reason)
+        else:
+            if drawn is not None:
+                paths, seconds = drawn
+                record = replace(record, pictures=paths)
+                key = "render" if self.in_process else "render (workers)"
+                self.timings[key] = self.timings.get(key, 0.0) + seconds
+            store.write_record(self.out, record)
+        self.advance(1)
 
 
 def _truth(item: Item, class_names: list[str] | None, classes: int) -> int | None:
@@ -316,32 +337,6 @@ def _truth(item: Item, class_names: list[str] | None, classes: int) -> int | Non
 def _on_cuda(run: ModelRun) -> bool:
     parameter = next(run.loaded.model.parameters(), None)
     return parameter is not None and parameter.is_cuda
-
-
-def _drain(
-    queue: dict[Future, ImageRecord],
-    out: Path,
-    timings: dict[str, float],
-    advance: Callable[[int], None],
-    config: str,
-    keep: int,
-) -> None:
-    """Finish rendered images until at most ``keep`` wait in the queue."""
-    while len(queue) > keep:
-        start = time.perf_counter()
-        done, _ = wait(list(queue), return_when=FIRST_COMPLETED)
-        timings["render (waiting)"] = timings.get("render (waiting)", 0.0) + time.perf_counter() - start
-        for future in done:
-            record = queue.pop(future)
-            try:
-                drawn, seconds = future.result()
-            except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
-                reason = f"could not draw its pictures: {type(error).__name__}: {error}"
-                _write_failure(out, _item_of(record), config, reason)
-            else:
-                timings["render (workers)"] = timings.get("render (workers)", 0.0) + seconds
-                store.write_record(out, replace(record, pictures=drawn))
-            advance(1)
 
 
 def _record(
