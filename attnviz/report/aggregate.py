@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from attnviz.explain import metrics
-from attnviz.report.schema import Record
+from attnviz.report.schema import ModelSummary, Record, Summary
 
 SAMPLE_LIMIT = 2000
 CAM_METRICS = ("prob", "p_target", "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
@@ -105,7 +105,7 @@ class Aggregator:
                 sampled[name] = (label, _finite_gates(entry["channel_gates"], np.float32))
         self._keep_sample(record["id"], sampled)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Summary:
         """Everything gathered, as plain JSON-ready values."""
         return {
             "images": self.images,
@@ -163,7 +163,7 @@ class Aggregator:
         elif entry > self._sample[0]:
             heapq.heapreplace(self._sample, entry)
 
-    def _model_summary(self, name: str) -> dict[str, Any]:
+    def _model_summary(self, name: str) -> ModelSummary:
         sums = self.sums[name]
         return {
             "images": sums.images,

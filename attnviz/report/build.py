@@ -24,7 +24,7 @@ from attnviz.report.results import (
     write_results_json,
     write_summary_csv,
 )
-from attnviz.report.schema import FailedImage, Record
+from attnviz.report.schema import FailedImage, Record, RunInfo, Summary
 from attnviz.runtime.files import atomic_file, write_bytes
 
 FIGURES_DIR = "figures"
@@ -50,7 +50,7 @@ class BuildResult:
     images: int
     failures: list[dict[str, Any]]
     pending: int
-    summary: dict[str, Any]
+    summary: Summary
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -99,18 +99,18 @@ def build_report(out: str | Path) -> BuildResult:
     return BuildResult(out / "index.html", summary["images"], failures, pending, summary, seconds)
 
 
-def _records(out: Path, run: dict[str, Any]) -> Iterator[tuple[dict[str, Any], Record | None]]:
+def _records(out: Path, run: RunInfo) -> Iterator[tuple[dict[str, Any], Record | None]]:
     for row in store.read_manifest(out):
         yield row, store.read_record(out, row["id"], run["config"])
 
 
-def _ok_or_failed(out: Path, run: dict[str, Any]) -> Iterator[Record]:
+def _ok_or_failed(out: Path, run: RunInfo) -> Iterator[Record]:
     for _, record in _records(out, run):
         if record is not None:
             yield record
 
 
-def _figures(out: Path, run: dict[str, Any], aggregator: Aggregator) -> dict[str, dict[str, str]]:
+def _figures(out: Path, run: RunInfo, aggregator: Aggregator) -> dict[str, dict[str, str]]:
     """One per-class excitation figure per channel gate; model -> gate -> relative path."""
     if not run["options"].get("pictures", True):
         return {}
@@ -153,9 +153,10 @@ def _text_page(title: str, text: str) -> bytes:
     ).encode()
 
 
-def _report_head(run: dict[str, Any]) -> dict[str, Any]:
-    return {key: run[key] for key in ("format", "version", "config", "source", "models", "baseline", "class_names",
-                                      "options", "shard") if key in run} | {"shards": run.get("shards", [run["shard"]])}
+def _report_head(run: RunInfo) -> dict[str, Any]:
+    keys = ("format", "version", "config", "source", "models", "baseline", "class_names", "options", "shard")
+    facts: dict[str, Any] = dict(run)
+    return {key: facts[key] for key in keys if key in facts} | {"shards": run.get("shards", [run["shard"]])}
 
 
 def _write_text(path: Path, write: Callable[[IO[str]], Any]) -> None:

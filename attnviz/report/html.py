@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from attnviz import __version__
 from attnviz.report.pictures import OVERLAY_CMAP
-from attnviz.report.schema import ImageRecord, ModelOutcome, Record
+from attnviz.report.schema import ImageRecord, ModelOutcome, Record, RunInfo, Summary
 
 CARDS_MARK = "<!--CARDS-->"
 _NAV = (("models", "models"), ("spatial", "spatial gates"), ("confusion", "confusion"), ("channels", "channel gates"),
@@ -36,8 +36,8 @@ DEFINITIONS = (
 
 def write_page(
     file: IO[str],
-    run: dict[str, Any],
-    summary: dict[str, Any],
+    run: RunInfo,
+    summary: Summary,
     sanity: dict[str, Any] | None,
     records: Iterable[Record],
     figures: dict[str, dict[str, str]],
@@ -74,7 +74,7 @@ def write_page(
     return count
 
 
-def card(record: ImageRecord, run: dict[str, Any]) -> str:
+def card(record: ImageRecord, run: RunInfo) -> str:
     """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand."""
     models = [m["name"] for m in run["models"]]
     entries = record.models
@@ -191,7 +191,7 @@ def _hit(value: Any) -> int | None:
     return None if value is None else int(bool(value))
 
 
-def _sort_options(run: dict[str, Any], summary: dict[str, Any]) -> str:
+def _sort_options(run: RunInfo, summary: Summary) -> str:
     """The keys the cards can be sorted by; localisation keys only for models scored against masks."""
     models, baseline = [m["name"] for m in run["models"]], run["baseline"]
     options = [("name", "name")]
@@ -200,8 +200,8 @@ def _sort_options(run: dict[str, Any], summary: dict[str, Any]) -> str:
     localisation = (("pointing_game", "pointing game (hits first)"), ("energy_pointing_game", "energy pointing game"))
     for model in run["models"]:
         name = model["name"]
-        stats = summary["models"].get(name, {})
-        masked = bool(stats.get("counts", {}).get("pointing_game"))
+        stats = summary["models"].get(name)
+        masked = bool(stats["counts"].get("pointing_game")) if stats is not None else False
         options += [(f"{key}:{name}", f"{text}: {name}") for key, text in labels]
         if masked:
             options += [(f"{key}:{name}", f"Grad-CAM {text}: {name}") for key, text in localisation]
@@ -212,7 +212,7 @@ def _sort_options(run: dict[str, Any], summary: dict[str, Any]) -> str:
             if facts["kind"] != "spatial":
                 continue
             options.append((f"gate_mean:{name}:{gate}", f"mean of {gate}: {name}"))
-            if stats.get("spatial_gates", {}).get(gate, {}).get("masked"):
+            if stats is not None and stats["spatial_gates"].get(gate, {}).get("masked"):
                 options += [(f"gate_{key}:{name}:{gate}", f"{gate} {text}: {name}") for key, text in localisation]
     default = f"prob:{models[0]}"
     return "".join(
@@ -245,7 +245,7 @@ def legend() -> str:
 # --------------------------------------------------------------------------- summary sections
 
 
-def _meta(run: dict[str, Any], summary: dict[str, Any]) -> str:
+def _meta(run: RunInfo, summary: Summary) -> str:
     shards = run.get("shards") or [run["shard"]]
     shard_text = "" if shards == [[1, 1]] else f" · shards {', '.join(f'{k}/{n}' for k, n in shards)}"
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -264,7 +264,7 @@ def _meta(run: dict[str, Any], summary: dict[str, Any]) -> str:
     return html.escape(text)
 
 
-def _models_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+def _models_section(run: RunInfo, summary: Summary) -> str:
     head = ("model", "arch", "checkpoint", "input", "CAM layer", "accuracy", "mean P", "PG", "EPG", "del AUC",
             "ins AUC", f"IoU vs {run['baseline']}", f"ρ vs {run['baseline']}")
     rows = []
@@ -290,11 +290,12 @@ def _models_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
     return f'<section id="models"><h2>Models</h2>{_table(head, rows, left=5)}<p class="note">{html.escape(note)}</p></section>'
 
 
-def _spatial_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+def _spatial_section(run: RunInfo, summary: Summary) -> str:
     rows = []
     for model in run["models"]:
         for gate, stats in summary["models"][model["name"]]["spatial_gates"].items():
-            shape = "×".join(map(str, model["gates"].get(gate, {}).get("shape", [])))
+            facts = model["gates"].get(gate)
+            shape = "×".join(map(str, facts["shape"] if facts is not None else []))
             rows.append([model["name"], gate, shape, _num(stats.get("mean")),
                          _rate(stats.get("pointing_game"), stats.get("masked")), _num(stats.get("energy_pointing_game"))])
     if not rows:
@@ -304,7 +305,7 @@ def _spatial_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
     return f'<section id="spatial"><h2>Spatial gates</h2>{_table(head, rows, left=3)}<p class="note">{note}</p></section>'
 
 
-def _confusion_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
+def _confusion_section(run: RunInfo, summary: Summary) -> str:
     blocks = []
     for model in run["models"]:
         confusion = summary["models"][model["name"]]["confusion"]
@@ -329,7 +330,7 @@ def _confusion_section(run: dict[str, Any], summary: dict[str, Any]) -> str:
     return f'<section id="confusion"><h2>Confusion matrices</h2><div class="wrap">{"".join(blocks)}</div></section>'
 
 
-def _channel_section(run: dict[str, Any], summary: dict[str, Any], figures: dict[str, dict[str, str]]) -> str:
+def _channel_section(run: RunInfo, summary: Summary, figures: dict[str, dict[str, str]]) -> str:
     rows, blocks, keys = [], [], []
     for model in run["models"]:
         for stats in summary["models"][model["name"]]["channel_gates"].values():
@@ -363,14 +364,14 @@ def _channel_section(run: dict[str, Any], summary: dict[str, Any], figures: dict
     )
 
 
-def _grouping(summary: dict[str, Any], run: dict[str, Any]) -> str:
+def _grouping(summary: Summary, run: RunInfo) -> str:
     for model in run["models"]:
         for stats in summary["models"][model["name"]]["channel_gates"].values():
             return stats["grouped_by"]
     return ""
 
 
-def _sanity_section(run: dict[str, Any], sanity: dict[str, Any] | None) -> str:
+def _sanity_section(run: RunInfo, sanity: dict[str, Any] | None) -> str:
     if not sanity or not sanity.get("models"):
         return ""
     blocks = []
@@ -431,7 +432,7 @@ def _table(head: Iterable[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><tr>{head_html}</tr>{body}</table>"
 
 
-def _classes(run: dict[str, Any]) -> list[str]:
+def _classes(run: RunInfo) -> list[str]:
     return list(run.get("class_names") or [])
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from attnviz.report import records as store
 from attnviz.report.build import BuildResult, build_report
-from attnviz.report.schema import ImageRecord
+from attnviz.report.schema import ImageRecord, RunInfo
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import temporary_sibling
 from attnviz.runtime.outdir import claim_output_folder
@@ -53,7 +53,7 @@ def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         return _merge(folders, runs, missing, out)
 
 
-def _merge(folders: list[Path], runs: list[dict[str, Any]], missing: list[int], out: Path) -> BuildResult:
+def _merge(folders: list[Path], runs: list[RunInfo], missing: list[int], out: Path) -> BuildResult:
     store.clean_report(out)
     shards = sorted(tuple(run["shard"]) for run in runs)
     merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards], "missing_shards": missing}
@@ -74,7 +74,7 @@ def _merge(folders: list[Path], runs: list[dict[str, Any]], missing: list[int], 
     return build_report(out)
 
 
-def _check(folders: list[Path], out: Path) -> tuple[list[dict[str, Any]], list[int]]:
+def _check(folders: list[Path], out: Path) -> tuple[list[RunInfo], list[int]]:
     """The shards' ``run.json`` and the numbers K of the shards not given."""
     if not folders:
         raise UsageError("--merge needs the report folders of the shards")

@@ -25,9 +25,9 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, cast
 
-from attnviz.report.schema import ImageRecord, Record, record_from_json
+from attnviz.report.schema import ImageRecord, Record, RunInfo, record_from_json
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import remove_temporaries, write_bytes
 
@@ -201,7 +201,7 @@ def read_manifest(out: Path) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def read_run(out: Path, role: str = "report folder") -> dict[str, Any]:
+def read_run(out: Path, role: str = "report folder") -> RunInfo:
     """``run.json`` of a report folder (``role`` names it in errors: ``"shard"``...).
 
     Raises:
@@ -218,7 +218,7 @@ def read_run(out: Path, role: str = "report folder") -> dict[str, Any]:
             safe_name(model.get("slug"), "model slug")
         except UsageError as error:
             raise UsageError(f"refusing {role} {out}: {error} (in its {RUN_FILE})") from None
-    return run
+    return cast(RunInfo, run)
 
 
 def fingerprint(value: Any) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from attnviz.report.records import plain
-from attnviz.report.schema import ImageRecord, Record, slim
+from attnviz.report.schema import ImageRecord, Record, RunInfo, Summary, slim
 from attnviz.runtime.text import csv_cell
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
@@ -19,7 +19,7 @@ AGREEMENT_COLUMNS = ("top20_iou", "spearman")
 SPATIAL_COLUMNS = ("mean", "pointing_game", "energy_pointing_game")
 
 
-def csv_columns(run: dict[str, Any]) -> list[str]:
+def csv_columns(run: RunInfo) -> list[str]:
     """The columns of ``results.csv``: image facts, then per model ``MODEL:metric`` and
     ``MODEL:GATE:metric`` for each gate (made safe for spreadsheets like every cell, :func:`csv_cell`)."""
     columns = list(IMAGE_COLUMNS)
@@ -34,7 +34,7 @@ def csv_columns(run: dict[str, Any]) -> list[str]:
     return [csv_cell(column) for column in columns]
 
 
-def csv_row(record: Record, run: dict[str, Any]) -> dict[str, Any]:
+def csv_row(record: Record, run: RunInfo) -> dict[str, Any]:
     """One image's row of ``results.csv``."""
     row: dict[str, Any] = {key: getattr(record, key, None) for key in IMAGE_COLUMNS}
     for name, entry in (record.models if isinstance(record, ImageRecord) else {}).items():
@@ -56,7 +56,7 @@ def csv_row(record: Record, run: dict[str, Any]) -> dict[str, Any]:
     return {csv_cell(key): csv_cell(value) for key, value in plain(row).items()}
 
 
-def write_results_csv(file: IO[str], records: Iterable[Record], run: dict[str, Any]) -> None:
+def write_results_csv(file: IO[str], records: Iterable[Record], run: RunInfo) -> None:
     """Stream ``results.csv``."""
     writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -64,7 +64,7 @@ def write_results_csv(file: IO[str], records: Iterable[Record], run: dict[str, A
         writer.writerow(csv_row(record, run))
 
 
-def write_summary_csv(file: IO[str], summary: dict[str, Any], sanity: dict[str, Any] | None = None) -> None:
+def write_summary_csv(file: IO[str], summary: Summary, sanity: dict[str, Any] | None = None) -> None:
     """``summary.csv``: ``model, subject, metric, value, n`` (subject: ``model``, ``grad-cam``, a gate, or
     ``sanity:STEP:LAYERS`` for each step of the randomisation sanity check, with its ``spearman_mean`` and
     ``top20_iou_mean``; ``LAYERS`` are the modules re-initialised at that step joined by ``+``, ``-`` for

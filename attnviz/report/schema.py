@@ -1,4 +1,5 @@
-"""The report's per-image records as typed values, with one JSON form each.
+"""The report's per-image records as typed values, with one JSON form each; the shapes of
+``run.json`` and of the aggregates.
 
 ``items/<id>.json`` holds one :class:`ImageRecord` (an analysed image) or one :class:`FailedImage`
 (an input that was skipped); ``results.json``'s ``images`` lists the same objects, the channel-gate
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
-    "Agreement", "CamResult", "ChannelGate", "FailedImage", "ImageRecord", "Localisation", "ModelOutcome",
-    "Record", "SpatialGate", "record_from_json", "replace", "slim",
+    "Agreement", "CamResult", "ChannelGate", "FailedImage", "GateInfo", "ImageRecord", "Localisation", "ModelInfo",
+    "ModelOutcome", "ModelSummary", "Record", "RunInfo", "SpatialGate", "Summary", "record_from_json", "replace", "slim",
 ]
 
 #: Any JSON value (kept as read: the pictures' paths, a file stamp).
@@ -345,3 +346,79 @@ def slim(record: Record) -> Record:
     if isinstance(record, FailedImage):
         return record
     return replace(record, models={name: outcome.slim() for name, outcome in record.models.items()})
+
+
+# --------------------------------------------------------------------------- folder-level documents
+# ``run.json`` and the aggregates are JSON as read and written (TypedDicts: no conversion, so the
+# folders of earlier versions and hand-made values read as before); their keys are typed here.
+
+
+class GateInfo(TypedDict):
+    """A gate of a model: ``channel`` or ``spatial``, and its shape without the batch dimension."""
+
+    kind: str
+    shape: list[int]
+
+
+class ModelInfo(TypedDict):
+    """One model of ``run.json`` (see :meth:`attnviz.report.analysis.ModelRun.describe`)."""
+
+    name: str
+    slug: str
+    arch: str
+    source: str
+    format: str
+    preset: dict[str, Any]
+    cam_layer: str
+    gates: dict[str, GateInfo]
+    num_classes: int
+    parameters: str
+
+
+class _RunInfo(TypedDict):
+    format: str
+    version: int
+    config: str
+    source: dict[str, Any]
+    models: list[ModelInfo]
+    baseline: str
+    class_names: list[str] | None
+    options: dict[str, Any]
+    shard: list[int]
+
+
+class RunInfo(_RunInfo, total=False):
+    """``run.json``: what ran (models, options, input, shard) and the configuration fingerprint
+    ``config`` that every record depends on; a merged report adds ``shards`` and ``missing_shards``."""
+
+    shards: list[list[int]]
+    missing_shards: list[int]
+
+
+class ModelSummary(TypedDict):
+    """One model's aggregates (``results.json``: ``summary.models.NAME``)."""
+
+    images: int
+    non_finite: int
+    accuracy: dict[str, Any]
+    confusion: dict[str, Any] | None
+    means: dict[str, float | None]
+    counts: dict[str, int]
+    spatial_gates: dict[str, dict[str, Any]]
+    channel_gates: dict[str, dict[str, Any]]
+
+
+class _Summary(TypedDict):
+    images: int
+    failed: int
+    labelled: int
+    misclassified_by_any: int
+    models_disagree: int
+    gate_sample: int
+    models: dict[str, ModelSummary]
+
+
+class Summary(_Summary, total=False):
+    """The aggregates over every image (``results.json``: ``summary``); ``pending`` is added by the build."""
+
+    pending: int
