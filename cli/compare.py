@@ -6,7 +6,8 @@ import csv
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_checkpoints, check_device
+
+from .options import check_checkpoints, check_device
 
 
 @click.command(

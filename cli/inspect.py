@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_checkpoints, check_device, model_loading
+
+from .options import check_checkpoints, check_device, model_loading
 
 
 @click.command(

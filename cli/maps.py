@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from attnviz.cli.options import (
+
+from .options import (
     check_checkpoints,
     check_device,
     input_options,

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import click
-from attnviz.cli.options import check_checkpoints, check_device, model_loading
+
+from .options import check_checkpoints, check_device, model_loading
 
 
 def _shard(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:

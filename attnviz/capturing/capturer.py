@@ -22,7 +22,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ class Capture:
         """One row per gate (name, module, kind, shape, mean, min, max) for one image."""
         rows = []
         for gate in self.gates.values():
-            row = {"name": gate.name, "module": gate.module, "kind": gate.kind, "shape": list(gate.values.shape[1:])}
+            row: dict[str, Any] = {"name": gate.name, "module": gate.module, "kind": gate.kind, "shape": list(gate.values.shape[1:])}
             row.update(gate.stats(image))
             rows.append(row)
         return rows
@@ -162,7 +162,8 @@ class Capture:
 
     def save(self, path: str, image: int | None = None) -> None:
         """Write :meth:`arrays` to a compressed ``.npz`` file."""
-        np.savez_compressed(path, **self.arrays(image))
+        arrays: dict[str, Any] = self.arrays(image)  # numpy's stub types **kwds as if one could be allow_pickle
+        np.savez_compressed(path, **arrays)
 
     def __getitem__(self, image: int) -> Capture:
         """The capture of one image of the batch (batch dimension kept, size 1)."""
@@ -389,7 +390,7 @@ class _Recorder:
                 for event in self.events[frame.first_gate :]
                 if event.gated_module is None and event.owner_depth >= depth
             ]
-            if pending and _is_gating(frame.input, out):
+            if pending and isinstance(out, torch.Tensor) and _is_gating(frame.input, out):
                 for event in pending:
                     event.gated_module = name
                 if frame.input._version == frame.input_version:
@@ -452,7 +453,7 @@ class _Recorder:
         return gates
 
 
-def _is_gating(before: torch.Tensor | None, after: torch.Tensor | None) -> bool:
+def _is_gating(before: torch.Tensor | None, after: torch.Tensor | None) -> TypeGuard[torch.Tensor]:
     """A gating module maps a feature map to a feature map of the same shape."""
     return is_spatial_map(before) and isinstance(after, torch.Tensor) and after.shape == before.shape
 
@@ -559,7 +560,7 @@ _STAGE_CONTAINERS = ("features", "stages", "layers", "blocks", "trunk_output", "
 
 def _top_level_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Direct children, with well-known stage containers (``features``, ``stages``...) opened."""
-    blocks = []
+    blocks: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         grandchildren = list(child.named_children())
         if name in _STAGE_CONTAINERS and isinstance(child, (nn.Sequential, nn.ModuleList)) and len(grandchildren) >= 3:

@@ -9,7 +9,7 @@ functions themselves.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,6 @@ def is_sigmoid_leaf(module: nn.Module) -> bool:
     return "sigmoid" in type(module).__name__.lower()
 
 
-def is_spatial_map(value: object) -> bool:
+def is_spatial_map(value: object) -> TypeGuard[torch.Tensor]:
     """True for a 4-D tensor with more than one spatial position (a CNN feature map)."""
     return isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-1] * value.shape[-2] > 1

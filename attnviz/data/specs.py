@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -85,6 +86,8 @@ def make_datasets(
     kind, path = parse_data_spec(spec)
     train_tf = train_transform() if augment else eval_transform()
     test_tf = eval_transform()
+    train: Dataset
+    test: Dataset
     if kind == "shapes":
         train = ShapesDataset("train", size=train_size, seed=seed, transform=train_tf)
         test = ShapesDataset("test", size=test_size, seed=seed, transform=test_tf)
@@ -94,7 +97,7 @@ def make_datasets(
         train, test = _cifar10(root, train_tf, test_tf, download)
         names = list(CIFAR10_CLASSES)
     else:
-        train, test, names = _folder(Path(path), train_tf, test_tf, seed)
+        train, test, names = _folder(Path(cast(str, path)), train_tf, test_tf, seed)  # "folder" always has a path
     return _subset(train, train_size, seed), _subset(test, test_size, seed + 1), names
 
 

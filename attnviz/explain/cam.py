@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -124,7 +124,7 @@ class CamResult:
         for index in range(min(len(self.maps), 16)):
             rgb = apply_colormap(self.maps[index].detach().float().cpu().numpy(), 0.0, 1.0, "jet")
             buffer = io.BytesIO()
-            Image.fromarray(rgb).resize((128, 128), Image.NEAREST).save(buffer, format="PNG")
+            Image.fromarray(rgb).resize((128, 128), Image.Resampling.NEAREST).save(buffer, format="PNG")
             encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
             caption = f"class {int(self.targets[index])}, P = {float(self.scores[index]):.3f}"
             cells.append(
@@ -197,7 +197,7 @@ def gradcam(
             for chunk, chunk_targets in _chunks(batch, targets, batch_size)
         ]
     raw = torch.cat([part.raw for part in parts])
-    size = tuple(batch.shape[-2:])
+    size = cast("tuple[int, int]", tuple(batch.shape[-2:]))  # images are (N, C, H, W)
     maps = normalise_maps(raw if raw.shape[-2:] == size else upsample(raw, size))
     logits = torch.cat([part.logits for part in parts])
     chosen = torch.cat([part.targets for part in parts])
@@ -289,7 +289,8 @@ def _parse_targets(target: Target, batch: int, class_names: Sequence[str] | None
             raise UsageError(
                 f"a target tensor must hold integer class indices, got {target.dtype} {tuple(target.shape)}"
             )
-        target = target.item() if target.dim() == 0 else target.tolist()
+        # integer dtype (checked above): a Python int, or a list of them
+        target = cast(Target, target.item() if target.dim() == 0 else target.tolist())
     if isinstance(target, (str, numbers.Integral)):
         return [_class_index(target, class_names)] * batch
     if isinstance(target, Sequence):
@@ -441,7 +442,10 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
     The parameters take no gradient (see :func:`_prepared`), so the images do: that records the
     graph from the input to the logits through the returned feature map.
     """
-    index = int(_OUTPUT_LAYER.fullmatch(layer).group(1))
+    match = _OUTPUT_LAYER.fullmatch(layer)
+    if match is None:  # callers pass only "output[i]" layers; this is what .group on None would raise
+        raise AttributeError("'NoneType' object has no attribute 'group'")
+    index = int(match.group(1))
     output = run_forward(model, images.detach().requires_grad_(True))
     returned = _returned_tensors(output)
     logits = first_tensor(output)
@@ -508,7 +512,7 @@ def _grad_cam_library(
 def _recording_class(base: type) -> type:
     """``base`` with its map kept before the library normalises and resizes it."""
 
-    class Recording(base):  # type: ignore[misc, valid-type]
+    class Recording(base):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.raw_maps: list[np.ndarray] = []
@@ -558,9 +562,11 @@ def _captum(
                 perturbations_per_eval=max(1, (batch_size or 64) // len(x)),
             )
         else:  # guided_gradcam: guided backprop times the true Grad-CAM, upsampled bilinearly
+            if module is None:  # callers pass a module for every layer method; what _fast_gradcam would raise
+                raise AttributeError("'NoneType' object has no attribute 'register_forward_hook'")
             cam = _fast_gradcam(model, module, layer, x, targets.tolist()).raw
             guided = GuidedBackprop(model).attribute(x, target=targets)
-            attribution = guided * upsample(cam, tuple(x.shape[-2:]))[:, None]
+            attribution = guided * upsample(cam, cast("tuple[int, int]", tuple(x.shape[-2:])))[:, None]
     return attribution.detach().float().sum(dim=1).abs()
 
 

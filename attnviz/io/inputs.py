@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -462,7 +462,8 @@ def _composite_on_white(rgba: np.ndarray) -> np.ndarray:
 
 def _gray_scaling(img: Image.Image, name: str) -> tuple[float, float]:
     """``(scale, low)`` that map single-channel 16/32-bit or float data to 0..255 without clipping."""
-    low, high = (float(v) for v in img.getextrema())
+    # single-channel images: getextrema() is one (min, max) pair, not one per band
+    low, high = (float(v) for v in cast("tuple[float, float]", img.getextrema()))
     if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and 0 <= low and high <= 65535):
         return 255.0 / 65535.0, 0.0
     if img.mode == "F" and 0.0 <= low and high <= 1.0:

@@ -237,8 +237,9 @@ def _targets(
         return [index] * count, ["given"] * count
     targets, sources = [], []
     for i in range(count):
-        if truth is not None and truth[i] is not None:
-            targets.append(int(truth[i]))
+        known = truth[i] if truth is not None else None
+        if known is not None:
+            targets.append(int(known))
             sources.append("truth")
             continue
         votes = Counter(int(logits[name][i].argmax()) for name in names)

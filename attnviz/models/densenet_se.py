@@ -54,6 +54,15 @@ def _bn_function_factory(
 
 
 class _DenseLayer(nn.Module):
+    # Registered with add_module below; declared here for type checkers only.
+    norm1: nn.BatchNorm2d
+    relu1: nn.ReLU
+    conv1: nn.Conv2d
+    norm2: nn.BatchNorm2d
+    relu2: nn.ReLU
+    conv2: nn.Conv2d
+    SE_Block: SE_Block
+
     def __init__(
         self,
         num_input_features: int,

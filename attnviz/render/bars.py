@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -200,7 +200,7 @@ def _clusters(spots: np.ndarray, step: float) -> list[np.ndarray]:
 
 def _label_step(ax: Axes, n_bars: int) -> float:
     """Horizontal room one label needs, in bars, estimated from the figure's width (legend outside)."""
-    fig = ax.get_figure()
+    fig = cast("Figure", ax.get_figure())  # axes here come from new_figure(), never a subfigure
     axes_px = max(fig.get_figwidth() - LEGEND_WIDTH_IN, 2.0) * fig.dpi
     label_px = 22.0 if n_bars <= HORIZONTAL_LABEL_CHANNELS else 11.0  # 3 digits at 7 pt, or rotated
     return max(1.0, label_px * n_bars / axes_px)

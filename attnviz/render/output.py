@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -19,7 +19,13 @@ DEFAULT_DPI = 100
 SAVE_DPI = 150
 
 
-def new_figure(width: float, height: float, *, layout: str | None = "constrained", dpi: int = DEFAULT_DPI) -> Figure:
+def new_figure(
+    width: float,
+    height: float,
+    *,
+    layout: Literal["constrained", "compressed", "tight"] | None = "constrained",
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
     """Return a figure with its own Agg canvas, not registered with pyplot (nothing global to close)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

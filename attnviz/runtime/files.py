@@ -43,7 +43,7 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     temporary = temporary_sibling(path)
     handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        text = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+        text: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(handle, mode, **text) as file:
             yield file
         os.replace(temporary, path)
