@@ -84,21 +84,28 @@ def test_results_json_follows_its_schema(report, request):
 def test_the_reports_cover_every_kind_of_entry(shapes_report, folder_report):
     shapes, folder = _results(shapes_report), _results(folder_report)
     first = shapes["images"][0]["models"]["cbam_cnn"]
-    assert "pointing_game" in first["cam"] and "agreement" in first and "agreement" not in shapes["images"][0]["models"]["cnn"]
+    assert (
+        "pointing_game" in first["cam"]
+        and "agreement" in first
+        and "agreement" not in shapes["images"][0]["models"]["cnn"]
+    )
     assert shapes["sanity"] is not None and shapes["images"][0]["pictures"] is None
     assert [image["status"] for image in folder["images"]] == ["failed", "ok", "ok"]
     assert "pointing_game" not in folder["images"][1]["models"]["cbam_cnn"]["cam"]
     assert folder["images"][1]["pictures"]["image"].startswith("images/")
 
 
-@pytest.mark.parametrize(("path", "key"), [
-    (("images", 1, "models", "cnn"), "prob"),
-    (("images", 1, "models", "cbam_cnn", "cam"), "p_target"),
-    (("images", 1), "thumb_size"),
-    (("images", 0), "reason"),
-    (("summary",), "pending"),
-    (("report",), "config"),
-])
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        (("images", 1, "models", "cnn"), "prob"),
+        (("images", 1, "models", "cbam_cnn", "cam"), "p_target"),
+        (("images", 1), "thumb_size"),
+        (("images", 0), "reason"),
+        (("summary",), "pending"),
+        (("report",), "config"),
+    ],
+)
 def test_the_schema_rejects_an_entry_missing_a_required_field(folder_report, path, key):
     results = _results(folder_report)
     broken = copy.deepcopy(results)
@@ -135,8 +142,13 @@ def test_every_record_reads_back_to_the_same_json(report, request):
 
 def test_results_json_lists_the_records_without_their_channel_vectors(folder_report):
     results = _results(folder_report)
-    shapes = {gate: facts["shape"] for model in results["report"]["models"] if model["name"] == "cbam_cnn"
-              for gate, facts in model["gates"].items() if facts["kind"] == "channel"}
+    shapes = {
+        gate: facts["shape"]
+        for model in results["report"]["models"]
+        if model["name"] == "cbam_cnn"
+        for gate, facts in model["gates"].items()
+        if facts["kind"] == "channel"
+    }
     for entry in results["images"]:
         record = store.read_record(folder_report, entry["id"])
         assert store.plain(slim(record).to_json()) == entry
@@ -149,8 +161,14 @@ def test_results_json_lists_the_records_without_their_channel_vectors(folder_rep
 def _outcome(**changes) -> ModelOutcome:
     cam = CamResult("gradcam", "conv", 2, "two", float("nan"), 0.25, 0.75, Localisation(True, 0.5))
     fields = {
-        "predicted": 1, "label": "one", "prob": 0.5, "top3": ((1, 0.5), (2, 0.3)), "correct": None, "cam": cam,
-        "spatial_gates": {"s": SpatialGate(0.5, 0.0, 1.0)}, "channel_gates": {"c": ChannelGate(0.5, (0.25, 0.75))},
+        "predicted": 1,
+        "label": "one",
+        "prob": 0.5,
+        "top3": ((1, 0.5), (2, 0.3)),
+        "correct": None,
+        "cam": cam,
+        "spatial_gates": {"s": SpatialGate(0.5, 0.0, 1.0)},
+        "channel_gates": {"c": ChannelGate(0.5, (0.25, 0.75))},
         "agreement": Agreement(1.0, None),
     }
     return ModelOutcome(**(fields | changes))
@@ -159,16 +177,30 @@ def _outcome(**changes) -> ModelOutcome:
 def test_to_json_writes_each_field_once_and_nan_becomes_null():
     data = store.plain(_outcome().to_json())
     assert data == {
-        "predicted": 1, "label": "one", "prob": 0.5, "top3": [[1, 0.5], [2, 0.3]], "correct": None,
-        "cam": {"method": "gradcam", "layer": "conv", "target": 2, "target_label": "two", "p_target": None,
-                "deletion_auc": 0.25, "insertion_auc": 0.75, "pointing_game": True, "energy_pointing_game": 0.5},
+        "predicted": 1,
+        "label": "one",
+        "prob": 0.5,
+        "top3": [[1, 0.5], [2, 0.3]],
+        "correct": None,
+        "cam": {
+            "method": "gradcam",
+            "layer": "conv",
+            "target": 2,
+            "target_label": "two",
+            "p_target": None,
+            "deletion_auc": 0.25,
+            "insertion_auc": 0.75,
+            "pointing_game": True,
+            "energy_pointing_game": 0.5,
+        },
         "spatial_gates": {"s": {"mean": 0.5, "min": 0.0, "max": 1.0}},
         "channel_gates": {"c": {"mean": 0.5, "values": [0.25, 0.75]}},
         "agreement": {"top20_iou": 1.0, "spearman": None},
     }
     back = ModelOutcome.from_json(data)
-    assert back.cam.p_target is None and back == _outcome(cam=_outcome().cam.__class__(
-        "gradcam", "conv", 2, "two", None, 0.25, 0.75, Localisation(True, 0.5)))
+    assert back.cam.p_target is None and back == _outcome(
+        cam=_outcome().cam.__class__("gradcam", "conv", 2, "two", None, 0.25, 0.75, Localisation(True, 0.5))
+    )
     assert "agreement" not in _outcome(agreement=None).to_json()
     assert math.isnan(_outcome().cam.p_target)
 
@@ -177,9 +209,13 @@ def test_a_record_not_shaped_as_attnviz_writes_it_is_refused(folder_report):
     ok = json.loads(next(p for p in (folder_report / store.ITEMS_DIR).glob("img0-*.json")).read_text())
     failed = json.loads(next((folder_report / store.ITEMS_DIR).glob("broken-*.json")).read_text())
     assert isinstance(record_from_json(failed), FailedImage) and isinstance(record_from_json(ok), ImageRecord)
-    for change in (lambda r: r["models"]["cnn"].pop("label"), lambda r: r.__setitem__("index", "0"),
-                   lambda r: r["models"]["cnn"].__setitem__("top3", [[1]]), lambda r: r.__setitem__("pictures", "x"),
-                   lambda r: r["models"]["cnn"]["cam"].__setitem__("pointing_game", 0.5)):
+    for change in (
+        lambda r: r["models"]["cnn"].pop("label"),
+        lambda r: r.__setitem__("index", "0"),
+        lambda r: r["models"]["cnn"].__setitem__("top3", [[1]]),
+        lambda r: r.__setitem__("pictures", "x"),
+        lambda r: r["models"]["cnn"]["cam"].__setitem__("pointing_game", 0.5),
+    ):
         broken = copy.deepcopy(ok)
         change(broken)
         with pytest.raises(ValueError):

@@ -67,7 +67,9 @@ class Aggregator:
         sample_limit: Images kept for gate statistics and the excitation figure.
     """
 
-    def __init__(self, models: Sequence[str], class_names: Sequence[str] | None, sample_limit: int = SAMPLE_LIMIT) -> None:
+    def __init__(
+        self, models: Sequence[str], class_names: Sequence[str] | None, sample_limit: int = SAMPLE_LIMIT
+    ) -> None:
         self.models = list(models)
         self.class_names = list(class_names) if class_names is not None else None
         self.sample_limit = sample_limit
@@ -128,8 +130,10 @@ class Aggregator:
 
     def label_source(self) -> str:
         """What the per-class figures group by."""
-        return "true class" if self.labelled == self.images and self.images else (
-            "true class where known, else the model's prediction" if self.labelled else "the model's prediction"
+        return (
+            "true class"
+            if self.labelled == self.images and self.images
+            else ("true class where known, else the model's prediction" if self.labelled else "the model's prediction")
         )
 
     # ------------------------------------------------------------------ internals
@@ -189,8 +193,11 @@ class Aggregator:
         bad = {name: sums.non_finite for name, sums in self.sums.items() if sums.non_finite}
         if bad:
             counts = ", ".join(f"{name} on {count} of {self.sums[name].images} image(s)" for name, count in bad.items())
-            warnings.warn(f"NaN or infinite values from {counts} (check the weights): those numbers are missing in the "
-                          "report and their maps are not drawn", stacklevel=2)
+            warnings.warn(
+                f"NaN or infinite values from {counts} (check the weights): those numbers are missing in the "
+                "report and their maps are not drawn",
+                stacklevel=2,
+            )
 
     def _confusion(self, sums: _ModelSums) -> dict[str, Any] | None:
         if not sums.confusion:
@@ -200,8 +207,12 @@ class Aggregator:
         matrix = np.zeros((size, size), dtype=np.int64)
         for (truth, predicted), count in sums.confusion.items():
             matrix[truth, predicted] = count
-        return {"labels": [self.label(k) for k in range(size)], "rows": "true class", "columns": "predicted class",
-                "matrix": matrix.tolist()}
+        return {
+            "labels": [self.label(k) for k in range(size)],
+            "rows": "true class",
+            "columns": "predicted class",
+            "matrix": matrix.tolist(),
+        }
 
     def _channel_summary(self, name: str, gate: str) -> dict[str, Any]:
         sums = self.sums[name]
@@ -232,12 +243,16 @@ class Aggregator:
 def _non_finite(entry: dict[str, Any]) -> bool:
     """True when a model's part of a record lost values to NaN or infinities (``null`` in the record)."""
     gates = [*entry["spatial_gates"].values(), *entry["channel_gates"].values()]
-    return entry.get("prob") is None or entry["cam"].get("p_target") is None or any(g.get("mean") is None for g in gates)
+    return (
+        entry.get("prob") is None or entry["cam"].get("p_target") is None or any(g.get("mean") is None for g in gates)
+    )
 
 
 def _finite_gates(gates: dict[str, Any], dtype: Any) -> dict[str, np.ndarray]:
     """Each channel gate's vector, leaving out those with NaN or infinite values (``null`` in a
     record: a model with NaN weights), which no mean or statistic can use."""
-    vectors = {gate: np.asarray([np.nan if v is None else v for v in values["values"]], dtype=dtype)
-               for gate, values in gates.items()}
+    vectors = {
+        gate: np.asarray([np.nan if v is None else v for v in values["values"]], dtype=dtype)
+        for gate, values in gates.items()
+    }
     return {gate: vector for gate, vector in vectors.items() if np.isfinite(vector).all()}

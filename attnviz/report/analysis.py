@@ -106,7 +106,9 @@ def prepare_models(
         layerless = method in ("fullgrad", "integrated_gradients", "occlusion")  # the pixel-level methods
         layer = "" if layerless else resolve_cam_layer(loaded.model, probe)
         slug = _unique(re.sub(r"[^\w.-]+", "_", name).strip("._") or "model", slugs)
-        runs.append(ModelRun(name, slug, loaded, preset, preset_key(preset), capturer, layer, gates, cap.logits.shape[1]))
+        runs.append(
+            ModelRun(name, slug, loaded, preset, preset_key(preset), capturer, layer, gates, cap.logits.shape[1])
+        )
     return runs
 
 
@@ -133,18 +135,35 @@ def analyse_batch(
     maps: dict[str, torch.Tensor] = {}
     for run, out in zip(runs, outputs):
         start = time.perf_counter()
-        cam = gradcam(run.loaded.model, out["images"], target=targets, layer=run.cam_layer or None, method=options.method)
+        cam = gradcam(
+            run.loaded.model, out["images"], target=targets, layer=run.cam_layer or None, method=options.method
+        )
         scores = cam.scores.detach().float().cpu()
         maps[run.name] = _undefined_where(cam.maps.detach().float().cpu(), ~torch.isfinite(scores))
         timings["cam"] = timings.get("cam", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         faithful = measures.faithfulness(
-            run.loaded.model, out["images"], cam.maps.detach(), targets,
-            steps=options.steps, baseline=options.deletion_baseline, batch_size=perturbed_batch(run.preset),
+            run.loaded.model,
+            out["images"],
+            cam.maps.detach(),
+            targets,
+            steps=options.steps,
+            baseline=options.deletion_baseline,
+            batch_size=perturbed_batch(run.preset),
         )
         for i, sample in enumerate(samples):
-            entries[i][run.name] = _entry(run, out, i, targets[i], truths[i], float(scores[i]), faithful[i],
-                                          maps[run.name][i], sample.mask, options.method)
+            entries[i][run.name] = _entry(
+                run,
+                out,
+                i,
+                targets[i],
+                truths[i],
+                float(scores[i]),
+                faithful[i],
+                maps[run.name][i],
+                sample.mask,
+                options.method,
+            )
             arrays[i]["cams"][run.name] = maps[run.name][i].numpy()
             arrays[i]["spatial"][run.name] = {n: v[i] for n, v in out["spatial"].items()}
             arrays[i]["channel"][run.name] = {n: v[i] for n, v in out["channel"].items()}
@@ -155,7 +174,8 @@ def analyse_batch(
         for i in range(len(samples)):
             agreement = (
                 Agreement(**measures.agreement(maps[baseline][i], maps[run.name][i]))
-                if _finite(maps[baseline][i], maps[run.name][i]) else Agreement(None, None)
+                if _finite(maps[baseline][i], maps[run.name][i])
+                else Agreement(None, None)
             )
             entries[i][run.name] = replace(entries[i][run.name], agreement=agreement)
     timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
@@ -209,13 +229,25 @@ def _entry(
     probs = out["probs"][i]
     top = probs.topk(min(3, probs.numel()))
     predicted = int(top.indices[0])
-    cam = CamResult(method, run.cam_layer, target, _label(run, target), p_target, faithful["deletion_auc"],
-                    faithful["insertion_auc"], None if mask is None else _localisation(cam_map, mask))
+    cam = CamResult(
+        method,
+        run.cam_layer,
+        target,
+        _label(run, target),
+        p_target,
+        faithful["deletion_auc"],
+        faithful["insertion_auc"],
+        None if mask is None else _localisation(cam_map, mask),
+    )
     spatial = {}
     for name, values in out["spatial"].items():
         gate = values[i]
-        spatial[name] = SpatialGate(float(gate.mean()), float(gate.min()), float(gate.max()),
-                                    None if mask is None else _localisation(gate, mask))
+        spatial[name] = SpatialGate(
+            float(gate.mean()),
+            float(gate.min()),
+            float(gate.max()),
+            None if mask is None else _localisation(gate, mask),
+        )
     channel = {
         name: ChannelGate(float(values[i].mean()), tuple(float(f"{v:.9g}") for v in values[i]))
         for name, values in out["channel"].items()

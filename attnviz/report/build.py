@@ -94,7 +94,10 @@ def build_report(out: str | Path) -> BuildResult:
     _write_text(out / "results.json", lambda f: write_results_json(f, head, _ok_or_failed(out, run)))
     seconds["json"] = time.perf_counter() - start
     start = time.perf_counter()
-    _write_text(out / "index.html", lambda f: write_page(f, run, summary, sanity, _ok_or_failed(out, run), figures, failures, links))
+    _write_text(
+        out / "index.html",
+        lambda f: write_page(f, run, summary, sanity, _ok_or_failed(out, run), figures, failures, links),
+    )
     seconds["html"] = time.perf_counter() - start
     return BuildResult(out / "index.html", summary["images"], failures, pending, summary, seconds)
 

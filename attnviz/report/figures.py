@@ -30,6 +30,8 @@ def excitation_png(
     return encoded.tobytes()
 
 
-def write_excitation(path: Path, values: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None, title: str) -> Path:
+def write_excitation(
+    path: Path, values: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None, title: str
+) -> Path:
     """Draw the per-class excitation figure of one gate into ``path`` (atomically)."""
     return write_bytes(path, excitation_png(values, labels, class_names, title))

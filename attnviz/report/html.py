@@ -21,15 +21,25 @@ from attnviz.report.pictures import OVERLAY_CMAP
 from attnviz.report.schema import ImageRecord, ModelOutcome, Record, RunInfo, Summary
 
 CARDS_MARK = "<!--CARDS-->"
-_NAV = (("models", "models"), ("spatial", "spatial gates"), ("confusion", "confusion"), ("channels", "channel gates"),
-        ("sanity", "sanity check"), ("failed", "skipped"), ("images", "images"))
+_NAV = (
+    ("models", "models"),
+    ("spatial", "spatial gates"),
+    ("confusion", "confusion"),
+    ("channels", "channel gates"),
+    ("sanity", "sanity check"),
+    ("failed", "skipped"),
+    ("images", "images"),
+)
 
 DEFINITIONS = (
     ("P", "the model's softmax probability of its predicted class"),
     ("PG", "pointing game: the map's maximum falls on the object's mask (hit ✓ / miss ✗)"),
     ("EPG", "energy pointing game: the share of the map's total value that lies inside the mask"),
-    ("del / ins", "deletion / insertion AUC: the target class's probability as the most salient pixels are removed "
-                  "from the image / added to a blank one (lower deletion and higher insertion mean a more faithful map)"),
+    (
+        "del / ins",
+        "deletion / insertion AUC: the target class's probability as the most salient pixels are removed "
+        "from the image / added to a blank one (lower deletion and higher insertion mean a more faithful map)",
+    ),
     ("IoU / ρ", "agreement with the baseline's Grad-CAM: IoU of the top-20% regions and Spearman rank correlation"),
 )
 
@@ -53,11 +63,19 @@ def write_page(
         "js": _resource("report.js"),
         "meta": _meta(run, summary),
         "links": " ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for text, href in links.items())
-        + ' <span class="nav">' + " ".join(f'<a href="#{a}">{t}</a>' for a, t in _NAV) + "</span>",
+        + ' <span class="nav">'
+        + " ".join(f'<a href="#{a}">{t}</a>' for a, t in _NAV)
+        + "</span>",
         "sections": "\n".join(
-            [_models_section(run, summary), _spatial_section(run, summary), _confusion_section(run, summary),
-             _channel_section(run, summary, figures), _sanity_section(run, sanity), _failed_section(failures),
-             _definitions(links)]
+            [
+                _models_section(run, summary),
+                _spatial_section(run, summary),
+                _confusion_section(run, summary),
+                _channel_section(run, summary, figures),
+                _sanity_section(run, sanity),
+                _failed_section(failures),
+                _definitions(links),
+            ]
         ),
         "class_options": "".join(f'<option value="{html.escape(c)}">{html.escape(c)}</option>' for c in _classes(run)),
         "sort_options": _sort_options(run, summary),
@@ -95,15 +113,23 @@ def card(record: ImageRecord, run: RunInfo) -> str:
     truth_text = f"truth: {record.truth}" if record.truth else "truth: unknown"
     figures = [_figure(pictures["image"], width, height, "input", "")]
     for name in models:
-        figures.append(_model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"]))
+        figures.append(
+            _model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"])
+        )
     gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height) for name in models)
     note = f'<p class="note">{html.escape(record.note)}</p>' if record.note else ""
     scale = legend() if any(pictures["models"][name].get("spatial") for name in models) else ""
-    details = f'<details class="gates"><summary>spatial gates and channel bars</summary>{scale}{gates}</details>' if gates else ""
+    details = (
+        f'<details class="gates"><summary>spatial gates and channel bars</summary>{scale}{gates}</details>'
+        if gates
+        else ""
+    )
     arrays = pictures.get("arrays")
     data_link = (
         f'<a class="data" href="{html.escape(arrays)}" title="the maps of these pictures (Grad-CAM, spatial gates) '
-        f'as float16 arrays">npz</a>' if arrays else ""
+        f'as float16 arrays">npz</a>'
+        if arrays
+        else ""
     )
     return (
         f'<article class="card{" mis" if mis else ""}" {data}>'
@@ -118,11 +144,14 @@ def card(record: ImageRecord, run: RunInfo) -> str:
 
 def _figure(src: str | None, width: int, height: int, caption: str, css: str) -> str:
     """A picture with its caption (the caption alone when the report has no pictures)."""
-    image = "" if src is None else (
-        f'<img src="{html.escape(src)}" loading="lazy" width="{width}" height="{height}" alt="{html.escape(caption)}">'
+    image = (
+        ""
+        if src is None
+        else (
+            f'<img src="{html.escape(src)}" loading="lazy" width="{width}" height="{height}" alt="{html.escape(caption)}">'
+        )
     )
     return f'<figure class="{css}">{image}<figcaption>{caption}</figcaption></figure>'
-
 
 
 def _model_figure(name: str, entry: ModelOutcome, src: str | None, width: int, height: int, baseline: bool) -> str:
@@ -150,7 +179,9 @@ def _gate_panel(name: str, entry: ModelOutcome, pictures: dict[str, Any], width:
         values = entry.spatial_gates[gate]
         found = values.localisation
         extra = "" if found is None else f"<br>PG {_num(found.pointing_game)} · EPG {_num(found.energy_pointing_game)}"
-        caption = f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}{extra}"
+        caption = (
+            f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}{extra}"
+        )
         parts.append(
             f'<figure><img data-src="{html.escape(src)}" width="{width}" height="{height}" alt="{html.escape(gate)}">'
             f"<figcaption>{caption}</figcaption></figure>"
@@ -195,8 +226,12 @@ def _sort_options(run: RunInfo, summary: Summary) -> str:
     """The keys the cards can be sorted by; localisation keys only for models scored against masks."""
     models, baseline = [m["name"] for m in run["models"]], run["baseline"]
     options = [("name", "name")]
-    labels = (("prob", "confidence P"), ("p_target", "P of the explained class"), ("deletion_auc", "deletion AUC"),
-              ("insertion_auc", "insertion AUC"))
+    labels = (
+        ("prob", "confidence P"),
+        ("p_target", "P of the explained class"),
+        ("deletion_auc", "deletion AUC"),
+        ("insertion_auc", "insertion AUC"),
+    )
     localisation = (("pointing_game", "pointing game (hits first)"), ("energy_pointing_game", "energy pointing game"))
     for model in run["models"]:
         name = model["name"]
@@ -206,8 +241,10 @@ def _sort_options(run: RunInfo, summary: Summary) -> str:
         if masked:
             options += [(f"{key}:{name}", f"Grad-CAM {text}: {name}") for key, text in localisation]
         if name != baseline:
-            options += [(f"top20_iou:{name}", f"top-20% IoU with {baseline}: {name}"),
-                        (f"spearman:{name}", f"Spearman with {baseline}: {name}")]
+            options += [
+                (f"top20_iou:{name}", f"top-20% IoU with {baseline}: {name}"),
+                (f"spearman:{name}", f"Spearman with {baseline}: {name}"),
+            ]
         for gate, facts in model["gates"].items():
             if facts["kind"] != "spatial":
                 continue
@@ -216,7 +253,8 @@ def _sort_options(run: RunInfo, summary: Summary) -> str:
                 options += [(f"gate_{key}:{name}:{gate}", f"{gate} {text}: {name}") for key, text in localisation]
     default = f"prob:{models[0]}"
     return "".join(
-        f'<option value="{html.escape(v)}"{" selected" if v == default else ""}>{html.escape(t)}</option>' for v, t in options
+        f'<option value="{html.escape(v)}"{" selected" if v == default else ""}>{html.escape(t)}</option>'
+        for v, t in options
     )
 
 
@@ -228,7 +266,8 @@ def colorbar_css() -> str:
     lut = colormap_lut(OVERLAY_CMAP)
     size = len(lut)
     stops = ",".join(
-        f"#{r:02x}{g:02x}{b:02x} {100 * i / size:.4g}% {100 * (i + 1) / size:.4g}%" for i, (r, g, b) in enumerate(lut.tolist())
+        f"#{r:02x}{g:02x}{b:02x} {100 * i / size:.4g}% {100 * (i + 1) / size:.4g}%"
+        for i, (r, g, b) in enumerate(lut.tolist())
     )
     return f".colorbar {{ background: linear-gradient(to right,{stops}); }}"
 
@@ -260,13 +299,28 @@ def _meta(run: RunInfo, summary: Summary) -> str:
     if run.get("missing_shards"):
         unfinished.append(f"shard(s) {', '.join(map(str, run['missing_shards']))} missing from this merge")
     if unfinished:
-        return html.escape(text) + f' <strong class="unfinished">INCOMPLETE: {html.escape("; ".join(unfinished))}</strong>'
+        return (
+            html.escape(text) + f' <strong class="unfinished">INCOMPLETE: {html.escape("; ".join(unfinished))}</strong>'
+        )
     return html.escape(text)
 
 
 def _models_section(run: RunInfo, summary: Summary) -> str:
-    head = ("model", "arch", "checkpoint", "input", "CAM layer", "accuracy", "mean P", "PG", "EPG", "del AUC",
-            "ins AUC", f"IoU vs {run['baseline']}", f"ρ vs {run['baseline']}")
+    head = (
+        "model",
+        "arch",
+        "checkpoint",
+        "input",
+        "CAM layer",
+        "accuracy",
+        "mean P",
+        "PG",
+        "EPG",
+        "del AUC",
+        "ins AUC",
+        f"IoU vs {run['baseline']}",
+        f"ρ vs {run['baseline']}",
+    )
     rows = []
     for model in run["models"]:
         stats = summary["models"][model["name"]]
@@ -275,11 +329,19 @@ def _models_section(run: RunInfo, summary: Summary) -> str:
         acc = f"{accuracy['value']:.3f} ({accuracy['correct']}/{accuracy['labelled']})" if accuracy["labelled"] else "–"
         preset = model["preset"]
         cells = [
-            model["name"], model["arch"], Path(model["source"]).name if model["source"] else "–",
-            f"{preset['name']} {preset['size'][0]}×{preset['size'][1]}", model["cam_layer"] or "–", acc,
-            _num(means.get("prob")), _rate(means.get("pointing_game"), counts.get("pointing_game")),
-            _num(means.get("energy_pointing_game")), _num(means.get("deletion_auc")), _num(means.get("insertion_auc")),
-            _num(means.get("top20_iou")), _num(means.get("spearman")),
+            model["name"],
+            model["arch"],
+            Path(model["source"]).name if model["source"] else "–",
+            f"{preset['name']} {preset['size'][0]}×{preset['size'][1]}",
+            model["cam_layer"] or "–",
+            acc,
+            _num(means.get("prob")),
+            _rate(means.get("pointing_game"), counts.get("pointing_game")),
+            _num(means.get("energy_pointing_game")),
+            _num(means.get("deletion_auc")),
+            _num(means.get("insertion_auc")),
+            _num(means.get("top20_iou")),
+            _num(means.get("spearman")),
         ]
         rows.append(cells)
     note = (
@@ -296,13 +358,23 @@ def _spatial_section(run: RunInfo, summary: Summary) -> str:
         for gate, stats in summary["models"][model["name"]]["spatial_gates"].items():
             facts = model["gates"].get(gate)
             shape = "×".join(map(str, facts["shape"] if facts is not None else []))
-            rows.append([model["name"], gate, shape, _num(stats.get("mean")),
-                         _rate(stats.get("pointing_game"), stats.get("masked")), _num(stats.get("energy_pointing_game"))])
+            rows.append(
+                [
+                    model["name"],
+                    gate,
+                    shape,
+                    _num(stats.get("mean")),
+                    _rate(stats.get("pointing_game"), stats.get("masked")),
+                    _num(stats.get("energy_pointing_game")),
+                ]
+            )
     if not rows:
         return ""
     head = ("model", "spatial gate", "size", "mean value", "PG", "EPG")
     note = "Spatial gates are upsampled bilinearly to the mask's size before they are scored."
-    return f'<section id="spatial"><h2>Spatial gates</h2>{_table(head, rows, left=3)}<p class="note">{note}</p></section>'
+    return (
+        f'<section id="spatial"><h2>Spatial gates</h2>{_table(head, rows, left=3)}<p class="note">{note}</p></section>'
+    )
 
 
 def _confusion_section(run: RunInfo, summary: Summary) -> str:
@@ -323,7 +395,7 @@ def _confusion_section(run: RunInfo, summary: Summary) -> str:
             body.append(f'<tr><th class="l">{html.escape(labels[i])}</th>{cells}</tr>')
         blocks.append(
             f'<div><h3>{html.escape(model["name"])}</h3><table class="confusion"><tr><th class="l">true \\ predicted</th>'
-            f'{head}</tr>{"".join(body)}</table></div>'
+            f"{head}</tr>{''.join(body)}</table></div>"
         )
     if not blocks:
         return ""
@@ -334,14 +406,22 @@ def _channel_section(run: RunInfo, summary: Summary, figures: dict[str, dict[str
     rows, blocks, keys = [], [], []
     for model in run["models"]:
         for stats in summary["models"][model["name"]]["channel_gates"].values():
-            for key in (stats.get("statistics") or {}):
+            for key in stats.get("statistics") or {}:
                 if key not in keys and key not in ("images", "channels") and _scalar(stats["statistics"][key]):
                     keys.append(key)
     for model in run["models"]:
         for gate, stats in summary["models"][model["name"]]["channel_gates"].items():
             statistics = stats.get("statistics") or {}
-            rows.append([model["name"], gate, str(stats["channels"]), str(stats["sample"]),
-                         *[_num(statistics.get(key)) for key in keys], _num(stats.get("class_selectivity"))])
+            rows.append(
+                [
+                    model["name"],
+                    gate,
+                    str(stats["channels"]),
+                    str(stats["sample"]),
+                    *[_num(statistics.get(key)) for key in keys],
+                    _num(stats.get("class_selectivity")),
+                ]
+            )
             src = figures.get(model["name"], {}).get(gate)
             if src:
                 blocks.append(
@@ -354,13 +434,17 @@ def _channel_section(run: RunInfo, summary: Summary, figures: dict[str, dict[str
     sample = summary["gate_sample"]
     note = (
         f"Gate statistics and class selectivity over {sample} image(s)"
-        + (" (every image)." if sample == summary["images"] else f" (a fixed sample of the {summary['images']}; "
-           "the exact per-class means over every image are in results.json).")
+        + (
+            " (every image)."
+            if sample == summary["images"]
+            else f" (a fixed sample of the {summary['images']}; "
+            "the exact per-class means over every image are in results.json)."
+        )
         + f" Classes: {_grouping(summary, run)}."
     )
     return (
         f'<section id="channels"><h2>Channel gates</h2>{_table(head, rows, left=2)}<p class="note">{html.escape(note)}</p>'
-        f'{"".join(blocks)}</section>'
+        f"{''.join(blocks)}</section>"
     )
 
 
@@ -378,9 +462,15 @@ def _sanity_section(run: RunInfo, sanity: dict[str, Any] | None) -> str:
     head = ("step", "re-initialised", "mean ρ", "n", "constant maps", "mean top-20% IoU", "ρ per image")
     for name, steps in sanity["models"].items():
         rows = [
-            [str(step.get("step", "")), ", ".join(step.get("layers") or []) or "(trained model)",
-             _num(step.get("spearman_mean")), _num(step.get("n")), _num(step.get("constant")),
-             _num(step.get("top20_iou_mean")), _cell(step.get("spearman") or [])]
+            [
+                str(step.get("step", "")),
+                ", ".join(step.get("layers") or []) or "(trained model)",
+                _num(step.get("spearman_mean")),
+                _num(step.get("n")),
+                _num(step.get("constant")),
+                _num(step.get("top20_iou_mean")),
+                _cell(step.get("spearman") or []),
+            ]
             for step in steps
         ]
         first, last = (steps[1], steps[-1]) if len(steps) > 1 else ({}, {})
@@ -390,7 +480,9 @@ def _sanity_section(run: RunInfo, sanity: dict[str, Any] | None) -> str:
             f"{_num(last.get('spearman_mean'))} with every layer re-initialised (n={_num(last.get('n'))}); "
             f"top-20% IoU {_num(last.get('top20_iou_mean'))}"
         )
-        blocks.append(f'<details class="fig"><summary>{html.escape(headline)}</summary>{_table(head, rows, left=2)}</details>')
+        blocks.append(
+            f'<details class="fig"><summary>{html.escape(headline)}</summary>{_table(head, rows, left=2)}</details>'
+        )
     images = sanity.get("images", [])
     shown = ", ".join(images[:8]) + (" …" if len(images) > 8 else "")
     note = (
@@ -401,22 +493,24 @@ def _sanity_section(run: RunInfo, sanity: dict[str, Any] | None) -> str:
     )
     return (
         f'<section id="sanity"><h2>Randomisation sanity check</h2><p class="note">{html.escape(note)}</p>'
-        f'{"".join(blocks)}</section>'
+        f"{''.join(blocks)}</section>"
     )
 
 
 def _failed_section(failures: list[dict[str, Any]]) -> str:
     if not failures:
         return ""
-    items = "".join(
-        f"<li>{html.escape(f['source'])}: <span>{html.escape(f['reason'])}</span></li>" for f in failures
-    )
+    items = "".join(f"<li>{html.escape(f['source'])}: <span>{html.escape(f['reason'])}</span></li>" for f in failures)
     return f'<section id="failed"><h2>Skipped files ({len(failures)})</h2><ul class="failed">{items}</ul></section>'
 
 
 def _definitions(links: dict[str, str]) -> str:
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in DEFINITIONS)
-    more = f' Full definitions: <a href="{html.escape(links["metric definitions"])}">metrics.html</a>.' if "metric definitions" in links else ""
+    more = (
+        f' Full definitions: <a href="{html.escape(links["metric definitions"])}">metrics.html</a>.'
+        if "metric definitions" in links
+        else ""
+    )
     return f'<section id="definitions"><h2>Definitions</h2><ul>{items}</ul><p class="note">{more}</p></section>'
 
 
@@ -426,7 +520,9 @@ def _definitions(links: dict[str, str]) -> str:
 def _table(head: Iterable[str], rows: list[list[str]], left: int = 1) -> str:
     head_html = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(row)) + "</tr>"
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(row))
+        + "</tr>"
         for row in rows
     )
     return f"<table><tr>{head_html}</tr>{body}</table>"

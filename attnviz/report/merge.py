@@ -31,7 +31,9 @@ from attnviz.runtime.files import temporary_sibling
 from attnviz.runtime.outdir import claim_output_folder
 
 
-def merge_reports(dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False) -> BuildResult:
+def merge_reports(
+    dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False
+) -> BuildResult:
     """Merge shard report folders ``dirs`` into ``out`` and build its outputs (``force``: as
     :class:`attnviz.report.ReportOptions`'s).
 
@@ -64,8 +66,11 @@ def _merge(folders: list[Path], runs: list[RunInfo], missing: list[int], out: Pa
             unfinished += not _take(folder, out, row["id"], run["config"])
         if unfinished:
             k, n = run["shard"]
-            warnings.warn(f"shard {k}/{n} ({folder}) is not finished: {unfinished} of {rows} image(s) have no result "
-                          "yet; finish it (re-run its command) and merge again", stacklevel=2)
+            warnings.warn(
+                f"shard {k}/{n} ({folder}) is not finished: {unfinished} of {rows} image(s) have no result "
+                "yet; finish it (re-run its command) and merge again",
+                stacklevel=2,
+            )
         sanity = _shard_file(folder, store.SANITY_FILE)
         if run["shard"][0] == 1 and sanity.is_file():
             _place(sanity, out / store.SANITY_FILE)
@@ -95,7 +100,9 @@ def _check(folders: list[Path], out: Path) -> tuple[list[RunInfo], list[int]]:
         seen[k] = folder
     missing = sorted(set(range(1, counts.pop() + 1)) - set(seen))
     if missing:
-        warnings.warn(f"merging without shard(s) {', '.join(map(str, missing))}: their images are not in the report", stacklevel=3)
+        warnings.warn(
+            f"merging without shard(s) {', '.join(map(str, missing))}: their images are not in the report", stacklevel=3
+        )
     return runs, missing
 
 
@@ -117,7 +124,9 @@ def _check_paths(folder: Path, config: str) -> None:
             for relative in _picture_files(record.pictures if isinstance(record, ImageRecord) else None):
                 _picture_path(folder, relative)
     except (ValueError, RecursionError):
-        raise UsageError(f"refusing shard {folder}: its {store.MANIFEST_FILE} is not one JSON object per line") from None
+        raise UsageError(
+            f"refusing shard {folder}: its {store.MANIFEST_FILE} is not one JSON object per line"
+        ) from None
 
 
 def _item_id(folder: Path, value: Any) -> str:

@@ -39,10 +39,26 @@ SANITY_FILE = "sanity.json"
 ITEMS_DIR = "items"
 #: Everything a report writes at the top of its folder (``pictures.py`` and ``build.py`` name the
 #: pictures' and figures' folders; a test checks this list against a report with pictures).
-REPORT_NAMES = frozenset({
-    RUN_FILE, MANIFEST_FILE, SANITY_FILE, ITEMS_DIR, "images", "arrays", "cam", "gates", "bars", "figures",
-    "index.html", "results.csv", "results.json", "summary.csv", "METRICS.md", "metrics.html",
-})
+REPORT_NAMES = frozenset(
+    {
+        RUN_FILE,
+        MANIFEST_FILE,
+        SANITY_FILE,
+        ITEMS_DIR,
+        "images",
+        "arrays",
+        "cam",
+        "gates",
+        "bars",
+        "figures",
+        "index.html",
+        "results.csv",
+        "results.json",
+        "summary.csv",
+        "METRICS.md",
+        "metrics.html",
+    }
+)
 #: Folders of the report that hold one sub-folder per model (named by its slug).
 MODEL_DIRS = ("cam", "gates", "bars")
 #: The folders that a record's pictures are in.

@@ -13,8 +13,18 @@ from attnviz.report.schema import ImageRecord, Record, RunInfo, Summary, slim
 from attnviz.runtime.text import csv_cell
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
-MODEL_COLUMNS = ("predicted", "predicted_index", "prob", "correct", "target", "p_target", "deletion_auc",
-                 "insertion_auc", "pointing_game", "energy_pointing_game")
+MODEL_COLUMNS = (
+    "predicted",
+    "predicted_index",
+    "prob",
+    "correct",
+    "target",
+    "p_target",
+    "deletion_auc",
+    "insertion_auc",
+    "pointing_game",
+    "energy_pointing_game",
+)
 AGREEMENT_COLUMNS = ("top20_iou", "spearman")
 SPATIAL_COLUMNS = ("mean", "pointing_game", "energy_pointing_game")
 
@@ -39,18 +49,26 @@ def csv_row(record: Record, run: RunInfo) -> dict[str, Any]:
     row: dict[str, Any] = {key: getattr(record, key, None) for key in IMAGE_COLUMNS}
     for name, entry in (record.models if isinstance(record, ImageRecord) else {}).items():
         cam = entry.cam
-        row.update({
-            f"{name}:predicted": entry.label, f"{name}:predicted_index": entry.predicted,
-            f"{name}:prob": entry.prob, f"{name}:correct": entry.correct, f"{name}:target": cam.target,
-            f"{name}:p_target": cam.p_target, f"{name}:deletion_auc": cam.deletion_auc,
-            f"{name}:insertion_auc": cam.insertion_auc,
-        })
+        row.update(
+            {
+                f"{name}:predicted": entry.label,
+                f"{name}:predicted_index": entry.predicted,
+                f"{name}:prob": entry.prob,
+                f"{name}:correct": entry.correct,
+                f"{name}:target": cam.target,
+                f"{name}:p_target": cam.p_target,
+                f"{name}:deletion_auc": cam.deletion_auc,
+                f"{name}:insertion_auc": cam.insertion_auc,
+            }
+        )
         if cam.localisation is not None:
             row.update({f"{name}:{key}": value for key, value in cam.localisation.to_json().items()})
         if entry.agreement is not None:
             row.update({f"{name}:{key}": value for key, value in entry.agreement.to_json().items()})
         for gate, values in entry.spatial_gates.items():
-            row.update({f"{name}:{gate}:{key}": value for key, value in values.to_json().items() if key in SPATIAL_COLUMNS})
+            row.update(
+                {f"{name}:{gate}:{key}": value for key, value in values.to_json().items() if key in SPATIAL_COLUMNS}
+            )
         for gate, channel in entry.channel_gates.items():
             row[f"{name}:{gate}:mean"] = channel.mean
     return {csv_cell(key): csv_cell(value) for key, value in plain(row).items()}

@@ -18,8 +18,23 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypedDict
 
 __all__ = [
-    "Agreement", "CamResult", "ChannelGate", "FailedImage", "GateInfo", "ImageRecord", "Localisation", "ModelInfo",
-    "ModelOutcome", "ModelSummary", "Record", "RunInfo", "SpatialGate", "Summary", "record_from_json", "replace", "slim",
+    "Agreement",
+    "CamResult",
+    "ChannelGate",
+    "FailedImage",
+    "GateInfo",
+    "ImageRecord",
+    "Localisation",
+    "ModelInfo",
+    "ModelOutcome",
+    "ModelSummary",
+    "Record",
+    "RunInfo",
+    "SpatialGate",
+    "Summary",
+    "record_from_json",
+    "replace",
+    "slim",
 ]
 
 #: Any JSON value (kept as read: the pictures' paths, a file stamp).
@@ -75,8 +90,10 @@ class Localisation:
         """The localisation in ``data`` (a CAM's or a gate's numbers); ``None`` when it has none (no mask)."""
         if "pointing_game" not in data:
             return None
-        return cls(_flag(data["pointing_game"], "pointing_game"),
-                   _number(data.get("energy_pointing_game"), "energy_pointing_game"))
+        return cls(
+            _flag(data["pointing_game"], "pointing_game"),
+            _number(data.get("energy_pointing_game"), "energy_pointing_game"),
+        )
 
 
 @dataclass(frozen=True)
@@ -103,9 +120,13 @@ class CamResult:
     def from_json(cls, data: Mapping[str, Any]) -> CamResult:
         label = data.get("target_label")
         return cls(
-            _text(data["method"], "cam method"), _text(data["layer"], "cam layer"), _integer(data["target"], "target"),
-            None if label is None else _text(label, "target label"), _number(data["p_target"], "p_target"),
-            _number(data.get("deletion_auc"), "deletion_auc"), _number(data.get("insertion_auc"), "insertion_auc"),
+            _text(data["method"], "cam method"),
+            _text(data["layer"], "cam layer"),
+            _integer(data["target"], "target"),
+            None if label is None else _text(label, "target label"),
+            _number(data["p_target"], "p_target"),
+            _number(data.get("deletion_auc"), "deletion_auc"),
+            _number(data.get("insertion_auc"), "insertion_auc"),
             Localisation.from_json(data),
         )
 
@@ -126,8 +147,12 @@ class SpatialGate:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> SpatialGate:
         data = _object(data, "spatial gate")
-        return cls(_number(data["mean"], "gate mean"), _number(data["min"], "gate min"), _number(data["max"], "gate max"),
-                   Localisation.from_json(data))
+        return cls(
+            _number(data["mean"], "gate mean"),
+            _number(data["min"], "gate min"),
+            _number(data["max"], "gate max"),
+            Localisation.from_json(data),
+        )
 
 
 @dataclass(frozen=True)
@@ -194,8 +219,12 @@ class ModelOutcome:
 
     def to_json(self) -> dict[str, Json]:
         data: dict[str, Json] = {
-            "predicted": self.predicted, "label": self.label, "prob": self.prob,
-            "top3": [[index, prob] for index, prob in self.top3], "correct": self.correct, "cam": self.cam.to_json(),
+            "predicted": self.predicted,
+            "label": self.label,
+            "prob": self.prob,
+            "top3": [[index, prob] for index, prob in self.top3],
+            "correct": self.correct,
+            "cam": self.cam.to_json(),
             "spatial_gates": {name: gate.to_json() for name, gate in self.spatial_gates.items()},
             "channel_gates": {name: gate.to_json() for name, gate in self.channel_gates.items()},
         }
@@ -209,11 +238,20 @@ class ModelOutcome:
             raise ValueError(f"top3 is not a list of [class, probability] pairs: {top3!r}")
         agreement = data.get("agreement")
         return cls(
-            _integer(data["predicted"], "predicted"), _text(data["label"], "label"), _number(data["prob"], "prob"),
+            _integer(data["predicted"], "predicted"),
+            _text(data["label"], "label"),
+            _number(data["prob"], "prob"),
             tuple((_integer(c, "top3 class"), _number(p, "top3 probability")) for c, p in top3),
-            _flag(data["correct"], "correct"), CamResult.from_json(_object(data["cam"], "cam")),
-            {_text(k, "gate"): SpatialGate.from_json(v) for k, v in _object(data["spatial_gates"], "spatial gates").items()},
-            {_text(k, "gate"): ChannelGate.from_json(v) for k, v in _object(data["channel_gates"], "channel gates").items()},
+            _flag(data["correct"], "correct"),
+            CamResult.from_json(_object(data["cam"], "cam")),
+            {
+                _text(k, "gate"): SpatialGate.from_json(v)
+                for k, v in _object(data["spatial_gates"], "spatial gates").items()
+            },
+            {
+                _text(k, "gate"): ChannelGate.from_json(v)
+                for k, v in _object(data["channel_gates"], "channel gates").items()
+            },
             None if agreement is None else Agreement.from_json(agreement),
         )
 
@@ -238,8 +276,13 @@ class _Identity:
 
     @staticmethod
     def _identity_from(data: Mapping[str, Any]) -> dict[str, Any]:
-        return {"id": _text(data["id"], "id"), "index": _integer(data["index"], "index"), "key": _text(data["key"], "key"),
-                "name": _text(data["name"], "name"), "source": _text(data["source"], "source")}
+        return {
+            "id": _text(data["id"], "id"),
+            "index": _integer(data["index"], "index"),
+            "key": _text(data["key"], "key"),
+            "name": _text(data["name"], "name"),
+            "source": _text(data["source"], "source"),
+        }
 
 
 @dataclass(frozen=True)
@@ -255,7 +298,9 @@ class FailedImage(_Identity):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FailedImage:
-        return cls(**cls._identity_from(data), config=_text(data["config"], "config"), reason=_text(data["reason"], "reason"))
+        return cls(
+            **cls._identity_from(data), config=_text(data["config"], "config"), reason=_text(data["reason"], "reason")
+        )
 
 
 @dataclass(frozen=True)
@@ -289,10 +334,17 @@ class ImageRecord(_Identity):
 
     def to_json(self) -> dict[str, Json]:
         return self._identity_json() | {
-            "status": self.status, "config": self.config, "truth": self.truth, "truth_index": self.truth_index,
-            "size": list(self.size), "thumb_size": list(self.thumb_size), "has_mask": self.has_mask, "note": self.note,
+            "status": self.status,
+            "config": self.config,
+            "truth": self.truth,
+            "truth_index": self.truth_index,
+            "size": list(self.size),
+            "thumb_size": list(self.thumb_size),
+            "has_mask": self.has_mask,
+            "note": self.note,
             "models": {name: outcome.to_json() for name, outcome in self.models.items()},
-            "pictures": self.pictures, "files": self.files,
+            "pictures": self.pictures,
+            "files": self.files,
         }
 
     @classmethod
@@ -302,14 +354,17 @@ class ImageRecord(_Identity):
         if pictures is not None and not isinstance(pictures, Mapping):
             raise ValueError(f"pictures is not an object: {pictures!r}")
         return cls(
-            **cls._identity_from(data), config=_text(data["config"], "config"),
+            **cls._identity_from(data),
+            config=_text(data["config"], "config"),
             truth=None if truth is None else _text(truth, "truth"),
             truth_index=None if index is None else _integer(index, "truth_index"),
             size=tuple(_integer(v, "size") for v in _list(data["size"], "size")),
-            thumb_size=_pair(data["thumb_size"]), has_mask=bool(_flag(data["has_mask"], "has_mask")),
+            thumb_size=_pair(data["thumb_size"]),
+            has_mask=bool(_flag(data["has_mask"], "has_mask")),
             note=None if note is None else _text(note, "note"),
             models={_text(k, "model"): ModelOutcome.from_json(v) for k, v in _object(data["models"], "models").items()},
-            pictures=pictures, files=data.get("files"),
+            pictures=pictures,
+            files=data.get("files"),
         )
 
 
