@@ -98,3 +98,22 @@ def test_an_interrupt_abandons_what_waits_and_nothing_else_is_finished():
             queue.put("b")
             raise KeyboardInterrupt
     assert finished == [] and abandoned == [(["a", "b"], KeyboardInterrupt)]
+
+
+def test_run_batches_skips_broken_samples_first_then_emits_each_analysed_one_in_order():
+    from attnviz.runtime.pipeline import run_batches
+
+    events, analysed = [], []
+    batches = [[1, -2, 3], [-4], [5, 6]]  # negative: could not be decoded
+
+    def analyse(good):
+        analysed.append(list(good))
+        return [value * 10 for value in good]
+
+    run_batches(batches, lambda s: "broken" if s < 0 else None, lambda s, why: events.append(("skip", s, why)),
+                analyse, lambda s, result: events.append(("emit", s, result)))
+    assert analysed == [[1, 3], [5, 6]]  # an all-broken batch runs no model
+    assert events == [("skip", -2, "broken"), ("emit", 1, 10), ("emit", 3, 30), ("skip", -4, "broken"),
+                      ("emit", 5, 50), ("emit", 6, 60)]
+    with pytest.raises(ValueError, match="1 result"):
+        run_batches([[1, 2]], lambda s: None, lambda s, why: None, lambda good: [0], lambda s, r: None)

@@ -26,7 +26,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from attnviz.jobs.maps_pictures import PictureJob
 from attnviz.runtime.errors import AttnvizError, OutputError
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.outdir import claim_output_folder
+from attnviz.runtime.pipeline import run_batches
 from attnviz.runtime.text import finite, strict_json
 from attnviz.runtime.workqueue import Outcome, WorkQueue
 
@@ -137,33 +138,81 @@ def run_maps(
             on_image(outcome)
 
     with claim_output_folder(out, "maps"), _Painter(options, len(sources)) as painter:  # refuses others' folders; locks
-        for start in range(0, len(sources), options.batch_size):
-            inputs: list[tuple[int, InputImage]] = []
-            for position in range(start, min(start + options.batch_size, len(sources))):
-                try:
-                    inputs.append((position, load_input(sources[position], preset)))
-                except AttnvizError as error:
-                    painter.put(Failure(sources[position], str(error)), done)
-            if not inputs:
-                continue
-            batch = torch.stack([item.tensor for _, item in inputs])
-            cap = capturer(batch, originals=[item.original for _, item in inputs])
-            cams = _gradcam(loaded, cap, names) if options.cam else None
-            for index, (position, item) in enumerate(inputs):
-                folder = out / folders[position]
-                try:
-                    result, job = _write_arrays(loaded, preset, cap, index, item, cams, folder)
-                except OSError as error:  # a full disk fails every image: stop, and say what was written
-                    _remove_folder_if_empty(folder)
-                    raise output_error(error, folder, len(results)) from None
-                except Exception as error:  # one image failing must not lose the others
-                    logger.debug("writing %s failed", item.path, exc_info=True)
-                    _remove_folder_if_empty(folder)
-                    painter.put(Failure(str(item.path), f"could not write its outputs: {type(error).__name__}: {error}"), done)
-                    continue
-                painter.put(result, done, job)
+        steps = _Steps(loaded, preset, names, capturer, sources, options, out, folders, painter, done, results)
+        run_batches(_decode(sources, preset, options.batch_size), _why, steps.skip, steps.analyse, steps.emit)
     _warn_non_finite(results, loaded.arch)
     return results, failures
+
+
+#: A decoded input: its position among the inputs, and the image or why it could not be read.
+_Decoded = tuple[int, InputImage | str]
+
+
+def _decode(sources: Sequence[str], preset: Preset, batch_size: int) -> Iterator[list[_Decoded]]:
+    """The inputs decoded, ``batch_size`` at a time (one batch in memory at once)."""
+    for start in range(0, len(sources), batch_size):
+        batch: list[_Decoded] = []
+        for position in range(start, min(start + batch_size, len(sources))):
+            try:
+                batch.append((position, load_input(sources[position], preset)))
+            except AttnvizError as error:
+                batch.append((position, str(error)))
+        yield batch
+
+
+def _why(sample: _Decoded) -> str | None:
+    return sample[1] if isinstance(sample[1], str) else None
+
+
+def _image(sample: _Decoded) -> InputImage:
+    assert not isinstance(sample[1], str)
+    return sample[1]
+
+
+@dataclass
+class _Steps:
+    """``run_maps``'s stages of the shared pipeline (:func:`attnviz.runtime.pipeline.run_batches`)."""
+
+    loaded: LoadedModel
+    preset: Preset
+    names: Sequence[str] | None
+    capturer: Capturer
+    sources: list[str]
+    options: MapsOptions
+    out: Path
+    folders: list[str]
+    painter: _Painter
+    done: Callable[[ImageResult | Failure], None]
+    results: list[ImageResult]
+
+    def skip(self, sample: _Decoded, reason: str) -> None:
+        """An input that could not be read: a failure, in its place among the outcomes."""
+        self.painter.put(Failure(self.sources[sample[0]], reason), self.done)
+
+    def analyse(self, inputs: list[_Decoded]) -> list[tuple[Capture, int, torch.Tensor | None]]:
+        """One forward (and Grad-CAM) of the model on a batch of images."""
+        images = [_image(sample) for sample in inputs]
+        cap = self.capturer(torch.stack([image.tensor for image in images]), originals=[i.original for i in images])
+        cams = _gradcam(self.loaded, cap, self.names) if self.options.cam else None
+        return [(cap, index, cams) for index in range(len(images))]
+
+    def emit(self, sample: _Decoded, analysed: tuple[Capture, int, torch.Tensor | None]) -> None:
+        """Write one image's arrays, and queue its pictures and summary."""
+        (position, _), item = sample, _image(sample)
+        cap, index, cams = analysed
+        folder = self.out / self.folders[position]
+        try:
+            result, job = _write_arrays(self.loaded, self.preset, cap, index, item, cams, folder)
+        except OSError as error:  # a full disk fails every image: stop, and say what was written
+            _remove_folder_if_empty(folder)
+            raise output_error(error, folder, len(self.results)) from None
+        except Exception as error:  # one image failing must not lose the others
+            logger.debug("writing %s failed", item.path, exc_info=True)
+            _remove_folder_if_empty(folder)
+            reason = f"could not write its outputs: {type(error).__name__}: {error}"
+            self.painter.put(Failure(str(item.path), reason), self.done)
+            return
+        self.painter.put(result, self.done, job)
 
 
 def output_error(error: OSError, folder: Path, written: int) -> OutputError:
