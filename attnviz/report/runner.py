@@ -42,6 +42,7 @@ from attnviz.report.sources import (
 )
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.outdir import claim_output_folder
+from attnviz.runtime.pipeline import run_batches
 from attnviz.runtime.progress import phase, progress_bar
 from attnviz.runtime.workqueue import Outcome, WorkQueue
 
@@ -270,27 +271,26 @@ def _process(
         # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
         queue: WorkQueue[ImageRecord] = stack.enter_context(
             WorkQueue(workers, _queue_size(options) if workers else 0, writer, ordered=False))
-        for batch in batches:
-            good = []
-            for sample in batch:
-                item = pending[sample.position]
-                if sample.error is not None:
-                    _write_failure(out, item, config, sample.error)
-                    advance(1)
-                else:
-                    good.append(sample)
-            if not good:
-                continue
-            items = [pending[s.position] for s in good]
-            truths = [_truth(item, class_names, classes) for item in items]
-            results = analyse_batch(runs, good, truths, analysis, timings)
-            for sample, item, truth, (entries, arrays) in zip(good, items, truths, results):
-                record = _record(item, sample, truth, class_names, entries, config, stamps[item.id])
-                if not options.pictures:
-                    queue.put(record)
-                    continue
-                job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
-                queue.put(record, pictures.write, job, str(out))
+
+        def skip(sample: Any, reason: str) -> None:
+            _write_failure(out, pending[sample.position], config, reason)
+            advance(1)
+
+        def analyse(good: list[Any]) -> list[tuple[int | None, Any]]:
+            truths = [_truth(pending[sample.position], class_names, classes) for sample in good]
+            return list(zip(truths, analyse_batch(runs, good, truths, analysis, timings)))
+
+        def emit(sample: Any, analysed: tuple[int | None, Any]) -> None:
+            truth, (entries, arrays) = analysed
+            item = pending[sample.position]
+            record = _record(item, sample, truth, class_names, entries, config, stamps[item.id])
+            if not options.pictures:
+                queue.put(record)
+                return
+            job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
+            queue.put(record, pictures.write, job, str(out))
+
+        run_batches(batches, lambda sample: sample.error, skip, analyse, emit)
         queue.drain(0)
         if workers:
             timings["render (waiting)"] = timings.get("render (waiting)", 0.0) + queue.waited
