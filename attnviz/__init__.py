@@ -43,8 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from attnviz.capturing.capturer import Capture, Capturer, Gate, capture
     from attnviz.explain.cam import CamResult, gradcam
     from attnviz.io.checkpoints import LoadedModel, load_model
-    from attnviz.io.save import save_checkpoint
     from attnviz.io.inputs import get_preset, load_input, load_rgb, preprocess
+    from attnviz.io.save import save_checkpoint
     from attnviz.jobs.compare import Comparison, compare
     from attnviz.jobs.maps import run_maps
     from attnviz.models import build_model, list_architectures

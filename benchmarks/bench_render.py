@@ -1,7 +1,7 @@
 """How long each picture takes: build the figure, draw it to pixels, and save a PNG.
 
-    python benchmarks/bench_render.py            # print the table
-    python benchmarks/bench_render.py --write    # also replace "## Rendering" in docs/BENCHMARKS.md
+python benchmarks/bench_render.py            # print the table
+python benchmarks/bench_render.py --write    # also replace "## Rendering" in docs/BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -40,8 +40,11 @@ def cases(rng: np.random.Generator) -> dict[str, Callable[[], object]]:
             rng.uniform(0, 1, (128, 8, 8)), after=rng.uniform(0, 1, (128, 8, 8))
         ),
         "comparison grid, 4 images x 4 columns": lambda: render.comparison_grid(
-            [image32] * 4, [[image32] * 4] * 4, row_titles=["truth: cat"] * 4,
-            column_titles=["input", "cnn", "se", "cbam"], captions=[["P = 0.9"] * 4] * 4
+            [image32] * 4,
+            [[image32] * 4] * 4,
+            row_titles=["truth: cat"] * 4,
+            column_titles=["input", "cnn", "se", "cbam"],
+            captions=[["P = 0.9"] * 4] * 4,
         ),
     }
 
@@ -73,7 +76,9 @@ def overlay_speed(rng: np.random.Generator, repeats: int = 50) -> list[str]:
             start = time.perf_counter()
             render.overlay_rgb(image, heat)
             times.append(time.perf_counter() - start)
-        lines.append(f"| overlay_rgb (array, no figure), {height}x{width} | {statistics.median(times) * 1e3:.2f} | - | - |")
+        lines.append(
+            f"| overlay_rgb (array, no figure), {height}x{width} | {statistics.median(times) * 1e3:.2f} | - | - |"
+        )
     return lines
 
 
@@ -87,7 +92,10 @@ def maps_speed() -> list[str]:
     root = Path(__file__).resolve().parents[1] / "samples"
     images = sorted((root / "images").glob("*.png"))
     loaded = load_model(root / "models" / "cbam_cnn.pth")
-    lines = ["| `attnviz maps`, cbam_cnn, render workers | wall (s) | per image (s) | speed-up |", "| --- | ---: | ---: | ---: |"]
+    lines = [
+        "| `attnviz maps`, cbam_cnn, render workers | wall (s) | per image (s) | speed-up |",
+        "| --- | ---: | ---: | ---: |",
+    ]
     first = None
     for workers in sorted({0, 2, os.cpu_count() or 1}):
         with tempfile.TemporaryDirectory() as folder:
@@ -95,7 +103,9 @@ def maps_speed() -> list[str]:
             results, _ = run_maps(loaded, images, folder, options=MapsOptions(render_workers=workers))
             wall = time.perf_counter() - start
         first = first or wall
-        lines.append(f"| {workers} ({len(results)} images) | {wall:.1f} | {wall / len(results):.2f} | {first / wall:.2f}× |")
+        lines.append(
+            f"| {workers} ({len(results)} images) | {wall:.1f} | {wall / len(results):.2f} | {first / wall:.2f}× |"
+        )
     return lines
 
 

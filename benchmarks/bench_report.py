@@ -67,9 +67,16 @@ def child(images: int, workers: int, render_workers: int, steps: int, threads: i
         wall = time.perf_counter() - start
         files = sum(len(names) for _, _, names in os.walk(folder))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"timings": result.timings, "wall": wall, "images": result.processed, "peak_mib": peak,
-            "threads": torch.get_num_threads(), "weights": weights, "files": files,
-            "sanity_images": options.sanity_images}
+    return {
+        "timings": result.timings,
+        "wall": wall,
+        "images": result.processed,
+        "peak_mib": peak,
+        "threads": torch.get_num_threads(),
+        "weights": weights,
+        "files": files,
+        "sanity_images": options.sanity_images,
+    }
 
 
 def run_config(images: int, config: str, steps: int, threads: int | None, random: bool) -> dict:
@@ -93,16 +100,27 @@ def stages(result: dict) -> list[tuple[str, float, str]]:
         render, note = t["render"], ""
     else:
         render, note = t.get("render (waiting)", 0.0), f"({t.get('render (workers)', 0.0):.1f} in workers)"
-    rows = [("decode", t.get("decode", 0.0), ""), ("model", t.get("model", 0.0), ""), ("Grad-CAM", t.get("cam", 0.0), ""),
-            ("metrics", t.get("metrics", 0.0), ""), ("sanity", t.get("sanity", 0.0), ""), ("rendering", render, note),
-            ("aggregates, CSV, JSON", tables, ""), ("excitation figures", t.get("build figures", 0.0), ""),
-            ("HTML", t.get("build html", 0.0), "")]
+    rows = [
+        ("decode", t.get("decode", 0.0), ""),
+        ("model", t.get("model", 0.0), ""),
+        ("Grad-CAM", t.get("cam", 0.0), ""),
+        ("metrics", t.get("metrics", 0.0), ""),
+        ("sanity", t.get("sanity", 0.0), ""),
+        ("rendering", render, note),
+        ("aggregates, CSV, JSON", tables, ""),
+        ("excitation figures", t.get("build figures", 0.0), ""),
+        ("HTML", t.get("build html", 0.0), ""),
+    ]
     rows.append(("other", result["wall"] - sum(r[1] for r in rows), ""))
     return rows
 
 
 def table(results: list[dict]) -> str:
-    head = "| stage | " + " | ".join(f"workers {r['workers']}, render workers {r['render_workers']}" for r in results) + " |"
+    head = (
+        "| stage | "
+        + " | ".join(f"workers {r['workers']}, render workers {r['render_workers']}" for r in results)
+        + " |"
+    )
     lines = [head, "| --- |" + " ---: |" * len(results)]
     per_run = [stages(r) for r in results]
     for index, (name, _, _) in enumerate(per_run[0]):
@@ -111,7 +129,11 @@ def table(results: list[dict]) -> str:
             seconds, note = rows[index][1], rows[index][2]
             cells.append(f"{seconds:.1f} s ({100 * seconds / result['wall']:.0f}%){' ' + note if note else ''}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| **wall** | " + " | ".join(f"**{r['wall']:.1f} s** ({r['images'] / r['wall']:.1f} images/s)" for r in results) + " |")
+    lines.append(
+        "| **wall** | "
+        + " | ".join(f"**{r['wall']:.1f} s** ({r['images'] / r['wall']:.1f} images/s)" for r in results)
+        + " |"
+    )
     lines.append("| peak memory | " + " | ".join(f"{r['peak_mib']:.0f} MiB" for r in results) + " |")
     return "\n".join(lines)
 
@@ -125,7 +147,8 @@ def section(results: list[dict], small: dict | None, command: str, images: int, 
     memory = (
         f"- Memory does not grow with the number of images: peak {small['peak_mib']:.0f} MiB for {small['images']} images "
         f"against {first['peak_mib']:.0f} MiB for {first['images']} (same configuration as the first column).\n"
-        if small else ""
+        if small
+        else ""
     )
     return (
         f"{SECTION}\n\n"
@@ -156,8 +179,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--random", action="store_true", help="random weights even when the samples exist")
-    parser.add_argument("--small", type=int, default=100, help="also run the first configuration on this many images "
-                        "to compare peak memory (0: skip)")
+    parser.add_argument(
+        "--small",
+        type=int,
+        default=100,
+        help="also run the first configuration on this many images to compare peak memory (0: skip)",
+    )
     parser.add_argument("--write", action="store_true", help="replace the section in docs/BENCHMARKS.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

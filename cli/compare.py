@@ -19,16 +19,55 @@ Examples:
   attnviz compare --baseline a.pth --model b.pth --target cat photos/*.jpg
 """
 )
-@click.option("--baseline", "baseline_path", required=True, type=click.Path(path_type=Path), help="Checkpoint of the baseline CNN.")
-@click.option("--model", "model_paths", required=True, multiple=True, type=click.Path(path_type=Path), help="Checkpoint of an attention model (repeat for several).")
+@click.option(
+    "--baseline",
+    "baseline_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint of the baseline CNN.",
+)
+@click.option(
+    "--model",
+    "model_paths",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint of an attention model (repeat for several).",
+)
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="CSV with columns image,label (file name and class name or index): explain the true class.")
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="CSV with columns image,label (file name and class name or index): explain the true class.",
+)
 @click.option("--target", default=None, help="Explain this class (name or index) in every image instead.")
 @click.option("--method", default="gradcam", show_default=True, help="CAM method (gradcam, gradcam++, layercam, ...).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("attnviz-compare/compare.png"), show_default=True, help="Figure path (.png/.svg/.pdf); the numbers go to the same name with .json.")
-@click.option("--arch", default=None, metavar="NAME", help="Architecture for bare state_dicts that cannot be inferred (applies to all).")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow checkpoints that run code when loaded (TorchScript, pickled models). Only for files you trust.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("attnviz-compare/compare.png"),
+    show_default=True,
+    help="Figure path (.png/.svg/.pdf); the numbers go to the same name with .json.",
+)
+@click.option(
+    "--arch",
+    default=None,
+    metavar="NAME",
+    help="Architecture for bare state_dicts that cannot be inferred (applies to all).",
+)
+@click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Allow checkpoints that run code when loaded (TorchScript, pickled models). Only for files you trust.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...",
+)
 def compare(baseline_path, model_paths, images, labels_file, target, method, out, arch, trust_checkpoint, device):
     """Draw one row per image: input | baseline Grad-CAM | each attention model's Grad-CAM,
     with the class above the row and each model's softmax score P for it under its map.
@@ -70,17 +109,35 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
         if all(getattr(m.preset, "name", None) == "cifar10" for m in models.values()):
             names = list(CIFAR10_CLASSES)
     truth = _read_truth(labels_file, kept, names) if labels_file else _truth_from_folders(kept, names)
-    result = run_compare(models, originals, labels=[str(p) for p in kept], truth=truth, target=target, class_names=names, method=method)
+    result = run_compare(
+        models, originals, labels=[str(p) for p in kept], truth=truth, target=target, class_names=names, method=method
+    )
     written = result.save(out)
 
-    table = Table("image", "target", *[f"P {n}" for n in result.names], *[f"IoU/ρ {n}" for n in result.names[1:]], box=None, show_edge=False)
+    table = Table(
+        "image",
+        "target",
+        *[f"P {n}" for n in result.names],
+        *[f"IoU/ρ {n}" for n in result.names[1:]],
+        box=None,
+        show_edge=False,
+    )
     for i, label in enumerate(result.labels):
-        agreement = [f"{result.agreement[i][n]['top20_iou']:.2f}/{result.agreement[i][n]['spearman']:.2f}" for n in result.names[1:]]
-        table.add_row(Path(label).name, f"{result.label(result.targets[i])} ({result.target_source[i]})",
-                      *[f"{float(result.scores[n][i]):.3f}" for n in result.names], *agreement)
+        agreement = [
+            f"{result.agreement[i][n]['top20_iou']:.2f}/{result.agreement[i][n]['spearman']:.2f}"
+            for n in result.names[1:]
+        ]
+        table.add_row(
+            Path(label).name,
+            f"{result.label(result.targets[i])} ({result.target_source[i]})",
+            *[f"{float(result.scores[n][i]):.3f}" for n in result.names],
+            *agreement,
+        )
     console.print(table)
     for name, means in result.mean_agreement().items():
-        console.print(f"{name} vs {result.baseline}: mean top-20% IoU {means['top20_iou']:.3f}, mean Spearman {means['spearman']:.3f}")
+        console.print(
+            f"{name} vs {result.baseline}: mean top-20% IoU {means['top20_iou']:.3f}, mean Spearman {means['spearman']:.3f}"
+        )
     console.print("wrote " + ", ".join(str(p) for p in written))
     if len(kept) < len(images):
         raise SystemExit(1)
@@ -93,7 +150,9 @@ def _read_truth(path: Path, images: list[Path], class_names: list[str] | None) -
         with open(path, newline="", encoding="utf-8") as file:
             rows = {row["image"].strip(): row["label"].strip() for row in csv.DictReader(file)}
     except (OSError, KeyError, csv.Error) as error:
-        raise UsageError(f"cannot read labels from {path}: expected a CSV with columns image,label ({error})") from error
+        raise UsageError(
+            f"cannot read labels from {path}: expected a CSV with columns image,label ({error})"
+        ) from error
     truth: list[int | None] = []
     for image in images:
         label = rows.get(image.name, rows.get(str(image)))

@@ -21,9 +21,19 @@ Examples:
 )
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Checkpoint file.")
 @model_loading
-@click.option("--depth", type=click.IntRange(min=1), default=2, show_default=True, help="Module nesting depth of the layer table.")
-@click.option("--size", type=int, default=None, help="Input size for the shape table (default: the checkpoint's preset).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write the facts as JSON.")
+@click.option(
+    "--depth", type=click.IntRange(min=1), default=2, show_default=True, help="Module nesting depth of the layer table."
+)
+@click.option(
+    "--size", type=int, default=None, help="Input size for the shape table (default: the checkpoint's preset)."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the facts as JSON.",
+)
 @click.option("--list", "list_archs", is_flag=True, help="List the architectures attnviz knows and exit.")
 def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, list_archs):
     """Print the architecture summary (layers, output shapes, parameters), the attention
@@ -51,7 +61,9 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     from attnviz.jobs.inspect import summarize
 
     loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
-    preset = get_preset(loaded.preset or "imagenet", size=size) if size or not loaded.preset else get_preset(loaded.preset)
+    preset = (
+        get_preset(loaded.preset or "imagenet", size=size) if size or not loaded.preset else get_preset(loaded.preset)
+    )
     facts = summarize(loaded.model, preset.size, depth=depth)
 
     console.print(f"[bold]{model_path}[/bold]: {loaded.arch} ({loaded.format})")
@@ -68,7 +80,9 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     console.print(layers)
     console.print(f"total parameters: {facts.total_params:,} (trainable {facts.trainable_params:,})")
 
-    gates = Table("gate", "kind", "shape", "function", box=None, show_edge=False, title=f"attention gates ({len(facts.gates)})")
+    gates = Table(
+        "gate", "kind", "shape", "function", box=None, show_edge=False, title=f"attention gates ({len(facts.gates)})"
+    )
     for gate in facts.gates:
         gates.add_row(gate["name"], gate["kind"], "x".join(map(str, gate["shape"])), gate["function"])
     hidden = "attention gates: not visible (the forward runs as compiled TorchScript)"
@@ -85,7 +99,13 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
         console.print("training record: none in this checkpoint")
 
     if json_path is not None:
-        document = {"checkpoint": str(model_path), "arch": loaded.arch, "arch_kwargs": loaded.arch_kwargs,
-                    "format": loaded.format, "record": loaded.record, **facts.to_dict()}
+        document = {
+            "checkpoint": str(model_path),
+            "arch": loaded.arch,
+            "arch_kwargs": loaded.arch_kwargs,
+            "format": loaded.format,
+            "record": loaded.record,
+            **facts.to_dict(),
+        }
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str), encoding="utf-8")

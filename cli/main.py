@@ -26,7 +26,11 @@ from attnviz.runtime.errors import AttnvizError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "maps": ("attnviz.cli.maps", "maps", "Capture every attention gate of a model on images and draw them."),
     "compare": ("attnviz.cli.compare", "compare", "Grad-CAM of a baseline against attention models, side by side."),
-    "inspect": ("attnviz.cli.inspect", "inspect", "Architecture summary, attention modules and training record of a checkpoint."),
+    "inspect": (
+        "attnviz.cli.inspect",
+        "inspect",
+        "Architecture summary, attention modules and training record of a checkpoint.",
+    ),
     "train": ("attnviz.cli.train", "train", "Train a course architecture with the course's recipe."),
     "report": ("attnviz.cli.report", "report", "Batch report over many images and several models (static HTML)."),
 }

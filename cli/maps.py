@@ -27,18 +27,65 @@ Examples:
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Checkpoint file.")
 @model_loading
 @input_options
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))  # unreadable: skipped
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("attnviz-maps"), show_default=True, help="Output folder (one sub-folder per image).")
-@click.option("--format", "fmt", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True, help="Picture format.")
-@click.option("--order", type=click.Choice(["weight", "channel"]), default="weight", show_default=True, help="Channel bar order.")
-@click.option("--scale", type=click.Choice(["absolute", "minmax"]), default="absolute", show_default=True, help="Colour scale of spatial overlays: the gate's [0,1] range, or each map's min-max.")
-@click.option("--layers", default=None, help="Comma-separated feature layers to capture (default: each conv block / stage).")
+@click.argument(
+    "images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False)
+)  # unreadable: skipped
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("attnviz-maps"),
+    show_default=True,
+    help="Output folder (one sub-folder per image).",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["png", "svg", "pdf"]),
+    default="png",
+    show_default=True,
+    help="Picture format.",
+)
+@click.option(
+    "--order", type=click.Choice(["weight", "channel"]), default="weight", show_default=True, help="Channel bar order."
+)
+@click.option(
+    "--scale",
+    type=click.Choice(["absolute", "minmax"]),
+    default="absolute",
+    show_default=True,
+    help="Colour scale of spatial overlays: the gate's [0,1] range, or each map's min-max.",
+)
+@click.option(
+    "--layers", default=None, help="Comma-separated feature layers to capture (default: each conv block / stage)."
+)
 @click.option("--no-pictures", is_flag=True, help="Write only attention.npz and summary.json.")
 @click.option("--no-cam", is_flag=True, help="Skip Grad-CAM.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--render-workers", type=click.IntRange(min=0), default=None,
-              help="Processes that draw the pictures (0: in this process). Default: one per core, up to 4, for 3 or more images.")
-def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file, images, out, fmt, order, scale, layers, no_pictures, no_cam, batch_size, render_workers):
+@click.option(
+    "--render-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes that draw the pictures (0: in this process). Default: one per core, up to 4, for 3 or more images.",
+)
+def maps(
+    model_path,
+    arch,
+    trust_checkpoint,
+    device,
+    preset,
+    size,
+    classes_file,
+    images,
+    out,
+    fmt,
+    order,
+    scale,
+    layers,
+    no_pictures,
+    no_cam,
+    batch_size,
+    render_workers,
+):
     """Capture every SE/CBAM gate of MODEL on IMAGES and write arrays, JSON and pictures.
 
     For each image, prints the top prediction and a table of gates, and writes
@@ -65,7 +112,10 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
         render_workers=_auto_workers(len(images)) if render_workers is None else render_workers,
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
     )
-    console.print(f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}", markup=False)
+    console.print(
+        f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}",
+        markup=False,
+    )
 
     def report(item):
         if isinstance(item, Failure):
@@ -73,12 +123,16 @@ def maps(model_path, arch, trust_checkpoint, device, preset, size, classes_file,
         else:
             _print_result(console, item)
 
-    results, failures = run_maps(loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report)
+    results, failures = run_maps(
+        loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report
+    )
     if not results:
         from attnviz.runtime.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be used; nothing written")
-    console.print(f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""), markup=False)
+    console.print(
+        f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""), markup=False
+    )
     if failures:
         sys.exit(1)
 
@@ -94,12 +148,19 @@ def _print_result(console, result) -> None:
     from rich.table import Table
 
     prediction = result.summary["prediction"]
-    console.print(f"\n[bold]{escape(result.path)}[/bold] → {escape(str(prediction['label']))} (p={_number(prediction['prob'])})  → {escape(str(result.out_dir))}")
+    console.print(
+        f"\n[bold]{escape(result.path)}[/bold] → {escape(str(prediction['label']))} (p={_number(prediction['prob'])})  → {escape(str(result.out_dir))}"
+    )
     table = Table(show_edge=False, pad_edge=False, box=None)
     for column in ("gate", "kind", "shape", "mean", "min", "max"):
         table.add_column(column, justify="right" if column in ("mean", "min", "max") else "left")
     for row in result.summary["gates"]:
-        table.add_row(escape(row["name"]), row["kind"], "x".join(map(str, row["shape"])), *(_number(row[key]) for key in ("mean", "min", "max")))
+        table.add_row(
+            escape(row["name"]),
+            row["kind"],
+            "x".join(map(str, row["shape"])),
+            *(_number(row[key]) for key in ("mean", "min", "max")),
+        )
     console.print(table)
 
 

@@ -17,7 +17,9 @@ ARCH_HELP = (
 def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
     """Add --arch, --trust-checkpoint and --device."""
     function = click.option(
-        "--device", default="auto", show_default=True,
+        "--device",
+        default="auto",
+        show_default=True,
         help="Device to run the model on: auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...",
     )(function)
     function = click.option(

@@ -33,30 +33,124 @@ OUT must be new, empty or a report folder of attnviz (--force: beside other file
 time writes it (a second is refused while the lock OUT/.attnviz.lock is held).
 """
 )
-@click.option("--baseline", "baseline_path", type=click.Path(path_type=Path), default=None, help="Checkpoint of the baseline CNN (the others' maps are compared with it).")
-@click.option("--model", "model_paths", multiple=True, type=click.Path(path_type=Path), help="Checkpoint of a model (repeat for several).")
+@click.option(
+    "--baseline",
+    "baseline_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint of the baseline CNN (the others' maps are compared with it).",
+)
+@click.option(
+    "--model",
+    "model_paths",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint of a model (repeat for several).",
+)
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("attnviz-report"), show_default=True, help="Report folder (index.html, results.csv, results.json, pictures).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("attnviz-report"),
+    show_default=True,
+    help="Report folder (index.html, results.csv, results.json, pictures).",
+)
 @click.option("--merge", is_flag=True, help="INPUTS are report folders of --shard runs: join them into --out.")
 @model_loading
-@click.option("--classes", "classes_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Class names, one per line (or a JSON list). Default: from the checkpoints or the input.")
-@click.option("--masks", type=click.Path(file_okay=False, path_type=Path), default=None, help="Folder of masks with the same relative paths as the images.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Where CIFAR-10 lives (cifar10 specs).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shapes data set and of folder: splits.")
+@click.option(
+    "--classes",
+    "classes_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Class names, one per line (or a JSON list). Default: from the checkpoints or the input.",
+)
+@click.option(
+    "--masks",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of masks with the same relative paths as the images.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where CIFAR-10 lives (cifar10 specs).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the shapes data set and of folder: splits.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes that decode images.")
-@click.option("--render-workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes that draw the pictures.")
-@click.option("--shard", default="1/1", show_default=True, callback=_shard, help="Process only slice K of N (K/N); merge the slices with --merge.")
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Processes that decode images."
+)
+@click.option(
+    "--render-workers",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Processes that draw the pictures.",
+)
+@click.option(
+    "--shard",
+    default="1/1",
+    show_default=True,
+    callback=_shard,
+    help="Process only slice K of N (K/N); merge the slices with --merge.",
+)
 @click.option("--method", default="gradcam", show_default=True, help="CAM method (gradcam, gradcam++, layercam, ...).")
-@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps of the deletion/insertion curves.")
-@click.option("--deletion-baseline", type=click.Choice(["blur", "zero", "mean"]), default="blur", show_default=True, help="What deleted pixels become.")
-@click.option("--sanity-images", type=click.IntRange(min=0), default=16, show_default=True, help="Images of the randomisation sanity check (0: skip it).")
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Steps of the deletion/insertion curves."
+)
+@click.option(
+    "--deletion-baseline",
+    type=click.Choice(["blur", "zero", "mean"]),
+    default="blur",
+    show_default=True,
+    help="What deleted pixels become.",
+)
+@click.option(
+    "--sanity-images",
+    type=click.IntRange(min=0),
+    default=16,
+    show_default=True,
+    help="Images of the randomisation sanity check (0: skip it).",
+)
 @click.option("--no-pictures", is_flag=True, help="Numbers only: no per-image pictures.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("--force", is_flag=True, help="Write into an --out folder that holds other files (beside them: a file attnviz did not write is never replaced).")
-def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoint, device, classes_file, masks, data_dir,
-           seed, batch_size, workers, render_workers, shard, method, steps, deletion_baseline, sanity_images, no_pictures, quiet,
-           force):
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Write into an --out folder that holds other files (beside them: a file attnviz did not write is never replaced).",
+)
+def report(
+    baseline_path,
+    model_paths,
+    inputs,
+    out,
+    merge,
+    arch,
+    trust_checkpoint,
+    device,
+    classes_file,
+    masks,
+    data_dir,
+    seed,
+    batch_size,
+    workers,
+    render_workers,
+    shard,
+    method,
+    steps,
+    deletion_baseline,
+    sanity_images,
+    no_pictures,
+    quiet,
+    force,
+):
     """Run every model on every image of INPUT and write a static HTML report with the numbers
     (accuracy, confusion matrices, pointing game, deletion/insertion, agreement with the
     baseline, gate statistics) in OUT/index.html, OUT/results.csv and OUT/results.json.
@@ -88,17 +182,37 @@ def report(baseline_path, model_paths, inputs, out, merge, arch, trust_checkpoin
     device = check_device(device)
     models = name_models([load_model(p, arch=arch, trust=trust_checkpoint, device=device) for p in paths])
     options = ReportOptions(
-        batch_size=batch_size, workers=workers, render_workers=render_workers, shard=shard, method=method, steps=steps,
-        deletion_baseline=deletion_baseline, sanity_images=sanity_images, pictures=not no_pictures,
-        class_names=load_class_names(classes_file) if classes_file else None, masks=masks, data_dir=data_dir,
-        seed=seed, progress=False if quiet else None, force=force,
+        batch_size=batch_size,
+        workers=workers,
+        render_workers=render_workers,
+        shard=shard,
+        method=method,
+        steps=steps,
+        deletion_baseline=deletion_baseline,
+        sanity_images=sanity_images,
+        pictures=not no_pictures,
+        class_names=load_class_names(classes_file) if classes_file else None,
+        masks=masks,
+        data_dir=data_dir,
+        seed=seed,
+        progress=False if quiet else None,
+        force=force,
     )
     result = run_report(models, inputs[0], out, options)
-    _finish(result.index, result.total - len(result.failures), (result.processed, result.resumed), result.failures, quiet)
+    _finish(
+        result.index, result.total - len(result.failures), (result.processed, result.resumed), result.failures, quiet
+    )
 
 
-def _finish(index: Path, images: int, work: tuple[int, int] | None, failures: list[dict], quiet: bool,
-            pending: int = 0, incomplete: bool = False) -> None:
+def _finish(
+    index: Path,
+    images: int,
+    work: tuple[int, int] | None,
+    failures: list[dict],
+    quiet: bool,
+    pending: int = 0,
+    incomplete: bool = False,
+) -> None:
     """List the skipped inputs, say what was written; exit 1 when something was skipped or is not
     finished (the unfinished shards have said so in a warning)."""
     for failure in failures:

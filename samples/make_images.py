@@ -1,6 +1,6 @@
 """Regenerate samples/images/ (12 test images of the `shapes` data set), samples/masks/ and labels.csv.
 
-    python samples/make_images.py
+python samples/make_images.py
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from attnviz.train.shapes import make_sample
+from PIL import Image
 
 HERE = Path(__file__).resolve().parent
 

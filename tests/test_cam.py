@@ -61,7 +61,9 @@ def manual_gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: 
     return F.relu(torch.einsum("bc,bchw->bhw", weights, kept["a"].detach()))
 
 
-def library_gradcam(model: nn.Module, layer: str, images: torch.Tensor, targets: list[int]) -> tuple[np.ndarray, torch.Tensor]:
+def library_gradcam(
+    model: nn.Module, layer: str, images: torch.Tensor, targets: list[int]
+) -> tuple[np.ndarray, torch.Tensor]:
     """pytorch-grad-cam's normalised maps and the raw map from the activations/gradients it stored."""
     cam = GradCAM(model=model, target_layers=[model.get_submodule(layer)])
     try:
@@ -229,8 +231,11 @@ class QuadrantNet(nn.Module):
         return self.fc(F.relu(features[:, :, self.rows, self.cols]).mean(dim=(2, 3)))
 
 
-QUADRANTS = {"top-left": (slice(0, 16), slice(0, 16)), "top-right": (slice(0, 16), slice(16, 32)),
-             "bottom-left": (slice(16, 32), slice(0, 16))}
+QUADRANTS = {
+    "top-left": (slice(0, 16), slice(0, 16)),
+    "top-right": (slice(0, 16), slice(16, 32)),
+    "bottom-left": (slice(16, 32), slice(0, 16)),
+}
 
 
 @pytest.mark.parametrize("quadrant", QUADRANTS)

@@ -43,7 +43,9 @@ class FunctionalChannelGate(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Flatten(), nn.Linear(channels, channels // 2), nn.ReLU(), nn.Linear(channels // 2, channels))
+        self.mlp = nn.Sequential(
+            nn.Flatten(), nn.Linear(channels, channels // 2), nn.ReLU(), nn.Linear(channels // 2, channels)
+        )
 
     def forward(self, x):
         avg = self.mlp(F.avg_pool2d(x, x.shape[2:]))
@@ -293,7 +295,9 @@ def test_features_before_and_after_every_gate(zoo_model, batch):
         gate = cap.gates[name]
         torch.testing.assert_close(cap.outputs[name], cap.inputs[name] * gate.values[:, :, None, None])
     spatial = cap.gates["cbam.SpatialGate"]
-    torch.testing.assert_close(cap.outputs["cbam.SpatialGate"], cap.inputs["cbam.SpatialGate"] * spatial.values[:, None])
+    torch.testing.assert_close(
+        cap.outputs["cbam.SpatialGate"], cap.inputs["cbam.SpatialGate"] * spatial.values[:, None]
+    )
 
 
 def test_predictions_match_the_model(zoo_model, batch):
@@ -411,9 +415,24 @@ def _with_live_batchnorm(model: nn.Module) -> nn.Module:
 
 
 REAL_MODELS = {
-    "torchvision:efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), 16, 0, "SqueezeExcitation"),
-    "torchvision:mobilenet_v3_small": (lambda: torchvision.models.mobilenet_v3_small(num_classes=10), 9, 0, "SqueezeExcitation"),
-    "torchvision:regnet_y_400mf": (lambda: torchvision.models.regnet_y_400mf(num_classes=10), 16, 0, "SqueezeExcitation"),
+    "torchvision:efficientnet_b0": (
+        lambda: torchvision.models.efficientnet_b0(num_classes=10),
+        16,
+        0,
+        "SqueezeExcitation",
+    ),
+    "torchvision:mobilenet_v3_small": (
+        lambda: torchvision.models.mobilenet_v3_small(num_classes=10),
+        9,
+        0,
+        "SqueezeExcitation",
+    ),
+    "torchvision:regnet_y_400mf": (
+        lambda: torchvision.models.regnet_y_400mf(num_classes=10),
+        16,
+        0,
+        "SqueezeExcitation",
+    ),
     "timm:seresnet18": (lambda: timm.create_model("seresnet18", num_classes=10), 8, 0, "SEModule"),
     "timm:legacy_seresnet18": (lambda: timm.create_model("legacy_seresnet18", num_classes=10), 8, 0, "SEModule"),
     "timm:ecaresnet26t": (lambda: timm.create_model("ecaresnet26t", num_classes=10), 8, 0, "EcaModule"),

@@ -12,7 +12,6 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Tuple
 
 import numpy as np
 import pytest
@@ -22,8 +21,8 @@ from support import ROOT, run
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from attnviz.explain import cam as cam_module
 from attnviz.capturing.capturer import capture
+from attnviz.explain import cam as cam_module
 from attnviz.io.checkpoints import load_model
 from attnviz.io.save import save_checkpoint
 from attnviz.models import build_model
@@ -64,11 +63,11 @@ class _WritesOnLoad(nn.Module):
         return x.flatten(1)[:, :4] * 2
 
     @torch.jit.export
-    def __getstate__(self) -> Tuple[str, bool]:
+    def __getstate__(self) -> tuple[str, bool]:
         return (self.target, self.training)
 
     @torch.jit.export
-    def __setstate__(self, state: Tuple[str, bool]) -> None:
+    def __setstate__(self, state: tuple[str, bool]) -> None:
         self.target = state[0]
         self.training = state[1]
         written = torch.from_file(self.target, True, 5, dtype=torch.uint8)
@@ -160,7 +159,7 @@ class _Gated(nn.Module):
 class _Exposing(_Gated):
     """The same network returning its gated feature map beside the logits."""
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.gate(self.body(x))
         return self.head(features.mean((2, 3))), features
 
@@ -218,24 +217,36 @@ def test_trusted_torchscript_through_the_commands(tmp_path, compiled):
     assert result.exit_code == 0 and "attention gates: not visible" in result.output
     assert "internal error" not in result.output
 
-    result = run("maps", "--model", traced, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m1",
-                 "--no-pictures")
+    result = run(
+        "maps", "--model", traced, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m1", "--no-pictures"
+    )
     assert result.exit_code == 0, result.output
     assert "attnviz: warning: no Grad-CAM" in result.output
     summary = json.loads((tmp_path / "m1" / "0" / "summary.json").read_text())
     assert summary["model"]["format"] == "torchscript" and summary["gates"] == [] and "gradcam" not in summary
     assert "cam/gradcam" not in np.load(tmp_path / "m1" / "0" / "attention.npz").files
 
-    result = run("maps", "--model", scripted, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m2",
-                 "--no-pictures")
+    result = run(
+        "maps", "--model", scripted, "--trust-checkpoint", images / "0.png", "--out", tmp_path / "m2", "--no-pictures"
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "m2" / "0" / "summary.json").read_text())
     assert summary["gradcam"]["layer"] == "output[1]"
     cam = np.load(tmp_path / "m2" / "0" / "attention.npz")["cam/gradcam"]
     assert cam.shape == (224, 224) and 0.0 <= cam.min() and cam.max() == pytest.approx(1.0)
 
-    result = run("compare", "--baseline", scripted, "--model", scripted, "--trust-checkpoint", images / "0.png",
-                 images / "1.png", "--out", tmp_path / "cmp.png")
+    result = run(
+        "compare",
+        "--baseline",
+        scripted,
+        "--model",
+        scripted,
+        "--trust-checkpoint",
+        images / "0.png",
+        images / "1.png",
+        "--out",
+        tmp_path / "cmp.png",
+    )
     assert result.exit_code == 0, result.output
     compared = json.loads((tmp_path / "cmp.json").read_text())
     assert (tmp_path / "cmp.png").stat().st_size > 0
@@ -245,13 +256,37 @@ def test_trusted_torchscript_through_the_commands(tmp_path, compiled):
         first, second = row["models"].values()
         assert first["p_target"] == second["p_target"] and 0 < first["p_target"] < 1
 
-    result = run("compare", "--baseline", scripted, "--model", traced, "--trust-checkpoint", images / "0.png",
-                 "--out", tmp_path / "cmp2.png")
+    result = run(
+        "compare",
+        "--baseline",
+        scripted,
+        "--model",
+        traced,
+        "--trust-checkpoint",
+        images / "0.png",
+        "--out",
+        tmp_path / "cmp2.png",
+    )
     assert result.exit_code == 2 and "internal error" not in result.output
     assert "TorchScript model returns only" in result.output
 
-    result = run("report", "--baseline", scripted, "--model", scripted, "--trust-checkpoint", images,
-                 "--out", tmp_path / "report", "--no-pictures", "--sanity-images", 2, "--steps", 2, "--quiet")
+    result = run(
+        "report",
+        "--baseline",
+        scripted,
+        "--model",
+        scripted,
+        "--trust-checkpoint",
+        images,
+        "--out",
+        tmp_path / "report",
+        "--no-pictures",
+        "--sanity-images",
+        2,
+        "--steps",
+        2,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert "no sanity check for" in result.output and "internal error" not in result.output
     records = json.loads((tmp_path / "report" / "results.json").read_text())
@@ -308,11 +343,17 @@ def test_named_library_model_is_checked_before_it_is_built(tmp_path):
 @pytest.mark.parametrize(
     ("arch", "kwargs", "named"),
     [
-        ("torchvision:lraspp_mobilenet_v3_large",
-         {"num_classes": 2, "weights_backbone": "MobileNet_V3_Large_Weights.IMAGENET1K_V1"}, "weights_backbone"),
+        (
+            "torchvision:lraspp_mobilenet_v3_large",
+            {"num_classes": 2, "weights_backbone": "MobileNet_V3_Large_Weights.IMAGENET1K_V1"},
+            "weights_backbone",
+        ),
         ("timm:resnet18", {"num_classes": 2, "checkpoint_path": "/etc/hostname"}, "checkpoint_path"),
-        ("timm:resnet18", {"num_classes": 2, "pretrained_cfg_overlay": {"file": "/etc/hostname"}},
-         "pretrained_cfg_overlay"),
+        (
+            "timm:resnet18",
+            {"num_classes": 2, "pretrained_cfg_overlay": {"file": "/etc/hostname"}},
+            "pretrained_cfg_overlay",
+        ),
         ("timm:resnet18", {"num_classes": 2, "act_layer": "../../evil.py"}, "act_layer"),
     ],
 )
@@ -322,8 +363,16 @@ def test_stored_arguments_that_read_or_download_need_trust(tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(cache))
     monkeypatch.setenv("HF_HOME", str(cache / "hf"))
     path = tmp_path / "stored.pt"
-    checkpoint = {"format": "attnviz", "version": 1, "arch": arch, "arch_kwargs": kwargs,
-                  "state_dict": {"fc.weight": torch.zeros(2, 3)}, "preset": None, "class_names": None, "record": {}}
+    checkpoint = {
+        "format": "attnviz",
+        "version": 1,
+        "arch": arch,
+        "arch_kwargs": kwargs,
+        "state_dict": {"fc.weight": torch.zeros(2, 3)},
+        "preset": None,
+        "class_names": None,
+        "record": {},
+    }
     torch.save(checkpoint, path)
     with _AllocationGuard(limit=5_000_000), pytest.raises(UnsafeCheckpointError) as info:
         load_model(path)
@@ -359,8 +408,9 @@ def test_stored_arguments_cannot_allocate_unsaved_buffers(tmp_path):
 def test_plain_stored_arguments_still_build(tmp_path):
     model = build_model("densenet_se", num_classes=3, block_config=(1, 1, 1, 1), growth_rate=4)
     path = tmp_path / "dense.pt"
-    save_checkpoint(path, model, "densenet_se", arch_kwargs={"num_classes": 3, "block_config": [1, 1, 1, 1],
-                                                             "growth_rate": 4})
+    save_checkpoint(
+        path, model, "densenet_se", arch_kwargs={"num_classes": 3, "block_config": [1, 1, 1, 1], "growth_rate": 4}
+    )
     loaded = load_model(path)
     assert loaded.arch_kwargs["block_config"] == [1, 1, 1, 1]
     with torch.no_grad():
@@ -397,8 +447,10 @@ def _not_checkpoints(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "onnx": (_onnx_binary(), "ONNX"),
         "pickle": (pickle.dumps({"epoch": 3, "weights": [1.0, 2.0]}), "pickle not written by torch.save"),
         "zip": (None, "zip archive"),
-        "safetensors": (b"\x20\x00\x00\x00\x00\x00\x00\x00" + b'{"a":{"dtype":"F32","shape":[1]}}' + b"\0" * 4,
-                        "safetensors"),
+        "safetensors": (
+            b"\x20\x00\x00\x00\x00\x00\x00\x00" + b'{"a":{"dtype":"F32","shape":[1]}}' + b"\0" * 4,
+            "safetensors",
+        ),
     }
     out = {}
     for name, (data, what) in cases.items():

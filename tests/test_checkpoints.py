@@ -162,7 +162,12 @@ def _wrapped(model: nn.Module) -> dict[str, nn.Module]:
 
 @pytest.mark.parametrize(
     ("key", "wrapper"),
-    [("state_dict", "plain"), ("model_state_dict", "DataParallel"), ("model", "compiled"), ("net", "compiled DataParallel")],
+    [
+        ("state_dict", "plain"),
+        ("model_state_dict", "DataParallel"),
+        ("model", "compiled"),
+        ("net", "compiled DataParallel"),
+    ],
 )
 def test_wrapped_and_prefixed_state_dicts(tmp_path, zoo, batch, key, wrapper):
     model = zoo["cbam_cnn"]
@@ -262,7 +267,7 @@ def _foreign_reference(code, num_classes: int) -> nn.Module:
     sys.path.insert(0, str(code))
     try:
         namespace: dict = {}
-        exec(compile(FOREIGN_MODEL, "reference", "exec"), namespace)  # noqa: S102 - test's own code
+        exec(compile(FOREIGN_MODEL, "reference", "exec"), namespace)
         torch.manual_seed(5)
         return _randomize_buffers(namespace["Net"](num_classes=num_classes))
     finally:
@@ -471,7 +476,9 @@ def test_cuda_model_saves_cpu_tensors_and_loads_on_cuda(tmp_path, zoo, batch):
     model = build_model("cbam_cnn").cuda().eval()
     model.load_state_dict(zoo["cbam_cnn"].state_dict())
     save_checkpoint(tmp_path / "gpu.pt", model, "cbam_cnn")
-    assert all(t.device.type == "cpu" for t in torch.load(tmp_path / "gpu.pt", weights_only=True)["state_dict"].values())
+    assert all(
+        t.device.type == "cpu" for t in torch.load(tmp_path / "gpu.pt", weights_only=True)["state_dict"].values()
+    )
     loaded = load_model(tmp_path / "gpu.pt", device="cuda")
     assert next(loaded.model.parameters()).device.type == "cuda"
     with torch.no_grad():

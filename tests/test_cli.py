@@ -17,6 +17,7 @@ from attnviz.io.checkpoints import load_model
 from attnviz.io.inputs import CIFAR10_CLASSES, get_preset, load_rgb, preprocess
 from attnviz.io.save import save_checkpoint
 from attnviz.models import build_model
+from attnviz.runtime.errors import AttnvizError
 
 
 def _image(path: Path, seed: int) -> Path:
@@ -40,7 +41,9 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_maps_writes_arrays_and_summary_with_the_models_values(workspace, tmp_path):
-    result = run("maps", "--model", workspace["cbam_cnn"], workspace["a"], workspace["b"], "--out", tmp_path, "--no-pictures")
+    result = run(
+        "maps", "--model", workspace["cbam_cnn"], workspace["a"], workspace["b"], "--out", tmp_path, "--no-pictures"
+    )
     assert result.exit_code == 0, result.output
     assert "cbam1.spatial_attn" in result.stdout and "spatial" in result.stdout
 
@@ -48,7 +51,9 @@ def test_maps_writes_arrays_and_summary_with_the_models_values(workspace, tmp_pa
     image = preprocess(load_rgb(workspace["a"]), get_preset("cifar10"))[None]
     seen = {}
     handles = [
-        loaded.model.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: seen.__setitem__(name, (a[0].clone(), o.clone())))
+        loaded.model.get_submodule(name).register_forward_hook(
+            lambda m, a, o, name=name: seen.__setitem__(name, (a[0].clone(), o.clone()))
+        )
         for name in ("cbam1.channel_attn", "cbam1.spatial_attn", "cbam3")
     ]
     with torch.no_grad():
@@ -62,7 +67,9 @@ def test_maps_writes_arrays_and_summary_with_the_models_values(workspace, tmp_pa
     assert spatial.shape == (16, 16)  # batch dimension dropped
     expected_spatial = (y * x).sum(1)[0] / (x * x).sum(1)[0]
     np.testing.assert_allclose(spatial, expected_spatial.numpy(), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(arrays["in/cbam1.channel_attn"], seen["cbam1.channel_attn"][0][0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        arrays["in/cbam1.channel_attn"], seen["cbam1.channel_attn"][0][0].numpy(), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(arrays["feature/cbam3"], seen["cbam3"][1][0].numpy(), rtol=1e-5, atol=1e-6)
     assert arrays["cam/gradcam"].shape == (32, 32)
 
@@ -112,11 +119,15 @@ def test_maps_render_workers_draw_the_same_pictures_in_input_order(workspace, tm
         assert len(summary["pictures"]) > 10
         for name in summary["pictures"]:
             drawn = np.asarray(Image.open(tmp_path / "parallel" / stem / name).convert("RGB"))
-            np.testing.assert_array_equal(drawn, np.asarray(Image.open(tmp_path / "serial" / stem / name).convert("RGB")))
+            np.testing.assert_array_equal(
+                drawn, np.asarray(Image.open(tmp_path / "serial" / stem / name).convert("RGB"))
+            )
 
 
 def test_maps_svg_format(workspace, tmp_path):
-    result = run("maps", "--model", workspace["cbam_cnn"], workspace["a"], "--out", tmp_path, "--format", "svg", "--no-cam")
+    result = run(
+        "maps", "--model", workspace["cbam_cnn"], workspace["a"], "--out", tmp_path, "--format", "svg", "--no-cam"
+    )
     assert result.exit_code == 0, result.output
     spatial = (tmp_path / "a" / "spatial" / "cbam1.spatial_attn.svg").read_text()
     assert spatial.lstrip().startswith("<?xml") and "<svg" in spatial
@@ -162,8 +173,10 @@ def test_bad_checkpoints_give_one_line_and_exit_code(workspace, tmp_path, make, 
 
 
 def test_debug_shows_the_traceback(workspace, tmp_path):
-    with pytest.raises(Exception):
-        CliRunner().invoke(cli, ["--debug", "maps", "--model", str(tmp_path / "none.pth"), str(workspace["a"])], catch_exceptions=False)
+    with pytest.raises(AttnvizError):
+        CliRunner().invoke(
+            cli, ["--debug", "maps", "--model", str(tmp_path / "none.pth"), str(workspace["a"])], catch_exceptions=False
+        )
 
 
 def test_inspect_reports_architecture_gates_and_parameters(workspace, tmp_path):
@@ -189,8 +202,19 @@ def test_inspect_list_names_every_architecture():
 
 def test_compare_figure_panels_and_p_values_match_the_models(workspace, tmp_path):
     out = tmp_path / "cmp.png"
-    result = run("compare", "--baseline", workspace["cnn"], "--model", workspace["se_cnn"], "--model", workspace["cbam_cnn"],
-                 workspace["a"], workspace["b"], "--out", out)
+    result = run(
+        "compare",
+        "--baseline",
+        workspace["cnn"],
+        "--model",
+        workspace["se_cnn"],
+        "--model",
+        workspace["cbam_cnn"],
+        workspace["a"],
+        workspace["b"],
+        "--out",
+        out,
+    )
     assert result.exit_code == 0, result.output
     document = json.loads(out.with_suffix(".json").read_text())
     assert document["models"] == ["cnn", "se_cnn", "cbam_cnn"]
@@ -234,8 +258,17 @@ def test_device_auto_picks_the_gpu_only_when_there_is_one(monkeypatch, workspace
 
 def test_compare_with_no_readable_image_is_one_line_and_exit_2(workspace, tmp_path):
     (tmp_path / "text.png").write_text("not an image")
-    result = run("compare", "--baseline", workspace["cnn"], "--model", workspace["cbam_cnn"],
-                 tmp_path / "text.png", tmp_path / "missing.png", "--out", tmp_path / "fig.png")
+    result = run(
+        "compare",
+        "--baseline",
+        workspace["cnn"],
+        "--model",
+        workspace["cbam_cnn"],
+        tmp_path / "text.png",
+        tmp_path / "missing.png",
+        "--out",
+        tmp_path / "fig.png",
+    )
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 3 and lines[:2] == [line for line in lines if line.startswith("attnviz: skipped")]
@@ -245,10 +278,15 @@ def test_compare_with_no_readable_image_is_one_line_and_exit_2(workspace, tmp_pa
 
 def test_maps_with_no_usable_image_is_exit_2(workspace, tmp_path):
     (tmp_path / "text.png").write_text("not an image")
-    result = run("maps", "--model", workspace["cnn"], tmp_path / "text.png", tmp_path / "missing.png", "--out", tmp_path / "out")
+    result = run(
+        "maps", "--model", workspace["cnn"], tmp_path / "text.png", tmp_path / "missing.png", "--out", tmp_path / "out"
+    )
     assert result.exit_code == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert [line.split(":")[1].strip() for line in lines[:2]] == ["skipped " + str(tmp_path / "text.png"), "skipped " + str(tmp_path / "missing.png")]
+    assert [line.split(":")[1].strip() for line in lines[:2]] == [
+        "skipped " + str(tmp_path / "text.png"),
+        "skipped " + str(tmp_path / "missing.png"),
+    ]
     assert lines[2] == "attnviz: error: none of the 2 image(s) could be used; nothing written"
     assert "Traceback" not in result.output
 
@@ -270,16 +308,20 @@ def _run_light(tmp_path: Path, *args: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TORCH, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("args", [
-    ("maps", "--model", "missing.pth", "x.png"),
-    ("inspect", "--model", "missing.pth"),
-    ("compare", "--baseline", "missing.pth", "--model", "m.pth", "x.png"),
-    ("report", "--model", "missing.pth", "shapes:2"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("maps", "--model", "missing.pth", "x.png"),
+        ("inspect", "--model", "missing.pth"),
+        ("compare", "--baseline", "missing.pth", "--model", "m.pth", "x.png"),
+        ("report", "--model", "missing.pth", "shapes:2"),
+    ],
+)
 def test_a_missing_checkpoint_is_answered_without_importing_torch(tmp_path, args):
     done = _run_light(tmp_path, *args)
     assert "attnviz: error: checkpoint 'missing.pth' does not exist" in done.stderr

@@ -25,8 +25,18 @@ from attnviz.runtime.text import csv_cell, strict_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-HOSTILE = ['=HYPERLINK("http://evil.example","x")', "@SUM(1+1)", "+1-2", "-2+3", "\tTAB", "\rCR",
-           "plain", "c7", "c8", "c9"]
+HOSTILE = [
+    '=HYPERLINK("http://evil.example","x")',
+    "@SUM(1+1)",
+    "+1-2",
+    "-2+3",
+    "\tTAB",
+    "\rCR",
+    "plain",
+    "c7",
+    "c8",
+    "c9",
+]
 FAST_REPORT = ("--steps", 2, "--sanity-images", 0, "--batch-size", 4, "--quiet")
 DANGEROUS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -73,8 +83,21 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_every_maps_image_gets_its_own_folder_inside_out(models, tmp_path):
-    sources = [_image(tmp_path / "in" / name, seed) for seed, name in enumerate(
-        ["...png", "a/same.png", "b/same.png", "same-2.png", ".hidden.png", "x" * 200 + ".png", "Case.png", "case.png"])]
+    sources = [
+        _image(tmp_path / "in" / name, seed)
+        for seed, name in enumerate(
+            [
+                "...png",
+                "a/same.png",
+                "b/same.png",
+                "same-2.png",
+                ".hidden.png",
+                "x" * 200 + ".png",
+                "Case.png",
+                "case.png",
+            ]
+        )
+    ]
     out = tmp_path / "work" / "out"
     out.mkdir(parents=True)
     result = run("maps", "--model", models["cnn"], *sources, "--out", out, "--no-pictures", "--no-cam")
@@ -116,7 +139,9 @@ def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path
 
     monkeypatch.setattr(attnviz.jobs.maps_pictures, "draw_pictures", failing)
     images = [_image(tmp_path / f"{n}.png", i) for i, n in enumerate("ab")]
-    result = run("maps", "--model", models["cnn"], *images, "--out", tmp_path / "out", "--no-cam", "--render-workers", 0)
+    result = run(
+        "maps", "--model", models["cnn"], *images, "--out", tmp_path / "out", "--no-cam", "--render-workers", 0
+    )
     assert result.exit_code == 1, result.output
     [line] = _lines(result.stderr)
     assert line.startswith(f"attnviz: skipped {images[1]}: could not draw its pictures") and "cannot draw" in line
@@ -154,8 +179,9 @@ def test_report_with_a_nan_model_finishes_with_missing_values(models, tmp_path):
     folder = tmp_path / "in"
     for seed in range(2):
         _image(folder / f"img{seed}.png", seed)
-    result = run("report", "--baseline", models["cnn"], "--model", models["nan"], folder, "--out", tmp_path / "r",
-                 *FAST_REPORT)
+    result = run(
+        "report", "--baseline", models["cnn"], "--model", models["nan"], folder, "--out", tmp_path / "r", *FAST_REPORT
+    )
     assert result.exit_code == 0, result.output
     [warning] = _lines(result.stderr)
     assert warning.startswith("attnviz: warning:") and "NaN" in warning and "cbam_cnn" in warning
@@ -199,8 +225,9 @@ def test_results_csv_neutralises_hostile_class_and_file_names(models, tmp_path):
     _image(folder / "=HYPERLINK(x).png", 1)
     _image(folder / "@SUM(1).png", 2)
     _image(folder / "ok.png", 3)
-    result = run("report", "--baseline", models["hostile"], folder, "--out", tmp_path / "r", *FAST_REPORT,
-                 "--no-pictures")
+    result = run(
+        "report", "--baseline", models["hostile"], folder, "--out", tmp_path / "r", *FAST_REPORT, "--no-pictures"
+    )
     assert result.exit_code == 0, result.output
     with open(tmp_path / "r" / "results.csv", newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
@@ -269,7 +296,9 @@ def _disk_full_after(monkeypatch, under: Path, files: int) -> list[str]:
 
 
 @pytest.mark.parametrize("files", [2, 3], ids=["npz", "summary"])
-def test_maps_on_a_full_disk_says_so_keeps_finished_images_and_cleans_the_partial_one(models, tmp_path, monkeypatch, files):
+def test_maps_on_a_full_disk_says_so_keeps_finished_images_and_cleans_the_partial_one(
+    models, tmp_path, monkeypatch, files
+):
     images = [_image(tmp_path / f"{n}.png", i) for i, n in enumerate("abc")]
     out = tmp_path / "out"
     _disk_full_after(monkeypatch, out, files)
@@ -324,8 +353,9 @@ def test_report_out_below_a_regular_file_is_one_line_and_exit_2(models, tmp_path
 def test_report_on_a_full_disk_is_one_line_and_exit_1(models, tmp_path, monkeypatch):
     _image(tmp_path / "in" / "a.png", 1)
     _disk_full_after(monkeypatch, tmp_path / "r", 1)
-    result = run("report", "--baseline", models["cnn"], tmp_path / "in", "--out", tmp_path / "r", *FAST_REPORT,
-                 "--no-pictures")
+    result = run(
+        "report", "--baseline", models["cnn"], tmp_path / "in", "--out", tmp_path / "r", *FAST_REPORT, "--no-pictures"
+    )
     assert result.exit_code == 1, result.output
     [line] = _lines(result.stderr)
     assert line.startswith("attnviz: error: disk full") and str(tmp_path / "r") in line
@@ -335,8 +365,18 @@ def test_report_on_a_full_disk_is_one_line_and_exit_1(models, tmp_path, monkeypa
 def shard(models, tmp_path) -> Path:
     for seed in range(2):
         _image(tmp_path / "in" / f"img{seed}.png", seed)
-    result = run("report", "--baseline", models["cnn"], tmp_path / "in", "--out", tmp_path / "s1", *FAST_REPORT,
-                 "--no-pictures", "--shard", "1/1")
+    result = run(
+        "report",
+        "--baseline",
+        models["cnn"],
+        tmp_path / "in",
+        "--out",
+        tmp_path / "s1",
+        *FAST_REPORT,
+        "--no-pictures",
+        "--shard",
+        "1/1",
+    )
     assert result.exit_code == 0, result.output
     return tmp_path / "s1"
 
@@ -349,7 +389,9 @@ def test_merging_a_deeply_nested_record_is_not_an_internal_error(shard, tmp_path
     records = sorted((shard / "items").iterdir())
     records[0].write_text(_nested(100_000))  # deeper than the JSON parser goes
     record = json.loads(records[1].read_text())
-    records[1].write_text(json.dumps(record)[:-1] + ', "extra": ' + _nested(900) + "}")  # parses, but nothing can walk it
+    records[1].write_text(
+        json.dumps(record)[:-1] + ', "extra": ' + _nested(900) + "}"
+    )  # parses, but nothing can walk it
     result = run("report", "--merge", shard, "--out", tmp_path / "merged", "--quiet")
     assert result.exit_code == 1, result.output
     [line] = _lines(result.stderr)

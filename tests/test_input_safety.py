@@ -39,8 +39,15 @@ def _smooth(height: int, width: int) -> np.ndarray:
 
 
 def _child(code: str, *, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
 
 
 # --------------------------------------------------------------------------- item 5: memory
@@ -61,8 +68,12 @@ def hostile(tmp_path_factory) -> dict[str, Path]:
     jpeg.save(folder / "report" / "big.jpg", quality=50)
     del jpeg
     Image.new("L", (7000, 7000), 128).save(folder / "gray.png")
-    return {"folder": folder, "rgba": folder / "rgba.png", "jpeg": folder / "report" / "big.jpg",
-            "gray": folder / "gray.png"}
+    return {
+        "folder": folder,
+        "rgba": folder / "rgba.png",
+        "jpeg": folder / "report" / "big.jpg",
+        "gray": folder / "gray.png",
+    }
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
@@ -235,7 +246,7 @@ def test_ghostscript_never_runs(tmp_path):
     bin_dir, marker = tmp_path / "bin", tmp_path / "gs-ran"
     bin_dir.mkdir()
     fake = bin_dir / "gs"
-    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {marker}\nexit 0\n")
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {marker}\nexit 0\n')
     fake.chmod(0o755)
     images = tmp_path / "images"
     images.mkdir()
@@ -321,8 +332,14 @@ def test_workers_exit_when_the_main_process_is_killed(tmp_path):
         print("ready", flush=True)
         time.sleep(600)
     """
-    main = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    main = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     workers: list[int] = []
     try:
         assert main.stdout.readline().strip() == "ready"

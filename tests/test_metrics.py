@@ -352,8 +352,10 @@ def test_cascading_randomisation_decorrelates_a_zoo_cnn(shapes_batch) -> None:
     assert last["n"] == 8 and last["spearman_mean"] < 0.5  # every original map has ranks: ρ defined for all
     assert last["top20_iou_mean"] < 0.5
     # a map the randomisation made constant has no rank information left: ρ = 0, not left out
-    expected = [0.0 if np.ptp(b) == 0 else stats.spearmanr(a.ravel(), b.ravel()).statistic
-                for a, b in zip(original.maps.numpy(), last["maps"])]
+    expected = [
+        0.0 if np.ptp(b) == 0 else stats.spearmanr(a.ravel(), b.ravel()).statistic
+        for a, b in zip(original.maps.numpy(), last["maps"])
+    ]
     assert np.allclose(last["spearman"], expected)
     assert np.array_equal(last["constant"], [np.ptp(b) == 0 for b in last["maps"]])
     assert last["spearman_mean"] == pytest.approx(np.mean(expected))

@@ -161,9 +161,7 @@ def test_cbam_cnn_has_the_parameter_count_the_notebook_prints(zoo: dict[str, nn.
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_forward_gives_one_logit_row_per_image(
-    zoo: dict[str, nn.Module], batch: Tensor, name: str
-) -> None:
+def test_forward_gives_one_logit_row_per_image(zoo: dict[str, nn.Module], batch: Tensor, name: str) -> None:
     with torch.no_grad():
         out = zoo[name](batch)
     assert out.shape == (2, 10)
@@ -228,14 +226,12 @@ def test_residual_block_adds_shortcut_after_se() -> None:
         torch.testing.assert_close(block(x), expected)
 
 
-def _first_shapes(
-    model: nn.Module, names: list[str], batch: Tensor, of: str
-) -> dict[str, tuple[int, ...]]:
+def _first_shapes(model: nn.Module, names: list[str], batch: Tensor, of: str) -> dict[str, tuple[int, ...]]:
     """Shapes of each named module's first input (``of="input"``) or output in one forward."""
     modules = dict(model.named_modules())
     seen: dict[str, tuple[int, ...]] = {}
 
-    def recorder(name: str):  # noqa: ANN202
+    def recorder(name: str):
         def hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
             seen.setdefault(name, tuple((inputs[0] if of == "input" else output).shape))
 
@@ -271,9 +267,7 @@ def test_gates_sit_where_the_notebooks_put_them(zoo: dict[str, nn.Module], batch
     assert _input_shapes(after, ["ca1"], batch) == {"ca1": (2, 32, 16, 16)}
 
 
-def test_se_cnn_placements_share_keys_but_not_outputs(
-    zoo: dict[str, nn.Module], batch: Tensor
-) -> None:
+def test_se_cnn_placements_share_keys_but_not_outputs(zoo: dict[str, nn.Module], batch: Tensor) -> None:
     after = build_model("se_cnn", attention_after_pool=True).eval()
     after.load_state_dict(zoo["se_cnn"].state_dict(), strict=True)
     with torch.no_grad():
@@ -284,9 +278,7 @@ def test_se_cnn_placements_share_keys_but_not_outputs(
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_feature_and_cam_layers_are_4d_maps(
-    zoo: dict[str, nn.Module], batch: Tensor, name: str
-) -> None:
+def test_feature_and_cam_layers_are_4d_maps(zoo: dict[str, nn.Module], batch: Tensor, name: str) -> None:
     spec = get_spec(name)
     model = zoo[name]
     modules = dict(model.named_modules())

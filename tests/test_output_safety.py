@@ -37,7 +37,10 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
     """Every entry below ``folder`` (and the folder itself): contents and modification time."""
     entries = {".": (None, folder.stat().st_mtime_ns)}
     for path in sorted(folder.rglob("*")):
-        entries[path.relative_to(folder).as_posix()] = (path.read_bytes() if path.is_file() else None, path.lstat().st_mtime_ns)
+        entries[path.relative_to(folder).as_posix()] = (
+            path.read_bytes() if path.is_file() else None,
+            path.lstat().st_mtime_ns,
+        )
     return entries
 
 
@@ -78,7 +81,9 @@ def test_out_below_a_regular_file_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "file").write_text("x")
     result = report(tmp_path / "file" / "out")
     assert result.exit_code == 2
-    assert lines(result.stderr) == [f"attnviz: error: cannot create the output folder {tmp_path / 'file' / 'out'}: Not a directory"]
+    assert lines(result.stderr) == [
+        f"attnviz: error: cannot create the output folder {tmp_path / 'file' / 'out'}: Not a directory"
+    ]
     assert (tmp_path / "file").read_text() == "x"
 
 
@@ -102,10 +107,12 @@ def test_force_writes_beside_other_files_and_never_replaces_them(tmp_path):
     before = snapshot(clash)
     refused = report(clash, "--force")
     assert refused.exit_code == 2
-    assert lines(refused.stderr) == [(
-        f"attnviz: error: {clash} holds files that attnviz did not write under the names it writes (results.csv); "
-        "--force never replaces them: give another --out"
-    )]
+    assert lines(refused.stderr) == [
+        (
+            f"attnviz: error: {clash} holds files that attnviz did not write under the names it writes (results.csv); "
+            "--force never replaces them: give another --out"
+        )
+    ]
     assert snapshot(clash) == before
 
 
@@ -161,7 +168,9 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, command: Callable[..
     result = command(out)
     assert result.exit_code == 2, result.output
     [line] = lines(result.stderr)
-    assert line.startswith(f"attnviz: error: {out} is in use by another attnviz run (pid {os.getpid()} on {socket.gethostname()}, ")
+    assert line.startswith(
+        f"attnviz: error: {out} is in use by another attnviz run (pid {os.getpid()} on {socket.gethostname()}, "
+    )
     assert snapshot(out) == before
 
     hold_lock(out, 1, host="elsewhere.example")  # a run on another machine of a shared file system
@@ -171,17 +180,22 @@ def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, command: Callable[..
 
 
 def test_a_stale_lock_is_taken_over_with_a_warning_and_released(tmp_path):
-    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True).stdout)
+    gone = int(
+        subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     out = tmp_path / "out"
     assert report(out).exit_code == 0
     hold_lock(out, gone)
     result = report(out)
     assert result.exit_code == 0, result.output
-    assert lines(result.stderr) == [(
-        f"attnviz: warning: took over the lock of {out}: the attnviz run that held it "
-        f"(pid {gone} on {socket.gethostname()}, since 2025-01-01T00:00:00+00:00) is gone"
-    )]
+    assert lines(result.stderr) == [
+        (
+            f"attnviz: warning: took over the lock of {out}: the attnviz run that held it "
+            f"(pid {gone} on {socket.gethostname()}, since 2025-01-01T00:00:00+00:00) is gone"
+        )
+    ]
     assert not (out / LOCK).exists()
 
 
@@ -208,6 +222,7 @@ def test_the_lock_is_held_during_a_run_and_released_after_an_error_or_ctrl_c(tmp
     out = tmp_path / "out"
     held = []
     for error in (OSError(28, "No space left on device"), KeyboardInterrupt()):
+
         def fail(folder, error=error):
             held.append(json.loads((out / LOCK).read_text())["pid"])
             raise error
@@ -232,8 +247,23 @@ def shards(tmp_path_factory) -> list[Path]:
     folders = []
     for k in (1, 2):
         out = root / f"s{k}"
-        result = run("report", "--baseline", MODELS / "se_cnn.pth", "shapes:4", "--out", out, "--steps", 2,
-                     "--sanity-images", 0, "--batch-size", 4, "--quiet", "--shard", f"{k}/2")
+        result = run(
+            "report",
+            "--baseline",
+            MODELS / "se_cnn.pth",
+            "shapes:4",
+            "--out",
+            out,
+            "--steps",
+            2,
+            "--sanity-images",
+            0,
+            "--batch-size",
+            4,
+            "--quiet",
+            "--shard",
+            f"{k}/2",
+        )
         assert result.exit_code == 0, result.output
         folders.append(out)
     return folders
@@ -253,6 +283,7 @@ def _picture(name: str) -> Callable[[Path, Path], None]:
     def tamper(shard: Path, root: Path) -> None:
         (root / "shards" / "conftest.py").write_text("print('pwned')")
         _edit_json(_first_record(shard), lambda r: r["pictures"].__setitem__("image", name.format(root=root)))
+
     return tamper
 
 
@@ -277,8 +308,11 @@ def _manifest_id(shard: Path, root: Path) -> None:
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-@pytest.mark.parametrize("tamper", [_picture("../conftest.py"), _picture("{root}/shards/conftest.py"), _symlink, _slug, _manifest_id],
-                         ids=["picture-dotdot", "picture-absolute", "picture-symlink", "model-slug", "manifest-id"])
+@pytest.mark.parametrize(
+    "tamper",
+    [_picture("../conftest.py"), _picture("{root}/shards/conftest.py"), _symlink, _slug, _manifest_id],
+    ids=["picture-dotdot", "picture-absolute", "picture-symlink", "model-slug", "manifest-id"],
+)
 @pytest.mark.skipif(os.name != "posix", reason="symlinks")
 def test_a_shard_naming_paths_outside_its_folder_is_refused(shards, tmp_path, tamper):
     copies = []

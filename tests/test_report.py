@@ -123,7 +123,9 @@ def test_deletion_and_insertion_in_the_csv_equal_the_metric(shapes_report, shape
             image = shapes_data["images"][i : i + 1]
             target = [shapes_data["labels"][i]]
             cam = gradcam(model, image, target=target)
-            expected = metrics.deletion_insertion(model, image, cam.maps, target, steps=STEPS, baseline="blur", batch_size=256)
+            expected = metrics.deletion_insertion(
+                model, image, cam.maps, target, steps=STEPS, baseline="blur", batch_size=256
+            )
             row = rows[f"shapes:test:0:{i}"]
             assert float(row[f"{name}:deletion_auc"]) == pytest.approx(float(expected["deletion_auc"][0]), abs=1e-9)
             assert float(row[f"{name}:insertion_auc"]) == pytest.approx(float(expected["insertion_auc"][0]), abs=1e-9)
@@ -160,7 +162,9 @@ def test_per_class_excitation_is_the_mean_of_the_models_own_gate_values(shapes_r
     gates = hooked_output(load_model(MODELS["se_cnn"]).model, "ca2.fc", shapes_data["images"])
     gates = gates.reshape(COUNT, -1).double().numpy()
     labels = np.array(shapes_data["labels"])
-    channel = json.loads((shapes_report / "results.json").read_text())["summary"]["models"]["se_cnn"]["channel_gates"]["ca2"]
+    channel = json.loads((shapes_report / "results.json").read_text())["summary"]["models"]["se_cnn"]["channel_gates"][
+        "ca2"
+    ]
     for k in np.unique(labels):
         entry = channel["per_class"][SHAPES_CLASSES[k]]
         assert entry["n"] == int((labels == k).sum())
@@ -206,6 +210,7 @@ def test_report_files_and_sanity_check(shapes_report):
 
 def _png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims a huge image (a decompression bomb's size) and holds no pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -231,8 +236,24 @@ def test_bad_files_are_listed_with_reasons_and_the_good_ones_reported(tmp_path):
     (folder / "readme.txt").write_text("ignored: not an image name")
 
     out = tmp_path / "out"
-    result = run("report", "--baseline", MODELS["cnn"], "--model", MODELS["cbam_cnn"], folder, "--out", out,
-                 "--steps", 2, "--sanity-images", 0, "--batch-size", 4, "--quiet", "--no-pictures")
+    result = run(
+        "report",
+        "--baseline",
+        MODELS["cnn"],
+        "--model",
+        MODELS["cbam_cnn"],
+        folder,
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--sanity-images",
+        0,
+        "--batch-size",
+        4,
+        "--quiet",
+        "--no-pictures",
+    )
     assert result.exit_code == 1
     document = json.loads((out / "results.json").read_text())
     reasons = {Path(f["source"]).name: f["reason"] for f in document["failed"]}
@@ -244,7 +265,11 @@ def test_bad_files_are_listed_with_reasons_and_the_good_ones_reported(tmp_path):
     assert document["report"]["source"]["ignored"] == ["readme.txt"]
     good = {Path(image["source"]).name: image for image in document["images"] if image["status"] == "ok"}
     assert set(good) == {"0.png", "1.png", "sixteen.png"}
-    assert good["0.png"]["truth"] == "circle" and good["1.png"]["truth"] == "square" and good["sixteen.png"]["truth"] is None
+    assert (
+        good["0.png"]["truth"] == "circle"
+        and good["1.png"]["truth"] == "square"
+        and good["sixteen.png"]["truth"] is None
+    )
     assert "pointing_game" in good["0.png"]["models"]["cbam_cnn"]["cam"]
     assert "pointing_game" not in good["sixteen.png"]["models"]["cbam_cnn"]["cam"]
     page = (out / "index.html").read_text(encoding="utf-8")
@@ -293,7 +318,9 @@ def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path, 
     assert redone["models"]["se_cnn"]["predicted"] == removed["models"]["se_cnn"]["predicted"]
     # redone in a batch of its own: float rounding differs from the batch of four, which can swap
     # near-equal saliency pixels at a deletion step's boundary
-    assert redone["models"]["se_cnn"]["cam"]["deletion_auc"] == pytest.approx(removed["models"]["se_cnn"]["cam"]["deletion_auc"], abs=5e-3)
+    assert redone["models"]["se_cnn"]["cam"]["deletion_auc"] == pytest.approx(
+        removed["models"]["se_cnn"]["cam"]["deletion_auc"], abs=5e-3
+    )
     assert not list(out.rglob("*.tmp"))
     assert len(read_csv(out / "results.csv")) == 6
 
@@ -303,7 +330,9 @@ def test_resume_skips_finished_images_and_redoes_only_what_is_missing(tmp_path, 
 
 def test_worker_processes_write_the_same_report(shapes_report, tmp_path):
     out = tmp_path / "workers"
-    result = run("report", *model_args(), f"shapes:{COUNT}", "--out", out, *COMMON, "--workers", 2, "--render-workers", 2)
+    result = run(
+        "report", *model_args(), f"shapes:{COUNT}", "--out", out, *COMMON, "--workers", 2, "--render-workers", 2
+    )
     assert result.exit_code == 0, result.output
     assert (out / "results.csv").read_text() == (shapes_report / "results.csv").read_text()
     pictures = sorted(p.relative_to(shapes_report) for p in shapes_report.glob("[cgbi]*/**/*.png"))
@@ -348,7 +377,10 @@ def test_list_files_folders_and_specs_resolve_to_stable_items(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / "cat" / "a.mask.png")
     (folder / "labels.csv").write_text("image,label\nb.png,dog\n")
     source = resolve_source(folder)
-    assert [(i.key, i.truth, i.mask is not None) for i in source.items] == [("b.png", "dog", False), ("cat/a.png", "cat", True)]
+    assert [(i.key, i.truth, i.mask is not None) for i in source.items] == [
+        ("b.png", "dog", False),
+        ("cat/a.png", "cat", True),
+    ]
     assert source.class_names == ["cat"]
     other = tmp_path / "other"
     shutil.copytree(folder, other)
@@ -358,7 +390,10 @@ def test_list_files_folders_and_specs_resolve_to_stable_items(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("# two images\nimgs/cat/a.png\n\n" + str(folder / "b.png") + "\n")
     items = resolve_source(listing).items
-    assert [Path(i.path).resolve() for i in items] == [(folder / "cat" / "a.png").resolve(), (folder / "b.png").resolve()]
+    assert [Path(i.path).resolve() for i in items] == [
+        (folder / "cat" / "a.png").resolve(),
+        (folder / "b.png").resolve(),
+    ]
     assert items[0].truth == "cat"
 
     shapes = resolve_source("shapes:5")
@@ -394,12 +429,26 @@ def test_aggregates_keep_a_bounded_sample_and_exact_class_means():
     records = []
     for i in range(50):
         gate = rng.random(6).round(6)
-        records.append({
-            "id": f"img-{i}", "status": "ok", "truth_index": i % 3,
-            "models": {"m": {"predicted": i % 2, "prob": 0.5, "cam": {"p_target": 0.4}, "spatial_gates": {},
-                             "channel_gates": {"g": {"mean": float(gate.mean()), "values": gate.tolist()}}}},
-        })
-    forward, backward = Aggregator(["m"], ["a", "b", "c"], sample_limit=7), Aggregator(["m"], ["a", "b", "c"], sample_limit=7)
+        records.append(
+            {
+                "id": f"img-{i}",
+                "status": "ok",
+                "truth_index": i % 3,
+                "models": {
+                    "m": {
+                        "predicted": i % 2,
+                        "prob": 0.5,
+                        "cam": {"p_target": 0.4},
+                        "spatial_gates": {},
+                        "channel_gates": {"g": {"mean": float(gate.mean()), "values": gate.tolist()}},
+                    }
+                },
+            }
+        )
+    forward, backward = (
+        Aggregator(["m"], ["a", "b", "c"], sample_limit=7),
+        Aggregator(["m"], ["a", "b", "c"], sample_limit=7),
+    )
     for record in records:
         forward.add(record)
     for record in reversed(records):

@@ -26,8 +26,14 @@ from attnviz.data.shapes import make_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "samples" / "models"
-CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
-                 if path and Path(path).exists()), None)
+CHROMIUM = next(
+    (
+        path
+        for path in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+        if path and Path(path).exists()
+    ),
+    None,
+)
 CLASSES = ("circle", "square", "triangle")
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
@@ -73,10 +79,27 @@ def report(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = CliRunner().invoke(cli, [
-            "report", "--baseline", str(MODELS / "cnn.pth"), "--model", str(MODELS / "cbam_cnn.pth"), str(folder),
-            "--out", str(root / "out"), "--steps", "2", "--sanity-images", "1", "--batch-size", "3", "--quiet",
-        ], catch_exceptions=False)
+        result = CliRunner().invoke(
+            cli,
+            [
+                "report",
+                "--baseline",
+                str(MODELS / "cnn.pth"),
+                "--model",
+                str(MODELS / "cbam_cnn.pth"),
+                str(folder),
+                "--out",
+                str(root / "out"),
+                "--steps",
+                "2",
+                "--sanity-images",
+                "1",
+                "--batch-size",
+                "3",
+                "--quiet",
+            ],
+            catch_exceptions=False,
+        )
     finally:
         torch.set_num_threads(threads)
     assert result.exit_code == 1  # the broken file
@@ -86,9 +109,19 @@ def report(tmp_path_factory) -> Path:
 def browse(page: Path, fragment: str, profile: Path, *extra: str) -> tuple[_Page, str]:
     """Open ``page#fragment`` in headless Chromium; return the parsed DOM after its scripts ran and stderr."""
     command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", *extra,
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        *extra,
         f"{page.resolve().as_uri()}#{fragment}",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -151,14 +184,20 @@ def test_sorting_by_pointing_game_and_spatial_gate_metrics(report, tmp_path):
     # descending energy pointing game of a spatial gate; equal values keep the page's order (sort is stable)
     column = "cbam_cnn:cbam2.spatial_attn:energy_pointing_game"
     expected = [row["id"] for row in sorted(rows, key=lambda row: -float(row[column]))]
-    page, _ = browse(report / "index.html", f"sort=gate_energy_pointing_game%3Acbam_cnn%3A{gates[1]}&dir=desc",
-                     tmp_path / "p2", "--dump-dom")
+    page, _ = browse(
+        report / "index.html",
+        f"sort=gate_energy_pointing_game%3Acbam_cnn%3A{gates[1]}&dir=desc",
+        tmp_path / "p2",
+        "--dump-dom",
+    )
     assert json.loads(page.body["data-order"]) == expected
     # pointing game (of a map that both hits and misses here): every hit before every miss
     keys = {f"{m}:pointing_game": f"pointing_game:{m}" for m in ("cnn", "cbam_cnn")}
     keys |= {f"cbam_cnn:{g}:pointing_game": f"gate_pointing_game:cbam_cnn:{g}" for g in gates}
     column = next(column for column in keys if {row[column] for row in rows} == {"0", "1"})
-    page, _ = browse(report / "index.html", f"sort={keys[column].replace(':', '%3A')}&dir=desc", tmp_path / "p3", "--dump-dom")
+    page, _ = browse(
+        report / "index.html", f"sort={keys[column].replace(':', '%3A')}&dir=desc", tmp_path / "p3", "--dump-dom"
+    )
     hits = {row["id"]: row[column] for row in rows}
     order = [hits[i] for i in json.loads(page.body["data-order"])]
     assert order == sorted(order, reverse=True) and len(order) == 6
@@ -170,7 +209,9 @@ def test_the_checks_see_a_missing_picture_and_a_script_error(report, tmp_path):
     missing = next((broken / "cam").rglob("*.png"))
     missing.unlink()
     text = (broken / "index.html").read_text(encoding="utf-8")
-    (broken / "index.html").write_text(text.replace("</body>", "<script>noSuchFunction();</script></body>"), encoding="utf-8")
+    (broken / "index.html").write_text(
+        text.replace("</body>", "<script>noSuchFunction();</script></body>"), encoding="utf-8"
+    )
     page, stderr = browse(broken / "index.html", "eager=1", tmp_path / "profile", "--dump-dom")
     assert page.body["data-images-failed"] == "1"
     assert missing.name in page.body["data-failed-sources"]
@@ -184,8 +225,14 @@ def test_screenshot_of_the_report(report, tmp_path):
     folder.mkdir(parents=True, exist_ok=True)
     shot = folder / "report.png"
     shot.unlink(missing_ok=True)
-    browse(report / "index.html", "eager=1", tmp_path / "profile", f"--screenshot={shot}", "--window-size=1280,2400",
-           "--hide-scrollbars")
+    browse(
+        report / "index.html",
+        "eager=1",
+        tmp_path / "profile",
+        f"--screenshot={shot}",
+        "--window-size=1280,2400",
+        "--hide-scrollbars",
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     assert pixels.shape == (2400, 1280, 3)
     assert pixels.std() > 20  # tables, cards and pictures, not a blank page

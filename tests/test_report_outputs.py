@@ -37,8 +37,23 @@ CNN_TOP_DOWN = ["fc2", "fc1", "bn3", "conv3", "bn2", "conv2", "bn1", "conv1"]
 def report(tmp_path_factory) -> Path:
     """The three sample models on the first 16 shapes test images, the sanity check at its default."""
     out = tmp_path_factory.mktemp("outputs") / "report"
-    result = run("report", "--baseline", MODELS["cnn"], "--model", MODELS["se_cnn"], "--model", MODELS["cbam_cnn"],
-                 f"shapes:{COUNT}", "--out", out, "--steps", 2, "--batch-size", 8, "--quiet")
+    result = run(
+        "report",
+        "--baseline",
+        MODELS["cnn"],
+        "--model",
+        MODELS["se_cnn"],
+        "--model",
+        MODELS["cbam_cnn"],
+        f"shapes:{COUNT}",
+        "--out",
+        out,
+        "--steps",
+        2,
+        "--batch-size",
+        8,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -120,11 +135,13 @@ def test_a_map_made_constant_counts_as_no_correlation():
 def test_page_shows_each_steps_mean_and_n(report):
     sanity = document(report)["sanity"]
     page = (report / "index.html").read_text(encoding="utf-8")
-    section = page[page.index('<section id="sanity">'):page.index("</section>", page.index('<section id="sanity">'))]
+    section = page[page.index('<section id="sanity">') : page.index("</section>", page.index('<section id="sanity">'))]
     for name, steps in sanity["models"].items():
         last = steps[-1]
         assert f"{steps[-1]['spearman_mean']:.3f} with every layer re-initialised (n=16)" in section
-        headline = f"{name}: {len(steps) - 1} step(s); Spearman with the trained model's map {steps[1]['spearman_mean']:.3f}"
+        headline = (
+            f"{name}: {len(steps) - 1} step(s); Spearman with the trained model's map {steps[1]['spearman_mean']:.3f}"
+        )
         assert html.escape(headline) in section
         row = f'<td class="l">{last["step"]}</td><td class="l">{", ".join(last["layers"])}</td><td class="">{last["spearman_mean"]:.3f}</td><td class="">16</td>'
         assert row in section
@@ -155,12 +172,18 @@ def test_saved_maps_equal_the_models_own_grad_cam_and_gates(report, data):
     images = [image for image in head["images"] if image["status"] == "ok"]
     assert len(images) == COUNT
     layers = {model["name"]: model["cam_layer"] for model in head["report"]["models"]}
-    cams = {name: hand_gradcam(load_model(path).model.eval(), layers[name], data["images"], data["labels"])
-            for name, path in MODELS.items()}
+    cams = {
+        name: hand_gradcam(load_model(path).model.eval(), layers[name], data["images"], data["labels"])
+        for name, path in MODELS.items()
+    }
     model = load_model(MODELS["cbam_cnn"]).model.eval()
     seen: dict[str, torch.Tensor] = {}
-    handles = [model.get_submodule(f"cbam{k}.spatial_attn.sigmoid").register_forward_hook(
-        lambda m, a, o, k=k: seen.__setitem__(f"cbam{k}.spatial_attn", o[:, 0])) for k in (1, 2, 3)]
+    handles = [
+        model.get_submodule(f"cbam{k}.spatial_attn.sigmoid").register_forward_hook(
+            lambda m, a, o, k=k: seen.__setitem__(f"cbam{k}.spatial_attn", o[:, 0])
+        )
+        for k in (1, 2, 3)
+    ]
     with torch.no_grad():
         model(data["images"])
     for handle in handles:
@@ -171,8 +194,14 @@ def test_saved_maps_equal_the_models_own_grad_cam_and_gates(report, data):
         assert path.suffix == ".npz" and path.is_file()
         with np.load(path, allow_pickle=False) as saved:
             arrays = {key: saved[key] for key in saved.files}
-        assert set(arrays) == {"cam/cnn", "cam/se_cnn", "cam/cbam_cnn", "gate/cbam_cnn/cbam1.spatial_attn",
-                               "gate/cbam_cnn/cbam2.spatial_attn", "gate/cbam_cnn/cbam3.spatial_attn"}
+        assert set(arrays) == {
+            "cam/cnn",
+            "cam/se_cnn",
+            "cam/cbam_cnn",
+            "gate/cbam_cnn/cbam1.spatial_attn",
+            "gate/cbam_cnn/cbam2.spatial_attn",
+            "gate/cbam_cnn/cbam3.spatial_attn",
+        }
         assert all(a.dtype == np.float16 for a in arrays.values())
         for name in MODELS:
             np.testing.assert_allclose(arrays[f"cam/{name}"].astype(np.float32), cams[name][i], atol=2e-3)
@@ -188,12 +217,14 @@ def test_colour_bar_has_the_overlays_colours(report):
     page = (report / "index.html").read_text(encoding="utf-8")
     gradient = re.search(r"\.colorbar \{ background: linear-gradient\(to right,([^)]*)\); \}", page)
     assert gradient is not None
-    stops = [re.fullmatch(r"#(\w\w)(\w\w)(\w\w) ([\d.]+)% ([\d.]+)%", stop).groups() for stop in gradient.group(1).split(",")]
+    stops = [
+        re.fullmatch(r"#(\w\w)(\w\w)(\w\w) ([\d.]+)% ([\d.]+)%", stop).groups() for stop in gradient.group(1).split(",")
+    ]
     bands = np.array([[int(r, 16), int(g, 16), int(b, 16)] for r, g, b, _, _ in stops])
     edges = np.array([float(start) for *_, start, _ in stops] + [float(stops[-1][4])]) / 100
     assert edges[0] == 0 and edges[-1] == 1 and np.all(np.diff(edges) > 0)
     assert page.count('<span class="colorbar">') >= 1 + COUNT  # the Images section and every gates panel
-    images_section = page[page.index('<section id="images">'):]
+    images_section = page[page.index('<section id="images">') :]
     assert images_section.index('class="legend"') < images_section.index('<article class="card')
 
     # Undo the overlay's 50 % blend on a picture and read the colour bar at the saved map's values.
@@ -202,13 +233,15 @@ def test_colour_bar_has_the_overlays_colours(report):
     with np.load(report / image["pictures"]["arrays"]) as saved:
         maps = {key: saved[key].astype(np.float32) for key in saved.files}
     checked = 0
-    for picture, key in ((image["pictures"]["models"]["cbam_cnn"]["cam"], "cam/cbam_cnn"),
-                         (image["pictures"]["models"]["cbam_cnn"]["spatial"]["cbam1.spatial_attn"],
-                          "gate/cbam_cnn/cbam1.spatial_attn")):
+    for picture, key in (
+        (image["pictures"]["models"]["cbam_cnn"]["cam"], "cam/cbam_cnn"),
+        (image["pictures"]["models"]["cbam_cnn"]["spatial"]["cbam1.spatial_attn"], "gate/cbam_cnn/cbam1.spatial_attn"),
+    ):
         overlay = np.asarray(Image.open(report / picture).convert("RGB")).astype(np.float64)
         colour = 2 * overlay - thumb
-        values = F.interpolate(torch.from_numpy(maps[key])[None, None], size=thumb.shape[:2], mode="bilinear",
-                               align_corners=False)[0, 0].numpy()
+        values = F.interpolate(
+            torch.from_numpy(maps[key])[None, None], size=thumb.shape[:2], mode="bilinear", align_corners=False
+        )[0, 0].numpy()
         band = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(bands) - 1)
         close = (np.abs(colour - bands[band]) <= 6).all(axis=2)
         assert close.mean() > 0.95, (picture, close.mean())
@@ -226,8 +259,23 @@ def test_installed_package_ships_the_metric_definitions(tmp_path):
         shutil.copy2(ROOT / name, source / name)
     for name in ("attnviz", "cli"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=300)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("attnviz-*.whl"))
     site = tmp_path / "site"
@@ -241,9 +289,27 @@ def test_installed_package_ships_the_metric_definitions(tmp_path):
         "cli.main(sys.argv[1:], prog_name='attnviz')"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, "report", "--baseline", str(MODELS["cnn"]), "shapes:2", "--out", str(out),
-         "--steps", "1", "--sanity-images", "0", "--no-pictures", "--quiet"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            script,
+            "report",
+            "--baseline",
+            str(MODELS["cnn"]),
+            "shapes:2",
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--sanity-images",
+            "0",
+            "--no-pictures",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -266,8 +332,20 @@ def test_names_with_template_fields_are_shown_as_they_are(tmp_path):
     (folder / "circle").mkdir(parents=True)
     Image.fromarray(make_sample(0, seed=0, split="test").image).save(folder / "circle" / "{{js}}{{css}}.png")
     out = tmp_path / "out"
-    result = run("report", "--baseline", MODELS["cnn"], folder, "--out", out, "--steps", 1, "--sanity-images", 0,
-                 "--no-pictures", "--quiet")
+    result = run(
+        "report",
+        "--baseline",
+        MODELS["cnn"],
+        folder,
+        "--out",
+        out,
+        "--steps",
+        1,
+        "--sanity-images",
+        0,
+        "--no-pictures",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     page = (out / "index.html").read_text(encoding="utf-8")
     script = (ROOT / "attnviz" / "report" / "report.js").read_text(encoding="utf-8")

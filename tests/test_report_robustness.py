@@ -24,8 +24,8 @@ from support import ROOT, run
 from attnviz.data.shapes import make_sample
 from attnviz.io.checkpoints import load_model
 from attnviz.report import ReportOptions, name_models, resolve_source, run_report
-from attnviz.runtime.progress import ProgressLines
 from attnviz.runtime.errors import UsageError
+from attnviz.runtime.progress import ProgressLines
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,8 +64,19 @@ def test_the_report_folder_is_refused_as_input_and_nothing_is_written(tmp_path):
 
 def test_sub_folders_holding_a_report_are_not_read_as_images(tmp_path):
     folder = images_in(tmp_path / "in", 2)
-    first = run("report", "--baseline", MODELS / "cnn.pth", folder, "--out", folder / "old-report",
-                "--steps", 2, "--sanity-images", 0, "--quiet")
+    first = run(
+        "report",
+        "--baseline",
+        MODELS / "cnn.pth",
+        folder,
+        "--out",
+        folder / "old-report",
+        "--steps",
+        2,
+        "--sanity-images",
+        0,
+        "--quiet",
+    )
     assert first.exit_code == 0, first.output
     assert len(list((folder / "old-report").rglob("*.png"))) >= 4  # its thumbnails and Grad-CAMs
 
@@ -85,7 +96,9 @@ def test_merging_an_unfinished_or_missing_shard_says_so_and_exits_1(tmp_path):
     shards = []
     for k in (1, 2):
         out = tmp_path / f"s{k}"
-        result = run("report", "--baseline", MODELS / "cnn.pth", "shapes:8", "--out", out, *FAST, "--quiet", "--shard", f"{k}/2")
+        result = run(
+            "report", "--baseline", MODELS / "cnn.pth", "shapes:8", "--out", out, *FAST, "--quiet", "--shard", f"{k}/2"
+        )
         assert result.exit_code == 0, result.output
         shards.append(out)
     records = sorted((shards[1] / "items").glob("*.json"))
@@ -97,8 +110,10 @@ def test_merging_an_unfinished_or_missing_shard_says_so_and_exits_1(tmp_path):
     result = run("report", "--merge", *shards, "--out", tmp_path / "merged", "--quiet")
     assert result.exit_code == 1
     assert lines(result.stderr) == [
-        (f"attnviz: warning: shard 2/2 ({shards[1]}) is not finished: {unfinished} of {len(records)} image(s) have no "
-         "result yet; finish it (re-run its command) and merge again")
+        (
+            f"attnviz: warning: shard 2/2 ({shards[1]}) is not finished: {unfinished} of {len(records)} image(s) have no "
+            "result yet; finish it (re-run its command) and merge again"
+        )
     ]
     document = json.loads((tmp_path / "merged" / "results.json").read_text())
     assert document["summary"]["pending"] == unfinished
@@ -110,7 +125,9 @@ def test_merging_an_unfinished_or_missing_shard_says_so_and_exits_1(tmp_path):
     assert alone.exit_code == 1
     assert lines(alone.stderr) == ["attnviz: warning: merging without shard(s) 2: their images are not in the report"]
     assert json.loads((tmp_path / "half" / "run.json").read_text())["missing_shards"] == [2]
-    assert "INCOMPLETE: shard(s) 2 missing from this merge" in (tmp_path / "half" / "index.html").read_text(encoding="utf-8")
+    assert "INCOMPLETE: shard(s) 2 missing from this merge" in (tmp_path / "half" / "index.html").read_text(
+        encoding="utf-8"
+    )
     assert "INCOMPLETE" not in (shards[0] / "index.html").read_text(encoding="utf-8")
 
 
@@ -133,19 +150,35 @@ def _checkpoint(tmp_path: Path, name: str, classes: int = 10, class_names: list[
 
 def test_models_with_other_classes_are_a_usage_error_unless_classes_are_given(tmp_path):
     renamed = _checkpoint(tmp_path, "renamed.pth", class_names=[f"c{i}" for i in range(10)])
-    result = run("report", "--baseline", MODELS / "cnn.pth", "--model", renamed, "shapes:2", "--out", tmp_path / "a", *FAST)
+    result = run(
+        "report", "--baseline", MODELS / "cnn.pth", "--model", renamed, "shapes:2", "--out", tmp_path / "a", *FAST
+    )
     assert result.exit_code == 2
     assert lines(result.stderr) == [lines(result.stderr)[0]] and "the models' classes differ" in result.stderr
     assert "circle" in result.stderr and "c0" in result.stderr and not (tmp_path / "a").exists()
 
     fewer = _checkpoint(tmp_path, "five.pth", classes=5)
-    result = run("report", "--baseline", MODELS / "cnn.pth", "--model", fewer, "shapes:2", "--out", tmp_path / "b", *FAST)
+    result = run(
+        "report", "--baseline", MODELS / "cnn.pth", "--model", fewer, "shapes:2", "--out", tmp_path / "b", *FAST
+    )
     assert result.exit_code == 2 and "different numbers of classes (cnn: 10, cnn (five): 5)" in result.stderr
 
     names = tmp_path / "classes.txt"
     names.write_text("\n".join(f"k{i}" for i in range(10)))
-    result = run("report", "--baseline", MODELS / "cnn.pth", "--model", renamed, "shapes:2", "--out", tmp_path / "c",
-                 *FAST, "--quiet", "--classes", names)
+    result = run(
+        "report",
+        "--baseline",
+        MODELS / "cnn.pth",
+        "--model",
+        renamed,
+        "shapes:2",
+        "--out",
+        tmp_path / "c",
+        *FAST,
+        "--quiet",
+        "--classes",
+        names,
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "c" / "run.json").read_text())["class_names"][0] == "k0"
 
@@ -158,7 +191,10 @@ def _interrupt(args: list, out: Path, times: int = 1) -> subprocess.CompletedPro
     whole group (as a terminal does), ``times`` times."""
     process = subprocess.Popen(
         [sys.executable, "-m", "attnviz.cli.main", *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 180
@@ -182,8 +218,27 @@ def _interrupt(args: list, out: Path, times: int = 1) -> subprocess.CompletedPro
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups and SIGINT are POSIX")
 def test_ctrl_c_with_render_workers_stops_cleanly_and_keeps_the_finished_images(tmp_path):
     out = tmp_path / "report"
-    done = _interrupt(["report", "--baseline", MODELS / "cnn.pth", "--model", MODELS / "cbam_cnn.pth", "shapes:400",
-                       "--out", out, "--render-workers", 2, "--sanity-images", 0, "--steps", 2, "--batch-size", 8], out)
+    done = _interrupt(
+        [
+            "report",
+            "--baseline",
+            MODELS / "cnn.pth",
+            "--model",
+            MODELS / "cbam_cnn.pth",
+            "shapes:400",
+            "--out",
+            out,
+            "--render-workers",
+            2,
+            "--sanity-images",
+            0,
+            "--steps",
+            2,
+            "--batch-size",
+            8,
+        ],
+        out,
+    )
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "SpawnProcess" not in done.stderr
     assert lines(done.stderr)[-1] == "attnviz: interrupted"
@@ -201,8 +256,22 @@ def test_ctrl_c_with_maps_render_workers_stops_cleanly(tmp_path, times):
         for path in sorted(IMAGES.glob("*.png")):
             shutil.copy(path, folder / f"{copy}-{path.name}")
     out = tmp_path / "maps"
-    done = _interrupt(["maps", "--model", MODELS / "cbam_cnn.pth", *sorted(folder.iterdir()), "--out", out,
-                       "--render-workers", 2, "--batch-size", 4], out, times)
+    done = _interrupt(
+        [
+            "maps",
+            "--model",
+            MODELS / "cbam_cnn.pth",
+            *sorted(folder.iterdir()),
+            "--out",
+            out,
+            "--render-workers",
+            2,
+            "--batch-size",
+            4,
+        ],
+        out,
+        times,
+    )
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "SpawnProcess" not in done.stderr
     assert lines(done.stderr)[-1] == "attnviz: interrupted"
@@ -230,7 +299,7 @@ def test_warnings_are_one_line_and_the_handler_is_restored(tmp_path):
     assert warnings.showwarning is original
     with warnings.catch_warnings(record=True) as caught:  # outside the CLI, warnings are Python's again
         warnings.simplefilter("always")
-        warnings.warn("plain")
+        warnings.warn("plain", stacklevel=1)
     assert [str(w.message) for w in caught] == ["plain"]
 
 
@@ -238,8 +307,21 @@ def test_warnings_are_one_line_and_the_handler_is_restored(tmp_path):
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
-    result = run("report", "--baseline", MODELS / "cnn.pth", "shapes:10", "--out", tmp_path / "out",
-                 "--steps", 2, "--sanity-images", 1, "--batch-size", 2, "--no-pictures")
+    result = run(
+        "report",
+        "--baseline",
+        MODELS / "cnn.pth",
+        "shapes:10",
+        "--out",
+        tmp_path / "out",
+        "--steps",
+        2,
+        "--sanity-images",
+        1,
+        "--batch-size",
+        2,
+        "--no-pictures",
+    )
     assert result.exit_code == 0, result.output
     err = lines(result.stderr)
     assert err[0] == "report: 10 of 10 image(s) to process"
@@ -250,8 +332,21 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     assert err[12].startswith("report: writing ") and len(err) == 13
     assert "\x1b" not in result.stderr and "\r" not in result.stderr  # no terminal control
 
-    again = run("report", "--baseline", MODELS / "cnn.pth", "shapes:10", "--out", tmp_path / "out",
-                "--steps", 2, "--sanity-images", 1, "--batch-size", 2, "--no-pictures")
+    again = run(
+        "report",
+        "--baseline",
+        MODELS / "cnn.pth",
+        "shapes:10",
+        "--out",
+        tmp_path / "out",
+        "--steps",
+        2,
+        "--sanity-images",
+        1,
+        "--batch-size",
+        2,
+        "--no-pictures",
+    )
     assert lines(again.stderr)[0] == "report: all 10 image(s) finished earlier"
     quiet = run("report", "--baseline", MODELS / "cnn.pth", "shapes:10", "--out", tmp_path / "out", *FAST, "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
@@ -273,8 +368,11 @@ def test_progress_lines_every_tenth_or_every_30_seconds(capsys):
         now[0] += 31.0
         slow.advance(1)  # far from a tenth, but 31 s went by each time
     err = lines(capsys.readouterr().err)
-    assert err[1:] == ["report: 1/1000 images, ETA 8:36:09", "report: 2/1000 images, ETA 8:35:38",
-                       "report: 3/1000 images, ETA 8:35:07"]
+    assert err[1:] == [
+        "report: 1/1000 images, ETA 8:36:09",
+        "report: 2/1000 images, ETA 8:35:38",
+        "report: 3/1000 images, ETA 8:35:07",
+    ]
 
 
 # --------------------------------------------------------------------------- 7. changed files on resume
@@ -297,7 +395,8 @@ def test_resume_redoes_an_image_whose_file_changed(tmp_path):
     second = run_report(models, folder, out, options)
     assert (second.processed, second.resumed) == (1, 2)
     assert {n: p.stat().st_mtime_ns for n, p in records.items() if n != changed} == {
-        n: s for n, s in stamps.items() if n != changed}
+        n: s for n, s in stamps.items() if n != changed
+    }
     record = json.loads(records[changed].read_text())
     assert record["files"] == [[(folder / changed).stat().st_size, (folder / changed).stat().st_mtime_ns], None]
     assert record["size"] == [40, 48]  # the new file's numbers

@@ -67,8 +67,16 @@ def test_mask_is_one_blob_with_the_target_colour(samples):
 def test_mask_geometry_matches_the_class(samples):
     """The mask's bounding box sits on the recorded centre and spans the recorded scale."""
     fill_ratio = {  # area / bounding-box area of the ideal shape
-        "circle": np.pi / 4, "square": 1.0, "diamond": 0.5, "triangle": 0.5, "ring": np.pi / 4 * (1 - 0.55**2),
-        "cross": (2 * 0.6 * 2 - 0.6**2) / 4, "bar": 1.0, "star": None, "heart": None, "arrow": None,
+        "circle": np.pi / 4,
+        "square": 1.0,
+        "diamond": 0.5,
+        "triangle": 0.5,
+        "ring": np.pi / 4 * (1 - 0.55**2),
+        "cross": (2 * 0.6 * 2 - 0.6**2) / 4,
+        "bar": 1.0,
+        "star": None,
+        "heart": None,
+        "arrow": None,
     }
     for s in samples:
         ys, xs = np.nonzero(s.mask)
@@ -160,7 +168,9 @@ def test_folder_spec_reads_train_and_test_folders(tmp_path):
         for name in ("cat", "dog"):
             (tmp_path / split / name).mkdir(parents=True)
             for i in range(2):
-                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / split / name / f"{i}.png")
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / split / name / f"{i}.png"
+                )
     train, test, names = make_datasets(f"folder:{tmp_path}")
     assert names == ["cat", "dog"] and len(train) == len(test) == 4
     image, label = test[3]

@@ -69,7 +69,11 @@ def test_stage_groups_train_exactly_the_right_parameters(resnet, epoch, stage, l
 def test_stage_group_names_and_custom_boundaries(resnet):
     assert [g["name"] for g in stage_param_groups(resnet, 1)] == ["attention+head"]
     assert [g["name"] for g in stage_param_groups(resnet, 6)] == ["attention+head", "layer3+layer4"]
-    assert [g["name"] for g in stage_param_groups(resnet, 21)] == ["attention+head", "layer3+layer4", "stem+layer1+layer2"]
+    assert [g["name"] for g in stage_param_groups(resnet, 21)] == [
+        "attention+head",
+        "layer3+layer4",
+        "stem+layer1+layer2",
+    ]
     assert [stage_for_epoch(e, (2, 4)) for e in range(1, 7)] == [1, 1, 2, 2, 3, 3]
     assert [stage_for_epoch(e, (0, 0)) for e in (1, 2)] == [3, 3]
     assert all(math.isclose(g["lr"], 2e-5) for g in stage_param_groups(resnet, 3, (1, 2), lr=2e-3))
@@ -129,7 +133,11 @@ def test_checkpoints_load_with_the_record_filled_in(run):
     assert loaded.class_names[:3] == ["circle", "square", "triangle"] and loaded.preset.name == "cifar10"
     assert record["epochs"] == 2 and record["data"] == "shapes" and record["seed"] == 0
     assert (record["train_size"], record["test_size"]) == (512, 256)
-    assert record["recipe"] == "plateau" and record["device"] == "cpu" and record["torch_version"] == str(torch.__version__)
+    assert (
+        record["recipe"] == "plateau"
+        and record["device"] == "cpu"
+        and record["torch_version"] == str(torch.__version__)
+    )
     assert record["checkpoint"] == "best" and record["wall_time_s"] > 0
     assert [h["lr"] for h in record["history"]] == [1e-3, 1e-3]
     # The stored accuracy is what the stored weights score on the test set.
@@ -167,14 +175,30 @@ def test_resume_continues_from_the_saved_epoch_like_an_uninterrupted_run(run, tm
 
 
 def test_tensorboard_holds_the_scalars_and_the_true_attention(tmp_path):
-    result = fit("cbam_cnn", "shapes", epochs=1, out=tmp_path / "cbam.pth", tensorboard=tmp_path / "tb",
-                 device="cpu", train_size=64, test_size=32, batch_size=32, num_workers=0, progress=False)
+    result = fit(
+        "cbam_cnn",
+        "shapes",
+        epochs=1,
+        out=tmp_path / "cbam.pth",
+        tensorboard=tmp_path / "tb",
+        device="cpu",
+        train_size=64,
+        test_size=32,
+        batch_size=32,
+        num_workers=0,
+        progress=False,
+    )
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0, "histograms": 0})
     events.Reload()
     tags = events.Tags()
     entry = result.history[0]
-    for tag, key in [("Train/Epoch Loss", "train_loss"), ("Train/Epoch Accuracy", "train_acc"),
-                     ("Test/Epoch Loss", "test_loss"), ("Test/Epoch Accuracy", "test_acc"), ("Train/Learning Rate", "lr")]:
+    for tag, key in [
+        ("Train/Epoch Loss", "train_loss"),
+        ("Train/Epoch Accuracy", "train_acc"),
+        ("Test/Epoch Loss", "test_loss"),
+        ("Test/Epoch Accuracy", "test_acc"),
+        ("Train/Learning Rate", "lr"),
+    ]:
         (event,) = events.Scalars(tag)
         assert event.step == 1 and event.value == pytest.approx(entry[key], rel=1e-6)
     assert len(events.Scalars("Train/Iteration Loss")) == 2
@@ -210,8 +234,19 @@ def test_resnet18_cbam_starts_from_imagenet_weights_and_keeps_frozen_layers(tmp_
     torch.manual_seed(1)
     imagenet = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(imagenet, tmp_path / "resnet18.pth")
-    result = fit("resnet18_cbam", "shapes", epochs=1, out=tmp_path / "r18.pth", weights=tmp_path / "resnet18.pth",
-                 device="cpu", train_size=32, test_size=16, batch_size=16, num_workers=0, progress=False)
+    result = fit(
+        "resnet18_cbam",
+        "shapes",
+        epochs=1,
+        out=tmp_path / "r18.pth",
+        weights=tmp_path / "resnet18.pth",
+        device="cpu",
+        train_size=32,
+        test_size=16,
+        batch_size=16,
+        num_workers=0,
+        progress=False,
+    )
     state = load_model(result.best_path).model.state_dict()
     torch.manual_seed(0)  # fit builds the model right after seeding with its seed
     initial = build_model("resnet18_cbam", num_classes=10, weights=tmp_path / "resnet18.pth").state_dict()
@@ -220,7 +255,9 @@ def test_resnet18_cbam_starts_from_imagenet_weights_and_keeps_frozen_layers(tmp_
     for key in ("layer1.0.conv1.weight", "layer3.1.conv2.weight", "layer4.0.bn1.weight", "bn1.bias"):
         assert torch.equal(state[f"backbone.{key}"], imagenet[key])  # loaded, and frozen in stage 1
     assert not torch.equal(state["backbone.fc.weight"], initial["backbone.fc.weight"])
-    assert not torch.equal(state["cbam_layer2.spatial_attn.conv.weight"], initial["cbam_layer2.spatial_attn.conv.weight"])
+    assert not torch.equal(
+        state["cbam_layer2.spatial_attn.conv.weight"], initial["cbam_layer2.spatial_attn.conv.weight"]
+    )
     assert torch.equal(state["backbone.conv1.weight"], initial["backbone.conv1.weight"])  # new 3x3 stem, frozen
 
 
@@ -248,9 +285,29 @@ def test_cli_trains_and_reports(tmp_path):
     help_text = runner.invoke(cli, ["train", "--help"]).output
     assert "--stage-epochs" in help_text and "Examples:" in help_text
     out = tmp_path / "cnn.pth"
-    result = runner.invoke(cli, ["train", "--arch", "cnn", "--epochs", "1", "--out", str(out), "--train-size", "64",
-                                 "--test-size", "32", "--batch-size", "32", "--workers", "0", "--device", "cpu",
-                                 "--no-progress"])
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--arch",
+            "cnn",
+            "--epochs",
+            "1",
+            "--out",
+            str(out),
+            "--train-size",
+            "64",
+            "--test-size",
+            "32",
+            "--batch-size",
+            "32",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     record = load_model(out).record
     assert f"best test accuracy {record['best_test_acc']:.2f}%" in result.output
@@ -263,14 +320,26 @@ def test_cli_trains_and_reports(tmp_path):
 
 
 def test_train_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
-    result = fit("cnn", "shapes", epochs=2, out=tmp_path / "cnn.pth", device="cpu", train_size=40, test_size=16,
-                 batch_size=10, num_workers=0, progress=True)
+    result = fit(
+        "cnn",
+        "shapes",
+        epochs=2,
+        out=tmp_path / "cnn.pth",
+        device="cpu",
+        train_size=40,
+        test_size=16,
+        batch_size=10,
+        num_workers=0,
+        progress=True,
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert not any("\x1b" in line or "\r" in line for line in err)  # no terminal control characters
     for epoch in (1, 2):
         train = [line for line in err if line.startswith(f"epoch {epoch}/2 train: ")]
         assert train[0] == f"epoch {epoch}/2 train: 4 of 4 step(s) to process"
-        assert [line.split(",")[0] for line in train[1:-1]] == [f"epoch {epoch}/2 train: {n}/4 steps" for n in (1, 2, 3)]
+        assert [line.split(",")[0] for line in train[1:-1]] == [
+            f"epoch {epoch}/2 train: {n}/4 steps" for n in (1, 2, 3)
+        ]
         assert train[-1].startswith(f"epoch {epoch}/2 train: 4/4 steps, done in ")
         test = [line for line in err if line.startswith(f"epoch {epoch}/2 test: ")]
         assert test[0] == f"epoch {epoch}/2 test: 2 of 2 step(s) to process"
@@ -282,6 +351,16 @@ def test_train_prints_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_pat
 
 
 def test_train_prints_nothing_when_progress_is_off(tmp_path, capsys):
-    fit("cnn", "shapes", epochs=1, out=tmp_path / "cnn.pth", device="cpu", train_size=20, test_size=10,
-        batch_size=10, num_workers=0, progress=False)
+    fit(
+        "cnn",
+        "shapes",
+        epochs=1,
+        out=tmp_path / "cnn.pth",
+        device="cpu",
+        train_size=20,
+        test_size=10,
+        batch_size=10,
+        num_workers=0,
+        progress=False,
+    )
     assert capsys.readouterr().err == ""

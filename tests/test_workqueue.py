@@ -92,8 +92,12 @@ def test_when_finish_fails_the_unfinished_items_are_abandoned_with_the_error():
 def test_an_interrupt_abandons_what_waits_and_nothing_else_is_finished():
     finished, abandoned = [], []
     with pytest.raises(KeyboardInterrupt):
-        with WorkQueue(0, 5, lambda item, outcome: finished.append(item),
-                       abandon=lambda items, error: abandoned.append((items, type(error)))) as queue:
+        with WorkQueue(
+            0,
+            5,
+            lambda item, outcome: finished.append(item),
+            abandon=lambda items, error: abandoned.append((items, type(error))),
+        ) as queue:
             queue.put("a")
             queue.put("b")
             raise KeyboardInterrupt
@@ -110,10 +114,21 @@ def test_run_batches_skips_broken_samples_first_then_emits_each_analysed_one_in_
         analysed.append(list(good))
         return [value * 10 for value in good]
 
-    run_batches(batches, lambda s: "broken" if s < 0 else None, lambda s, why: events.append(("skip", s, why)),
-                analyse, lambda s, result: events.append(("emit", s, result)))
+    run_batches(
+        batches,
+        lambda s: "broken" if s < 0 else None,
+        lambda s, why: events.append(("skip", s, why)),
+        analyse,
+        lambda s, result: events.append(("emit", s, result)),
+    )
     assert analysed == [[1, 3], [5, 6]]  # an all-broken batch runs no model
-    assert events == [("skip", -2, "broken"), ("emit", 1, 10), ("emit", 3, 30), ("skip", -4, "broken"),
-                      ("emit", 5, 50), ("emit", 6, 60)]
+    assert events == [
+        ("skip", -2, "broken"),
+        ("emit", 1, 10),
+        ("emit", 3, 30),
+        ("skip", -4, "broken"),
+        ("emit", 5, 50),
+        ("emit", 6, 60),
+    ]
     with pytest.raises(ValueError, match="1 result"):
         run_batches([[1, 2]], lambda s: None, lambda s, why: None, lambda good: [0], lambda s, r: None)

@@ -139,7 +139,12 @@ class Capture:
         """One row per gate (name, module, kind, shape, mean, min, max) for one image."""
         rows = []
         for gate in self.gates.values():
-            row: dict[str, Any] = {"name": gate.name, "module": gate.module, "kind": gate.kind, "shape": list(gate.values.shape[1:])}
+            row: dict[str, Any] = {
+                "name": gate.name,
+                "module": gate.module,
+                "kind": gate.kind,
+                "shape": list(gate.values.shape[1:]),
+            }
             row.update(gate.stats(image))
             rows.append(row)
         return rows
@@ -449,7 +454,9 @@ class _Recorder:
             if counts[event.owner] > 1:
                 name = f"{event.owner}#{seen.get(event.owner, 0)}"
                 seen[event.owner] = seen.get(event.owner, 0) + 1
-            gates[name] = Gate(name, event.owner, event.kind, event.values, event.shape, event.function, event.gated_module)
+            gates[name] = Gate(
+                name, event.owner, event.kind, event.values, event.shape, event.function, event.gated_module
+            )
         return gates
 
 

@@ -27,7 +27,16 @@ from attnviz.runtime.errors import UsageError
 
 #: Class names, in label order.
 SHAPES_CLASSES: tuple[str, ...] = (
-    "circle", "square", "triangle", "cross", "ring", "star", "diamond", "heart", "arrow", "bar",
+    "circle",
+    "square",
+    "triangle",
+    "cross",
+    "ring",
+    "star",
+    "diamond",
+    "heart",
+    "arrow",
+    "bar",
 )
 #: Forms drawn as distractors; none of them is a class.
 DISTRACTOR_FORMS: tuple[str, ...] = ("L", "T", "half_disc", "crescent", "zigzag")
@@ -308,7 +317,9 @@ _TARGETS: dict[str, _Target] = {
 # --- distractors ------------------------------------------------------------------------
 
 _L = np.array([[-1.0, -1.0], [-0.4, -1.0], [-0.4, 0.4], [1.0, 0.4], [1.0, 1.0], [-1.0, 1.0]])
-_T = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, -0.4], [0.3, -0.4], [0.3, 1.0], [-0.3, 1.0], [-0.3, -0.4], [-1.0, -0.4]])
+_T = np.array(
+    [[-1.0, -1.0], [1.0, -1.0], [1.0, -0.4], [0.3, -0.4], [0.3, 1.0], [-0.3, 1.0], [-0.3, -0.4], [-1.0, -0.4]]
+)
 _ARC = np.linspace(np.pi, 2 * np.pi, 13)
 _HALF_DISC = np.stack([np.cos(_ARC), np.sin(_ARC) + 0.3], axis=1)  # flat side down, closed by fillPoly
 

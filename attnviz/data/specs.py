@@ -37,14 +37,16 @@ FOLDER_TRAIN_FRACTION = 0.8
 def train_transform(preset: str = "cifar10") -> transforms.Compose:
     """The notebooks' training augmentation followed by normalisation with ``preset``."""
     spec = PRESETS[preset]
-    return transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
-        transforms.RandomRotation(15),
-        transforms.ToTensor(),
-        transforms.Normalize(spec.mean, spec.std),
-    ])
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
+            transforms.RandomRotation(15),
+            transforms.ToTensor(),
+            transforms.Normalize(spec.mean, spec.std),
+        ]
+    )
 
 
 def eval_transform(preset: str = "cifar10") -> transforms.Compose:
@@ -110,8 +112,8 @@ def parse_data_spec(spec: str) -> tuple[str, str | None]:
     text = spec.strip()
     if text.lower() in ("shapes", "cifar10"):
         return text.lower(), None
-    if text.lower().startswith("folder:") and text[len("folder:"):].strip():
-        return "folder", text[len("folder:"):].strip()
+    if text.lower().startswith("folder:") and text[len("folder:") :].strip():
+        return "folder", text[len("folder:") :].strip()
     raise UsageError(f"unknown data spec {spec!r}; use one of: {', '.join(DATA_SPECS)}")
 
 
@@ -127,7 +129,9 @@ def _cifar10(
             "pass --data-dir with a local copy, or --download when online"
         ) from error
     except OSError as error:  # download failed (offline, proxy, disk)
-        raise UsageError(f"could not download CIFAR-10 into {root}: {error}; pass --data-dir with a local copy") from error
+        raise UsageError(
+            f"could not download CIFAR-10 into {root}: {error}; pass --data-dir with a local copy"
+        ) from error
     return train, test
 
 

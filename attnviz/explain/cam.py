@@ -177,8 +177,7 @@ def gradcam(
     batch = to_model(batch, model)
     if model.training:
         warnings.warn(
-            "the model was in train mode; Grad-CAM runs it in eval mode and restores train mode "
-            "afterwards",
+            "the model was in train mode; Grad-CAM runs it in eval mode and restores train mode afterwards",
             stacklevel=2,
         )
     with _prepared(model), torch.enable_grad():
@@ -239,8 +238,7 @@ def resolve_cam_layer(model: nn.Module, images: Tensor | None = None) -> str:
             continue
     sizes = ", ".join(str(size) for size in _PROBE_SIZES)
     raise UsageError(
-        f"cannot find the Grad-CAM layer without images (the model failed on {sizes} px probes); "
-        "pass images or layer="
+        f"cannot find the Grad-CAM layer without images (the model failed on {sizes} px probes); pass images or layer="
     )
 
 
@@ -295,13 +293,9 @@ def _parse_targets(target: Target, batch: int, class_names: Sequence[str] | None
         return [_class_index(target, class_names)] * batch
     if isinstance(target, Sequence):
         if len(target) != batch:
-            raise UsageError(
-                f"per-sample targets must match the batch size (got {len(target)} for {batch} images)"
-            )
+            raise UsageError(f"per-sample targets must match the batch size (got {len(target)} for {batch} images)")
         return [_class_index(item, class_names) for item in target]
-    raise UsageError(
-        f"target must be None, a class index or name, or one per image; got {type(target).__name__}"
-    )
+    raise UsageError(f"target must be None, a class index or name, or one per image; got {type(target).__name__}")
 
 
 def _class_index(item: Any, class_names: Sequence[str] | None) -> int:
@@ -322,9 +316,7 @@ def _class_index(item: Any, class_names: Sequence[str] | None) -> int:
 
 def _check_range(targets: Tensor, num_classes: int) -> None:
     if targets.numel() and int(targets.max()) >= num_classes:
-        raise UsageError(
-            f"target class {int(targets.max())} is out of range for a model with {num_classes} classes"
-        )
+        raise UsageError(f"target class {int(targets.max())} is out of range for a model with {num_classes} classes")
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module | None, images: Tensor) -> str:
@@ -342,9 +334,7 @@ def _layer_name(model: nn.Module, layer: str | nn.Module | None, images: Tensor)
         for name, module in modules.items():
             if module is layer and name:
                 return name
-        raise UsageError(
-            f"the given {type(layer).__name__} module is not a submodule of the model; pass its name"
-        )
+        raise UsageError(f"the given {type(layer).__name__} module is not a submodule of the model; pass its name")
     if not isinstance(layer, str) or layer not in modules or not layer:
         names = [name for name in modules if name]
         raise UsageError(f"the model has no layer {layer!r}{did_you_mean(str(layer), names)}")
@@ -388,9 +378,7 @@ def _explain(
     return _Part(raw.to(images.device), logits, chosen)
 
 
-def _fast_gradcam(
-    model: nn.Module, module: nn.Module, layer: str, images: Tensor, targets: list[int] | None
-) -> _Part:
+def _fast_gradcam(model: nn.Module, module: nn.Module, layer: str, images: Tensor, targets: list[int] | None) -> _Part:
     """Grad-CAM from one forward pass and one ``autograd.grad`` back to the layer's output.
 
     The hook detaches the layer's output into a leaf that requires grad (the true activation)
@@ -415,15 +403,13 @@ def _fast_gradcam(
         raise UsageError(f"layer {layer!r} did not run in the forward pass; choose a layer the model uses")
     if activation._version != found["version"]:
         raise CaptureError(
-            f"the model changes the output of {layer!r} in place through another reference; "
-            "choose another layer"
+            f"the model changes the output of {layer!r} in place through another reference; choose another layer"
         )
     chosen = _choose(logits, targets, images.device)
     score = logits.gather(1, chosen[:, None]).sum()
     if not score.requires_grad:
         raise UsageError(
-            f"the logits do not depend on layer {layer!r} (or the model disables gradients); "
-            "choose another layer"
+            f"the logits do not depend on layer {layer!r} (or the model disables gradients); choose another layer"
         )
     try:
         (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
@@ -487,9 +473,7 @@ def _grad_cam_library(
     if method == "fullgrad":
         cam = recorder(model=model, target_layers=[])
     elif method == "ablationcam":
-        cam = recorder(
-            model=model, target_layers=[module], ablation_layer=AblationLayer(), batch_size=batch_size or 32
-        )
+        cam = recorder(model=model, target_layers=[module], ablation_layer=AblationLayer(), batch_size=batch_size or 32)
     else:
         cam = recorder(model=model, target_layers=[module])
     if method == "scorecam":
@@ -678,9 +662,7 @@ def _zoo_cam_layer(model: nn.Module) -> str | None:
     for arch in models.list_architectures():
         spec = models.get_spec(arch)
         factory = spec.factory
-        same_class = type(model) is factory or (
-            isinstance(factory, type) and type(model).__name__ == factory.__name__
-        )
+        same_class = type(model) is factory or (isinstance(factory, type) and type(model).__name__ == factory.__name__)
         if same_class and spec.cam_layer in names:
             return spec.cam_layer
     return None
@@ -738,8 +720,7 @@ def _pick_layer(events: list[_Event], model: nn.Module) -> str:
     maps = [e for e in events if e.key is not None and not e.pooling]
     if not maps:
         raise UsageError(
-            f"{type(model).__name__} computes no 4-D feature map with more than one position; "
-            "pass layer= explicitly"
+            f"{type(model).__name__} computes no 4-D feature map with more than one position; pass layer= explicitly"
         )
     last = maps[-1]
     same = [(order, e) for order, e in enumerate(maps) if e.key == last.key]

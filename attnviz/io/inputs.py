@@ -148,9 +148,7 @@ def get_preset(name_or_preset: str | Preset, size: int | Sequence[int] | None = 
     elif isinstance(name_or_preset, str) and name_or_preset.lower() in PRESETS:
         preset = PRESETS[name_or_preset.lower()]
     else:
-        raise UsageError(
-            f"unknown preset {name_or_preset!r}; known presets: {', '.join(sorted(PRESETS))}"
-        )
+        raise UsageError(f"unknown preset {name_or_preset!r}; known presets: {', '.join(sorted(PRESETS))}")
     if size is None:
         return preset
     return Preset(preset.name, _parse_size(size), preset.mean, preset.std)
@@ -225,9 +223,7 @@ def decode_image(
     except UnidentifiedImageError:
         raise InputImageError(_unidentified(name)) from None
     except Image.DecompressionBombError:
-        raise InputImageError(
-            f"{name!r} is too large to decode safely (possible decompression bomb)"
-        ) from None
+        raise InputImageError(f"{name!r} is too large to decode safely (possible decompression bomb)") from None
     except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
         raise InputImageError(f"cannot decode {name!r}: {first_line(exc)}") from None
 
@@ -395,8 +391,12 @@ def _decode(img: Image.Image, name: str, max_side: int | None, nearest: bool) ->
     if method is None:
         return rgb, (height, width)
     turned = np.asarray(Image.fromarray(rgb).transpose(method))
-    swapped = method in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
-                         Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270)
+    swapped = method in (
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+        Image.Transpose.ROTATE_270,
+    )
     return turned, (width, height) if swapped else (height, width)
 
 
@@ -411,21 +411,30 @@ _ORIENTATIONS = {  # EXIF orientation -> transposition, as ImageOps.exif_transpo
 }
 
 
-def _reduced_rgb(img: Image.Image, convert: Callable[[Image.Image], np.ndarray], factor: int, nearest: bool) -> np.ndarray:
+def _reduced_rgb(
+    img: Image.Image, convert: Callable[[Image.Image], np.ndarray], factor: int, nearest: bool
+) -> np.ndarray:
     """Convert a loaded image to uint8 RGB tile by tile, reducing each tile by ``factor`` (box
     average, or the centre pixel of each block with ``nearest``). Tiles start at multiples of
     ``factor``, so the result equals reducing the whole image at once."""
     width, height = img.size
     offset = factor // 2 if nearest else 0
-    rows, cols = (len(range(offset, height, factor)), len(range(offset, width, factor))) if nearest else (
-        -(-height // factor), -(-width // factor))
+    rows, cols = (
+        (len(range(offset, height, factor)), len(range(offset, width, factor)))
+        if nearest
+        else (-(-height // factor), -(-width // factor))
+    )
     out = np.empty((rows, cols, 3), np.uint8)
     step = max(factor, _TILE // factor * factor)
     for top in range(0, height, step):
         for left in range(0, width, step):
             tile = convert(img.crop((left, top, min(left + step, width), min(top + step, height))))
             if factor > 1:
-                tile = tile[offset::factor, offset::factor] if nearest else np.asarray(Image.fromarray(tile).reduce(factor))
+                tile = (
+                    tile[offset::factor, offset::factor]
+                    if nearest
+                    else np.asarray(Image.fromarray(tile).reduce(factor))
+                )
             out[top // factor : top // factor + tile.shape[0], left // factor : left // factor + tile.shape[1]] = tile
     return out
 

@@ -84,11 +84,18 @@ class Comparison:
             rows.append(
                 {
                     "image": label,
-                    "target": {"index": self.targets[i], "label": self.label(self.targets[i]), "source": self.target_source[i]},
+                    "target": {
+                        "index": self.targets[i],
+                        "label": self.label(self.targets[i]),
+                        "source": self.target_source[i],
+                    },
                     "models": {
                         name: {
                             "p_target": float(self.scores[name][i]),
-                            "predicted": {"index": int(self.predicted[name][i]), "label": self.label(int(self.predicted[name][i]))},
+                            "predicted": {
+                                "index": int(self.predicted[name][i]),
+                                "label": self.label(int(self.predicted[name][i])),
+                            },
                         }
                         for name in self.names
                     },
@@ -265,5 +272,10 @@ def _same_size(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor,
     if first.shape == second.shape:
         return first, second
     size = max(first.shape, second.shape, key=lambda s: s[0] * s[1])
-    resize = lambda m: torch.nn.functional.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]  # noqa: E731
+
+    def resize(m: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False)[
+            0, 0
+        ]
+
     return resize(first), resize(second)

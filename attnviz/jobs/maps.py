@@ -220,15 +220,20 @@ def output_error(error: OSError, folder: Path, written: int) -> OutputError:
     ``folder``: exit code 1 when ``written`` images were finished before it, 2 when none were."""
     what = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (error.strerror or type(error).__name__)
     kept = f"wrote {written} image(s) to {folder.parent}" if written else "nothing written"
-    return OutputError(f"{what}: could not write {error.filename or folder}; {kept}; the unfinished images "
-                       "were removed", exit_code=1 if written else 2)
+    return OutputError(
+        f"{what}: could not write {error.filename or folder}; {kept}; the unfinished images were removed",
+        exit_code=1 if written else 2,
+    )
 
 
 def _warn_non_finite(results: Sequence[ImageResult], model: str) -> None:
     bad = sum(1 for result in results if result.summary.get("non_finite"))
     if bad:
-        warnings.warn(f"{bad} of {len(results)} image(s) gave NaN or infinite values from model {model} (check its "
-                      "weights): they are null in summary.json, and the maps holding them are not drawn", stacklevel=3)
+        warnings.warn(
+            f"{bad} of {len(results)} image(s) gave NaN or infinite values from model {model} (check its "
+            "weights): they are null in summary.json, and the maps holding them are not drawn",
+            stacklevel=3,
+        )
 
 
 class _Painter:
@@ -317,7 +322,9 @@ def _remove_folder_if_empty(folder: Path) -> None:
         folder.rmdir()
 
 
-def summary_dict(loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None) -> dict[str, Any]:
+def summary_dict(
+    loaded: LoadedModel, preset: Preset, cap: Capture, index: int, image_path: str | None
+) -> dict[str, Any]:
     """The JSON summary of one image: model, preset, prediction and a row per gate."""
     top = cap.topk(index, k=5)
     return {

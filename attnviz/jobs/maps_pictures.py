@@ -91,16 +91,23 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> lis
         kwargs: dict[str, Any] = {"top_n": options.top_n}
         if channel_gate is not None:
             weights = gates[channel_gate]
-            kwargs.update(channels=np.argsort(-weights, kind="stable")[: options.top_n].tolist(), rank_by="given",
-                          channel_weights=weights)
-        figure = render.feature_grid(before, after=outputs[module],
-                                     title=f"{module}: features before and after gating", **kwargs)
-        pictures.append((f"{module} before/after", folder / "features" / f"{_safe(module)}.gating.{options.format}", figure))
+            kwargs.update(
+                channels=np.argsort(-weights, kind="stable")[: options.top_n].tolist(),
+                rank_by="given",
+                channel_weights=weights,
+            )
+        figure = render.feature_grid(
+            before, after=outputs[module], title=f"{module}: features before and after gating", **kwargs
+        )
+        pictures.append(
+            (f"{module} before/after", folder / "features" / f"{_safe(module)}.gating.{options.format}", figure)
+        )
     for layer, features in job.group("feature").items():
         if not _finite(features) or any(np.array_equal(features, gated) for gated in outputs.values()):
             continue  # the same tensor as an attention module's output, already drawn after gating
-        figure = render.feature_grid(features, top_n=options.top_n,
-                                     title=f"{layer}: top {options.top_n} channels by mean activation")
+        figure = render.feature_grid(
+            features, top_n=options.top_n, title=f"{layer}: top {options.top_n} channels by mean activation"
+        )
         pictures.append((f"{layer} features", folder / "features" / f"{_safe(layer)}.{options.format}", figure))
     cam = job.arrays.get("cam/gradcam")
     if cam is not None and _finite(cam):
@@ -118,8 +125,9 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> lis
     return written
 
 
-def _save(pictures: list[tuple[str, Path, Any]], folder: Path, options: PictureOptions, job: PictureJob,
-          written: list[Path]) -> None:
+def _save(
+    pictures: list[tuple[str, Path, Any]], folder: Path, options: PictureOptions, job: PictureJob, written: list[Path]
+) -> None:
     """Save each picture and the index sheet of them all, adding each file to ``written`` before
     it is written (so that a file cut short is removed too)."""
     from attnviz import render

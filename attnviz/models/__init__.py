@@ -38,8 +38,16 @@ _EXPORTS: dict[str, str] = {
     "CustomCNN": "attnviz.models.resnet_se",
     **{
         name: "attnviz.models.registry"
-        for name in ("ArchSpec", "StateDictDiff", "build_model", "compare_state_dict", "get_spec",
-                     "infer_architecture", "list_architectures", "nearest_architectures")
+        for name in (
+            "ArchSpec",
+            "StateDictDiff",
+            "build_model",
+            "compare_state_dict",
+            "get_spec",
+            "infer_architecture",
+            "list_architectures",
+            "nearest_architectures",
+        )
     },
 }
 

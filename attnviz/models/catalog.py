@@ -34,10 +34,16 @@ CATALOG: Mapping[str, CatalogEntry] = MappingProxyType(
         for entry in (
             CatalogEntry("cnn", "cifar10", "baseline 3-block CIFAR-10 CNN (seed 000)"),
             CatalogEntry("se_cnn", "cifar10", "3-block CNN with SE ChannelAttention ca1..ca3 (seed 000)"),
-            CatalogEntry("cbam_cnn", "cifar10", "3-block CNN with CBAM cbam1..cbam3 after each pooled block (seed 001)"),
+            CatalogEntry(
+                "cbam_cnn", "cifar10", "3-block CNN with CBAM cbam1..cbam3 after each pooled block (seed 001)"
+            ),
             CatalogEntry("densenet_se", "cifar10", "DenseNet-BC with an SE_Block in every dense layer (seed 002)"),
-            CatalogEntry("resnet18_cbam", "cifar10", "torchvision ResNet-18 for 32x32, CBAM after every stage (seed 003)"),
-            CatalogEntry("resnet_se", "cifar10", "CustomCNN: residual blocks with SE before the shortcut add (seed 004)"),
+            CatalogEntry(
+                "resnet18_cbam", "cifar10", "torchvision ResNet-18 for 32x32, CBAM after every stage (seed 003)"
+            ),
+            CatalogEntry(
+                "resnet_se", "cifar10", "CustomCNN: residual blocks with SE before the shortcut add (seed 004)"
+            ),
         )
     }
 )

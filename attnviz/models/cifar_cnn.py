@@ -75,9 +75,7 @@ class SE_CNN(nn.Module):  # noqa: N801 - named like the course's CBAM_CNN
         attention_after_pool: Apply ``ca{i}`` after ``pool{i}`` instead of before it.
     """
 
-    def __init__(
-        self, num_classes: int = 10, reduction_ratio: int = 16, attention_after_pool: bool = False
-    ) -> None:
+    def __init__(self, num_classes: int = 10, reduction_ratio: int = 16, attention_after_pool: bool = False) -> None:
         super().__init__()
         self.attention_after_pool = attention_after_pool
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3, padding=1)

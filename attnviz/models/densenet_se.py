@@ -44,9 +44,7 @@ class SE_Block(SqueezeExcite):  # noqa: N801 - the notebook's class name
         super().__init__(ch_in, reduction)
 
 
-def _bn_function_factory(
-    norm: nn.Module, relu: nn.Module, conv: nn.Module
-) -> Callable[..., Tensor]:
+def _bn_function_factory(norm: nn.Module, relu: nn.Module, conv: nn.Module) -> Callable[..., Tensor]:
     def bn_function(*inputs: Tensor) -> Tensor:
         return conv(relu(norm(torch.cat(inputs, 1))))
 
@@ -77,17 +75,13 @@ class _DenseLayer(nn.Module):
         self.add_module("relu1", nn.ReLU(inplace=True))
         self.add_module(
             "conv1",
-            nn.Conv2d(
-                num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False
-            ),
+            nn.Conv2d(num_input_features, bn_size * growth_rate, kernel_size=1, stride=1, bias=False),
         )
         self.add_module("norm2", nn.BatchNorm2d(bn_size * growth_rate))
         self.add_module("relu2", nn.ReLU(inplace=True))
         self.add_module(
             "conv2",
-            nn.Conv2d(
-                bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False
-            ),
+            nn.Conv2d(bn_size * growth_rate, growth_rate, kernel_size=3, stride=1, padding=1, bias=False),
         )
         self.add_module("SE_Block", SE_Block(growth_rate, reduction=reduction))
         self.drop_rate = drop_rate
@@ -183,9 +177,7 @@ class DenseNet(nn.Module):
     ) -> None:
         super().__init__()
         if not 0 < compression <= 1:
-            raise ArchitectureError(
-                f"densenet_se: compression must be in (0, 1], got {compression}"
-            )
+            raise ArchitectureError(f"densenet_se: compression must be in (0, 1], got {compression}")
         if len(block_config) == 0:
             raise ArchitectureError("densenet_se: block_config must name at least one dense block")
         self.features = _stem(num_init_features, small_inputs)
@@ -208,9 +200,7 @@ class DenseNet(nn.Module):
                 self.features.add_module(f"transition{i + 1}", trans)
                 num_features = out_features
                 if se_after_transition:
-                    self.features.add_module(
-                        f"SE_Block{i + 1}", SE_Block(num_features, reduction=reduction)
-                    )
+                    self.features.add_module(f"SE_Block{i + 1}", SE_Block(num_features, reduction=reduction))
         self.features.add_module("norm_final", nn.BatchNorm2d(num_features))
         self.classifier = nn.Linear(num_features, num_classes)
 

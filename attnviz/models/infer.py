@@ -138,9 +138,7 @@ def _reduction(sd: Mapping[str, Any], keys: Sequence[str], default: int) -> int 
     if all(c // default == h for c, h in pairs):
         return default
     widest = max(c for c, _ in pairs)
-    return next(
-        (r for r in range(1, widest + 2) if all(c // r == h for c, h in pairs)), None
-    )
+    return next((r for r in range(1, widest + 2) if all(c // r == h for c, h in pairs)), None)
 
 
 def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...] | None:

@@ -90,16 +90,18 @@ class ArchSpec:
 
 def _defaults(factory: Callable[..., nn.Module]) -> Mapping[str, Any]:
     params = inspect.signature(factory).parameters.values()
-    return MappingProxyType(
-        {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    )
+    return MappingProxyType({p.name: p.default for p in params if p.default is not inspect.Parameter.empty})
 
 
 def _spec(name: str, factory: Callable[..., nn.Module], **fields: Any) -> ArchSpec:
     entry = CATALOG[name]
     return ArchSpec(
-        name=name, factory=factory, default_kwargs=_defaults(factory), preset=entry.preset,
-        description=entry.description, **fields,
+        name=name,
+        factory=factory,
+        default_kwargs=_defaults(factory),
+        preset=entry.preset,
+        description=entry.description,
+        **fields,
     )
 
 
@@ -184,14 +186,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     unknown = sorted(set(kwargs) - set(inspect.signature(spec.factory).parameters))
     if unknown:
         accepted = ", ".join(inspect.signature(spec.factory).parameters)
-        raise ArchitectureError(
-            f"{name} does not take {', '.join(unknown)}; it accepts: {accepted}"
-        )
+        raise ArchitectureError(f"{name} does not take {', '.join(unknown)}; it accepts: {accepted}")
     num_classes = kwargs.get("num_classes", 1)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ArchitectureError(
-            f"{name}: num_classes must be a positive integer, got {num_classes!r}"
-        )
+        raise ArchitectureError(f"{name}: num_classes must be a positive integer, got {num_classes!r}")
     try:
         return spec.factory(**{**spec.default_kwargs, **kwargs})
     except (TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
@@ -236,8 +234,7 @@ def nearest_architectures(state_dict: Mapping[str, Any], k: int = 3) -> list[tup
 def _shapes_of(state_dict: Mapping[str, Any]) -> dict[str, Shape | None]:
     if not isinstance(state_dict, Mapping):
         raise ArchitectureError(
-            "expected a state_dict (a mapping of names to tensors), "
-            f"got {type(state_dict).__name__}"
+            f"expected a state_dict (a mapping of names to tensors), got {type(state_dict).__name__}"
         )
     if not state_dict:
         raise ArchitectureError("the state_dict is empty")

@@ -36,18 +36,12 @@ class ResidualBlock(nn.Module):
         reduction: Reduction ratio of ``se`` (the notebook uses the default 16).
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, reduction: int = 16) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
-            in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False
-        )
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(
-            out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False
-        )
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.se = SEModule(out_channels, reduction=reduction)
         self.shortcut = nn.Sequential()
@@ -86,9 +80,7 @@ class CustomCNN(nn.Module):
         self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512, num_classes)
 
-    def _make_layer(
-        self, in_channels: int, out_channels: int, num_blocks: int, stride: int
-    ) -> nn.Sequential:
+    def _make_layer(self, in_channels: int, out_channels: int, num_blocks: int, stride: int) -> nn.Sequential:
         layers = []
         for block_stride in [stride] + [1] * (num_blocks - 1):
             layers.append(ResidualBlock(in_channels, out_channels, block_stride, self.reduction))

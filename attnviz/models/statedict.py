@@ -33,10 +33,7 @@ class StateDictDiff:
 
     def problems(self) -> list[str]:
         """All differences, one short line each: wrong shapes, missing, then unexpected keys."""
-        lines = [
-            f"wrong shape {key}: expected {_fmt(want)}, got {_fmt(got)}"
-            for key, want, got in self.wrong_shape
-        ]
+        lines = [f"wrong shape {key}: expected {_fmt(want)}, got {_fmt(got)}" for key, want, got in self.wrong_shape]
         lines += [f"missing {key}" for key in self.missing]
         lines += [f"unexpected {key}" for key in self.unexpected]
         return lines
@@ -52,9 +49,7 @@ class StateDictDiff:
         return "\n".join(shown)
 
 
-def compare_state_dict(
-    model: nn.Module | Mapping[str, Any], state_dict: Mapping[str, Any]
-) -> StateDictDiff:
+def compare_state_dict(model: nn.Module | Mapping[str, Any], state_dict: Mapping[str, Any]) -> StateDictDiff:
     """Compare ``state_dict`` with the keys and shapes ``model`` expects.
 
     Args:
@@ -69,11 +64,7 @@ def compare_state_dict(
     got = {key: tensor_shape(value) for key, value in state_dict.items()}
     missing = tuple(key for key in expected if key not in got)
     unexpected = tuple(str(key) for key in got if key not in expected)
-    wrong = tuple(
-        (key, shape, got[key])
-        for key, shape in expected.items()
-        if key in got and got[key] != shape
-    )
+    wrong = tuple((key, shape, got[key]) for key, shape in expected.items() if key in got and got[key] != shape)
     return StateDictDiff(missing=missing, unexpected=unexpected, wrong_shape=wrong)
 
 

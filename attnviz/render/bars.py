@@ -132,9 +132,18 @@ def _draw_bars(ax: Axes, gates: np.ndarray, positions: np.ndarray, top_k: int, s
     mean = float(means.mean())
     ax.axhline(mean, color="tab:green", linestyle=":", linewidth=1.5, label=f"mean = {mean:.3f}")
     if float(np.ptp(means)) < CONSTANT_GATE_SPREAD:  # ties: no highest or lowest channels to name
-        ax.text(0.5, 0.93, f"constant gate: every channel ≈ {mean:.3f}, so it does not tell channels apart",
-                transform=ax.transAxes, ha="center", va="top", fontsize=9, color="0.2", gid="constant-note",
-                bbox={"boxstyle": "round,pad=0.3", "facecolor": "lightyellow", "edgecolor": "0.6"})
+        ax.text(
+            0.5,
+            0.93,
+            f"constant gate: every channel ≈ {mean:.3f}, so it does not tell channels apart",
+            transform=ax.transAxes,
+            ha="center",
+            va="top",
+            fontsize=9,
+            color="0.2",
+            gid="constant-note",
+            bbox={"boxstyle": "round,pad=0.3", "facecolor": "lightyellow", "edgecolor": "0.6"},
+        )
     else:
         _label_extremes(ax, heights, tops, positions, top_k)
     ax.set_ylim(0.0, 1.0)

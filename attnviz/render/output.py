@@ -104,7 +104,9 @@ def png_bytes(rgb: Any, compression: int = 3) -> bytes:
     from attnviz.render._checks import as_rgb_image
 
     pixels = as_rgb_image(rgb, "rgb")
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compression])
+    ok, encoded = cv2.imencode(
+        ".png", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, compression]
+    )
     if not ok:
         raise UsageError("could not encode the array as PNG")
     return encoded.tobytes()

@@ -145,9 +145,7 @@ def _colour_range(gate: np.ndarray, scale: str) -> tuple[float, float, str]:
 
 def _extend(gate: np.ndarray, vmin: float, vmax: float) -> str:
     below, above = bool(gate.min() < vmin), bool(gate.max() > vmax)
-    return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[
-        (below, above)
-    ]
+    return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[(below, above)]
 
 
 def _image_panel(ax: Any, pixels: np.ndarray, label: str, title: str) -> None:

@@ -37,8 +37,16 @@ def _panel(name: str, values: Any, width: int) -> np.ndarray:
     values = np.clip(values, 0.0, 1.0) if finite else np.zeros_like(values)
     panel = np.full((LABEL_HEIGHT + PANEL_HEIGHT, width, 3), 255, np.uint8)
     text = f"{name}: {values.size} ch, " + (f"mean {values.mean():.3f}" if finite else "NaN values, not drawn")
-    cv2.putText(panel, text.encode("ascii", "replace").decode(), (2, LABEL_HEIGHT - 4),
-                cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        panel,
+        text.encode("ascii", "replace").decode(),
+        (2, LABEL_HEIGHT - 4),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.35,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     columns = np.minimum((np.arange(width) * values.size) // width, values.size - 1)
     heights = np.round(values[columns] * (PANEL_HEIGHT - 1)).astype(int)
     rows = np.arange(PANEL_HEIGHT)[:, None]

@@ -55,10 +55,14 @@ def draw(job: dict[str, Any]) -> dict[str, np.ndarray]:
     pictures = {paths["image"]: thumb}
     for name, entry in paths["models"].items():
         cam = job["cams"][name]  # a map with NaN (a model with NaN weights) has no overlay: the plain thumbnail
-        pictures[entry["cam"]] = render.cam_overlay(thumb, np.clip(cam, 0.0, 1.0), cmap=OVERLAY_CMAP) if _finite(cam) else thumb
+        pictures[entry["cam"]] = (
+            render.cam_overlay(thumb, np.clip(cam, 0.0, 1.0), cmap=OVERLAY_CMAP) if _finite(cam) else thumb
+        )
         for gate, path in entry["spatial"].items():
             values = job["spatial"][name][gate]
-            pictures[path] = render.overlay_rgb(thumb, values, vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP) if _finite(values) else thumb
+            pictures[path] = (
+                render.overlay_rgb(thumb, values, vmin=0.0, vmax=1.0, cmap=OVERLAY_CMAP) if _finite(values) else thumb
+            )
         if "bars" in entry:
             pictures[entry["bars"]] = render.channel_strip(job["channel"][name])
     return pictures

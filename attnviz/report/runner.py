@@ -149,7 +149,9 @@ def run_report(
     _check(models, options)
     out = Path(out)
     timings: dict[str, float] = {}
-    source_obj = resolve_source(source, masks=options.masks, data_dir=options.data_dir, seed=options.seed, exclude=[out])
+    source_obj = resolve_source(
+        source, masks=options.masks, data_dir=options.data_dir, seed=options.seed, exclude=[out]
+    )
     class_names = resolve_class_names(options.class_names, models, source_obj)
     runs = prepare_models(models, class_names, options.method)
     _check_outputs(runs, options.class_names is not None)
@@ -263,14 +265,15 @@ def _process(
     classes = min(run.num_classes for run in runs)
     with ExitStack() as stack:
         # runs last: after a Ctrl-C, remove what picture workers stopped mid-write left (records are whole)
-        stack.push(lambda kind, error, trace: bool(kind is not None and store.clean_report(out)))
+        stack.push(lambda kind, error, trace: kind is not None and _clean_after(out))
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
         workers = options.render_workers if options.pictures else 0
         writer = _RecordWriter(out, config, timings, advance, in_process=workers == 0)
         # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
         queue: WorkQueue[ImageRecord] = stack.enter_context(
-            WorkQueue(workers, _queue_size(options) if workers else 0, writer, ordered=False))
+            WorkQueue(workers, _queue_size(options) if workers else 0, writer, ordered=False)
+        )
 
         def skip(sample: Any, reason: str) -> None:
             _write_failure(out, pending[sample.position], config, reason)
@@ -398,8 +401,12 @@ def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, option
 
     path = out / store.SANITY_FILE
     existing = store.read_json(path)
-    if (isinstance(existing, dict) and existing.get("config") == config and existing.get("count") == options.sanity_images
-            and existing.get("format") == SANITY_FORMAT):
+    if (
+        isinstance(existing, dict)
+        and existing.get("config") == config
+        and existing.get("count") == options.sanity_images
+        and existing.get("format") == SANITY_FORMAT
+    ):
         return
     dataset = DecodingDataset(source, source.items[: 4 * options.sanity_images], {r.key: r.preset for r in runs})
     chosen = []
@@ -422,10 +429,14 @@ def _sanity(runs: list[ModelRun], source: Source, out: Path, config: str, option
     }
     for run in runs:
         if isinstance(run.loaded.model, torch.jit.ScriptModule):  # hooks cannot see the order its layers run in
-            warnings.warn(f"no sanity check for {run.name}: TorchScript hides the layers it randomises one by one")
+            warnings.warn(
+                f"no sanity check for {run.name}: TorchScript hides the layers it randomises one by one", stacklevel=2
+            )
             continue
         images = torch.stack([s.tensors[run.key] for s in chosen])
-        result["models"][run.name] = sanity(run.loaded.model, images, method=options.method, layer=run.cam_layer or None)
+        result["models"][run.name] = sanity(
+            run.loaded.model, images, method=options.method, layer=run.cam_layer or None
+        )
     store.write_json(path, result)
 
 
@@ -451,22 +462,35 @@ def _check_outputs(runs: list[ModelRun], given: bool) -> None:
     counts = {run.name: run.num_classes for run in runs}
     if len(set(counts.values())) > 1 and not given:
         shown = ", ".join(f"{name}: {count}" for name, count in counts.items())
-        raise UsageError(f"the models have different numbers of classes ({shown}); report models of the same "
-                         "classes, or give the names with --classes")
+        raise UsageError(
+            f"the models have different numbers of classes ({shown}); report models of the same "
+            "classes, or give the names with --classes"
+        )
 
 
 def _shown(names: Sequence[str], limit: int = 4) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
-def _run_info(runs: list[ModelRun], source: Source, class_names: list[str] | None, options: ReportOptions) -> dict[str, Any]:
-    numbers = {"method": options.method, "steps": options.steps, "deletion_baseline": options.deletion_baseline,
-               "pictures": options.pictures}
+def _run_info(
+    runs: list[ModelRun], source: Source, class_names: list[str] | None, options: ReportOptions
+) -> dict[str, Any]:
+    numbers = {
+        "method": options.method,
+        "steps": options.steps,
+        "deletion_baseline": options.deletion_baseline,
+        "pictures": options.pictures,
+    }
     models = [run.describe() | {"parameters": store.parameters_hash(run.loaded.model)} for run in runs]
-    config = store.fingerprint({
-        "models": [{k: m[k] for k in ("name", "arch", "preset", "cam_layer", "parameters")} for m in models],
-        "class_names": class_names, "options": numbers, "source": source.identity(), "seed": options.seed,
-    })
+    config = store.fingerprint(
+        {
+            "models": [{k: m[k] for k in ("name", "arch", "preset", "cam_layer", "parameters")} for m in models],
+            "class_names": class_names,
+            "options": numbers,
+            "source": source.identity(),
+            "seed": options.seed,
+        }
+    )
     return {
         "format": store.FORMAT,
         "version": store.VERSION,
@@ -489,3 +513,9 @@ def _warn_unknown_labels(source: Source, items: list[Item], class_names: list[st
     if unknown:
         shown = ", ".join(unknown[:5]) + (" …" if len(unknown) > 5 else "")
         warnings.warn(f"labels that name no class of the models are ignored: {shown}", stacklevel=3)
+
+
+def _clean_after(out: Path) -> bool:
+    """Remove what an interrupted run left half-written; ``False``: the exception goes on."""
+    store.clean_report(out)
+    return False

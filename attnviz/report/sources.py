@@ -109,8 +109,13 @@ class Source:
 
     def describe(self) -> dict[str, Any]:
         """Plain description for ``run.json``."""
-        return {"input": self.text, "kind": self.kind, "count": len(self.items), "ignored": self.ignored,
-                "identity": self.identity()}
+        return {
+            "input": self.text,
+            "kind": self.kind,
+            "count": len(self.items),
+            "ignored": self.ignored,
+            "identity": self.identity(),
+        }
 
     def identity(self) -> str:
         """What makes two sources the same for resuming: the resolved folder or list file (item keys
@@ -263,6 +268,8 @@ class DecodingDataset(Dataset):
             return image, image.shape[:2], None, None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reasons reach the report through errors, not warnings
+            if item.path is None:  # only cifar10 items, handled above, have no file
+                raise ValueError(f"{item.name} has no image file")
             rgb, size = decode_image(item.path, working_side(self.presets.values()))
         mask, note = None, None
         if item.mask is not None:
@@ -322,11 +329,13 @@ def _is_mask_name(name: str) -> bool:
 
 def _folder(root: Path, masks: Path | None, exclude: list[Path]) -> Source:
     suffixes = _image_suffixes()
-    files, ignored = [], []
+    files: list[Path] = []
+    ignored: list[Path] = []
     for folder, dirs, names in os.walk(root):
         here = Path(folder)
         dirs[:] = sorted(
-            d for d in dirs
+            d
+            for d in dirs
             if not d.startswith(".") and (here / d).resolve() not in exclude and not is_report_folder(here / d)
         )
         for name in sorted(names):
@@ -341,8 +350,14 @@ def _folder(root: Path, masks: Path | None, exclude: list[Path]) -> Source:
         if truth is None and len(relative.parts) > 1:
             truth = relative.parts[0]
         items.append(
-            Item(index, relative.as_posix(), relative.as_posix(), str(root / relative), truth,
-                 _mask_for(root / relative, masks / relative if masks else None))
+            Item(
+                index,
+                relative.as_posix(),
+                relative.as_posix(),
+                str(root / relative),
+                truth,
+                _mask_for(root / relative, masks / relative if masks else None),
+            )
         )
     classes = sorted({p.parts[0] for p in files if len(p.parts) > 1}) or None
     return Source(str(root), "folder", items, classes, [p.as_posix() for p in ignored])
@@ -368,10 +383,13 @@ def _check_not_a_report(raw: str, root: Path, excluded: list[Path]) -> None:
     for folder in excluded:
         if resolved == folder or folder in resolved.parents:
             where = "is" if resolved == folder else "is inside"
-            raise UsageError(f"INPUT {raw!r} {where} the report folder {str(folder)!r}; "
-                             "write the report to another folder (--out)")
+            raise UsageError(
+                f"INPUT {raw!r} {where} the report folder {str(folder)!r}; write the report to another folder (--out)"
+            )
     if is_report_folder(root):
-        raise UsageError(f"INPUT {raw!r} is an attnviz report folder (it holds {'run.json'}); give the folder of the images")
+        raise UsageError(
+            f"INPUT {raw!r} is an attnviz report folder (it holds {'run.json'}); give the folder of the images"
+        )
 
 
 def _labels_table(path: Path) -> dict[str, str]:
@@ -433,8 +451,10 @@ def _list_file(path: Path) -> Source:
     except OSError as error:
         raise UsageError(f"cannot read the list file {str(path)!r}: {error}") from error
     if any("\0" in line for line in lines):
-        raise UsageError(f"{str(path)!r} is neither an image nor a list file (a text file with one image path per line)")
-    items = []
+        raise UsageError(
+            f"{str(path)!r} is neither an image nor a list file (a text file with one image path per line)"
+        )
+    items: list[Item] = []
     for line in lines:
         entry = line.split("#", 1)[0].strip()
         if not entry:
@@ -477,13 +497,15 @@ def _cifar(count: int | None, data_dir: str | os.PathLike[str] | None) -> Source
     from attnviz.data.specs import make_datasets
     from attnviz.io.inputs import CIFAR10_CLASSES
 
-    test = make_datasets("cifar10", data_dir)[1]
+    test: Any = make_datasets("cifar10", data_dir)[1]  # torchvision's CIFAR10 (len, targets)
     total = len(test) if count is None else min(count, len(test))
     items = [
         Item(i, f"cifar10:test:{i}", f"cifar10-{i:05d}", None, CIFAR10_CLASSES[int(test.targets[i])])
         for i in range(total)
     ]
-    return Source("", "cifar10", items, list(CIFAR10_CLASSES), options={"data_dir": str(data_dir) if data_dir else None})
+    return Source(
+        "", "cifar10", items, list(CIFAR10_CLASSES), options={"data_dir": str(data_dir) if data_dir else None}
+    )
 
 
 def _folder_spec(text: str, seed: int) -> Source:
@@ -493,7 +515,7 @@ def _folder_spec(text: str, seed: int) -> Source:
 
     _, test, names = make_datasets(text, seed=seed)
     indices = list(test.indices) if isinstance(test, Subset) else None
-    folder = test.dataset if isinstance(test, Subset) else test
+    folder: Any = test.dataset if isinstance(test, Subset) else test  # torchvision's ImageFolder
     root = Path(folder.root)
     samples = [folder.samples[i] for i in indices] if indices is not None else list(folder.samples)
     items = []

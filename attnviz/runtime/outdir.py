@@ -104,8 +104,10 @@ def _check_owner(out: Path, kind: str, names: Collection[str], force: bool) -> N
         raise UsageError(f"{out} holds files that attnviz did not write ({shown}); give a new or empty folder{hint}")
     clash = sorted(set(entries) & set(names))
     if clash:
-        raise UsageError(f"{out} holds files that attnviz did not write under the names it writes ({_shown(clash)}); "
-                         "--force never replaces them: give another --out")
+        raise UsageError(
+            f"{out} holds files that attnviz did not write under the names it writes ({_shown(clash)}); "
+            "--force never replaces them: give another --out"
+        )
 
 
 def _marker(out: Path) -> str | None:
@@ -150,9 +152,14 @@ def _earlier_output(out: Path, kind: str, entries: list[str], names: Collection[
         except (OSError, ValueError):
             return False
         ours = set(names) | {"run.json"}
-        return (isinstance(run, dict) and run.get("format") == "attnviz-report"
-                and all(e in ours or TEMPORARY_NAME.fullmatch(e) for e in entries))
-    return all((out / e).is_dir() and not (out / e).is_symlink() and (out / e / "attention.npz").is_file() for e in entries)
+        return (
+            isinstance(run, dict)
+            and run.get("format") == "attnviz-report"
+            and all(e in ours or TEMPORARY_NAME.fullmatch(e) for e in entries)
+        )
+    return all(
+        (out / e).is_dir() and not (out / e).is_symlink() and (out / e / "attention.npz").is_file() for e in entries
+    )
 
 
 def _shown(names: list[str], limit: int = 3) -> str:
@@ -208,9 +215,14 @@ def _acquire(out: Path, kind: str) -> str:
         UsageError: Another run holds it.
     """
     token = secrets.token_hex(8)
-    holder = {"pid": os.getpid(), "host": socket.gethostname(), "boot": _boot_id(),
-              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "kind": kind, "token": token}
+    holder = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "boot": _boot_id(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "kind": kind,
+        "token": token,
+    }
     path = out / LOCK
     for _ in range(5):
         text, other = _read_lock(path)  # looked at first, so that a refused run writes nothing
@@ -218,7 +230,9 @@ def _acquire(out: Path, kind: str) -> str:
             if not _stale(other):
                 raise UsageError(_in_use(out, other))
             if _take_over(path, text):
-                warnings.warn(f"took over the lock of {out}: the attnviz run that held it ({_who(other)}) is gone", stacklevel=4)
+                warnings.warn(
+                    f"took over the lock of {out}: the attnviz run that held it ({_who(other)}) is gone", stacklevel=4
+                )
         elif _create(path, json.dumps(holder).encode()):
             return token
     raise UsageError(f"{out} is in use by other attnviz runs (its lock keeps changing); try again")
@@ -318,7 +332,9 @@ def _in_use(out: Path, holder: dict[str, Any]) -> str:
     if not holder:
         return f"{out} is in use by another attnviz run (its lock {out / LOCK} is unreadable); if no run is using it, remove that file"
     elsewhere = holder.get("host") != socket.gethostname()
-    hint = f"; if that run is gone, remove {out / LOCK}" if elsewhere else "; wait for it to finish or give another --out"
+    hint = (
+        f"; if that run is gone, remove {out / LOCK}" if elsewhere else "; wait for it to finish or give another --out"
+    )
     return f"{out} is in use by another attnviz run ({_who(holder)}){hint}"
 
 

@@ -44,8 +44,14 @@ def progress_bar(total: int, done: int, enabled: bool | None, description: str) 
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total, completed=done)
         yield lambda n: progress.advance(task, n)
@@ -61,8 +67,9 @@ class ProgressLines:
     """Plain progress lines for a log file (no terminal control characters), counting items of
     ``unit`` (``image``: the report's images; ``step``: training batches)."""
 
-    def __init__(self, total: int, done: int, description: str, clock: Callable[[], float] = time.monotonic,
-                 unit: str = "image") -> None:
+    def __init__(
+        self, total: int, done: int, description: str, clock: Callable[[], float] = time.monotonic, unit: str = "image"
+    ) -> None:
         self.total, self.start_done, self.done, self.description = total, done, done, description
         self.clock, self.unit = clock, unit
         self.started = self.last_time = clock()

@@ -135,9 +135,7 @@ def make_scheduler(recipe: str, optimizer: optim.Optimizer) -> optim.lr_schedule
     """``ReduceLROnPlateau`` for the ``plateau`` recipe, ``None`` for ``staged``."""
     if recipe == "staged":
         return None
-    return optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", patience=PLATEAU_PATIENCE, factor=PLATEAU_FACTOR
-    )
+    return optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=PLATEAU_PATIENCE, factor=PLATEAU_FACTOR)
 
 
 def stage_starts(epoch: int, recipe: str, stage_epochs: Sequence[int]) -> bool:

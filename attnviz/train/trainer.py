@@ -164,10 +164,32 @@ def fit(
     workers = _default_workers() if num_workers is None else num_workers
     arch_kwargs = {"num_classes": len(class_names)}
     run = _Run(
-        arch=arch, arch_kwargs=arch_kwargs, recipe=recipe, stages=stages, runtime=runtime, lr=lr,
-        epochs=epochs, best_path=best_path, last_path=last_path, class_names=class_names,
-        record=_base_record(arch, arch_kwargs, class_names, data, train_ds, test_ds, recipe, stages, runtime,
-                            batch_size, lr, seed, weights, epochs),
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        recipe=recipe,
+        stages=stages,
+        runtime=runtime,
+        lr=lr,
+        epochs=epochs,
+        best_path=best_path,
+        last_path=last_path,
+        class_names=class_names,
+        record=_base_record(
+            arch,
+            arch_kwargs,
+            class_names,
+            data,
+            train_ds,
+            test_ds,
+            recipe,
+            stages,
+            runtime,
+            batch_size,
+            lr,
+            seed,
+            weights,
+            epochs,
+        ),
     )
     best_path.parent.mkdir(parents=True, exist_ok=True)
     with _forked_rng(runtime), _Progress(progress) as bars:
@@ -180,10 +202,17 @@ def fit(
         if runtime.channels_last:
             model.to(memory_format=torch.channels_last)
         generator = torch.Generator()
-        train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=True, generator=generator,
-                                  num_workers=workers, pin_memory=runtime.amp)
-        test_loader = DataLoader(test_ds, batch_size=batch_size, shuffle=False,
-                                 num_workers=workers, pin_memory=runtime.amp)
+        train_loader = DataLoader(
+            train_ds,
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=workers,
+            pin_memory=runtime.amp,
+        )
+        test_loader = DataLoader(
+            test_ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=runtime.amp
+        )
         log = _open_tensorboard(tensorboard, test_ds, state)
         try:
             run.train(model, train_loader, test_loader, generator, seed, state, log, bars)
@@ -225,8 +254,17 @@ class _Run:
     class_names: list[str]
     record: dict[str, Any]
 
-    def train(self, model: nn.Module, train_loader: DataLoader, test_loader: DataLoader,
-              generator: torch.Generator, seed: int, state: dict[str, Any] | None, log: Any, bars: _Progress) -> None:
+    def train(
+        self,
+        model: nn.Module,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        generator: torch.Generator,
+        seed: int,
+        state: dict[str, Any] | None,
+        log: Any,
+        bars: _Progress,
+    ) -> None:
         start = 1 if state is None else state["epoch"] + 1
         history: list[dict[str, Any]] = [] if state is None else list(state["record"].get("history", []))
         best_acc, best_epoch, elapsed = self._resumed_best(state)
@@ -282,13 +320,20 @@ class _Run:
             return -math.inf, 0, 0.0
         saved = state["train_state"]
         if not self.best_path.is_file():
-            warnings.warn(f"{self.best_path} does not exist; the best checkpoint restarts from the resumed epochs",
-                          stacklevel=3)
+            warnings.warn(
+                f"{self.best_path} does not exist; the best checkpoint restarts from the resumed epochs", stacklevel=3
+            )
             return -math.inf, 0, float(saved["wall_time_s"])
         return float(saved["best_acc"]), int(saved["best_epoch"]), float(saved["wall_time_s"])
 
-    def _restore(self, saved: dict[str, Any], start: int, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, scaler: torch.amp.GradScaler) -> None:
+    def _restore(
+        self,
+        saved: dict[str, Any],
+        start: int,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+    ) -> None:
         if self.recipe == "plateau" or not stage_starts(start, self.recipe, self.stages):
             optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
@@ -296,11 +341,17 @@ class _Run:
         if saved.get("scaler"):
             scaler.load_state_dict(saved["scaler"])
 
-    def _entry(self, epoch: int, train: EpochStats, test: EpochStats, lrs: dict[str, float],
-               seconds: float) -> dict[str, Any]:
+    def _entry(
+        self, epoch: int, train: EpochStats, test: EpochStats, lrs: dict[str, float], seconds: float
+    ) -> dict[str, Any]:
         entry: dict[str, Any] = {
-            "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
-            "test_loss": test.loss, "test_acc": test.acc, "lr": max(lrs.values()), "seconds": round(seconds, 3),
+            "epoch": epoch,
+            "train_loss": train.loss,
+            "train_acc": train.acc,
+            "test_loss": test.loss,
+            "test_acc": test.acc,
+            "lr": max(lrs.values()),
+            "seconds": round(seconds, 3),
         }
         if self.recipe == "staged":
             entry["stage"] = stage_for_epoch(epoch, self.stages)
@@ -309,8 +360,12 @@ class _Run:
 
     def _update_record(self, history: list[dict[str, Any]], best_acc: float, best_epoch: int, elapsed: float) -> None:
         self.record.update(
-            epochs=history[-1]["epoch"], history=list(history), best_test_acc=best_acc, best_epoch=best_epoch,
-            final_test_acc=history[-1]["test_acc"], final_test_loss=history[-1]["test_loss"],
+            epochs=history[-1]["epoch"],
+            history=list(history),
+            best_test_acc=best_acc,
+            best_epoch=best_epoch,
+            final_test_acc=history[-1]["test_acc"],
+            final_test_loss=history[-1]["test_loss"],
             wall_time_s=round(elapsed, 3),
         )
 
@@ -344,14 +399,38 @@ def _default_workers() -> int:
     return min(4, (os.cpu_count() or 1) // 2)
 
 
-def _base_record(arch: str, arch_kwargs: dict[str, Any], class_names: list[str], data: str, train_ds: Dataset,
-                 test_ds: Dataset, recipe: str, stages: tuple[int, int], runtime: Runtime, batch_size: int,
-                 lr: float, seed: int, weights: Any, epochs: int) -> dict[str, Any]:
+def _base_record(
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    class_names: list[str],
+    data: str,
+    train_ds: Dataset,
+    test_ds: Dataset,
+    recipe: str,
+    stages: tuple[int, int],
+    runtime: Runtime,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    weights: Any,
+    epochs: int,
+) -> dict[str, Any]:
     record: dict[str, Any] = {
-        "arch": arch, "arch_kwargs": dict(arch_kwargs), "preset": PRESET, "class_names": list(class_names),
-        "data": data, "train_size": len(train_ds), "test_size": len(test_ds),  # type: ignore[arg-type]
-        "recipe": recipe, "optimizer": "Adam", "lr": lr, "batch_size": batch_size, "epochs_planned": epochs,
-        "seed": seed, "device": str(runtime.device), "amp": runtime.amp,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "preset": PRESET,
+        "class_names": list(class_names),
+        "data": data,
+        "train_size": len(train_ds),  # type: ignore[arg-type]
+        "test_size": len(test_ds),  # type: ignore[arg-type]
+        "recipe": recipe,
+        "optimizer": "Adam",
+        "lr": lr,
+        "batch_size": batch_size,
+        "epochs_planned": epochs,
+        "seed": seed,
+        "device": str(runtime.device),
+        "amp": runtime.amp,
         "weights": None if weights is None else str(weights),
     }
     if recipe == "staged":
@@ -361,13 +440,23 @@ def _base_record(arch: str, arch_kwargs: dict[str, Any], class_names: list[str],
     if runtime.device.type == "cuda":
         record["device_name"] = torch.cuda.get_device_name(runtime.device)
     # str(): torch.__version__ is a str subclass that weights_only loading refuses.
-    record.update(torch_version=str(torch.__version__), torchvision_version=str(torchvision.__version__),
-                  attnviz_version=str(attnviz.__version__))
+    record.update(
+        torch_version=str(torch.__version__),
+        torchvision_version=str(torchvision.__version__),
+        attnviz_version=str(attnviz.__version__),
+    )
     return record
 
 
-def _train_state(epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler,
-                 best_acc: float, best_epoch: int, elapsed: float) -> dict[str, Any]:
+def _train_state(
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    best_acc: float,
+    best_epoch: int,
+    elapsed: float,
+) -> dict[str, Any]:
     return {
         "epoch": epoch,
         "optimizer": optimizer.state_dict(),
@@ -382,14 +471,22 @@ def _train_state(epoch: int, optimizer: torch.optim.Optimizer, scheduler: Any, s
 # --- checkpoint files -------------------------------------------------------------------
 
 
-def _write(path: Path, model: nn.Module, run: _Run, record: dict[str, Any],
-           train_state: dict[str, Any] | None = None) -> None:
+def _write(
+    path: Path, model: nn.Module, run: _Run, record: dict[str, Any], train_state: dict[str, Any] | None = None
+) -> None:
     """Save an attnviz checkpoint atomically, with the training state when given."""
     from attnviz.io.save import save_checkpoint
 
-    save_checkpoint(path, model, run.arch, arch_kwargs=run.arch_kwargs, preset=PRESET,
-                    class_names=run.class_names, record=record,
-                    extra=None if train_state is None else {"train_state": train_state})
+    save_checkpoint(
+        path,
+        model,
+        run.arch,
+        arch_kwargs=run.arch_kwargs,
+        preset=PRESET,
+        class_names=run.class_names,
+        record=record,
+        extra=None if train_state is None else {"train_state": train_state},
+    )
 
 
 def _load_resume(path: Path, arch: str) -> dict[str, Any]:
@@ -405,7 +502,9 @@ def _load_resume(path: Path, arch: str) -> dict[str, Any]:
 
     payload = read_checkpoint(path)
     if not isinstance(payload, dict) or payload.get("format") != "attnviz" or "train_state" not in payload:
-        raise CheckpointError(f"{path} holds no training state; resume from the *.last checkpoint of an attnviz train run")
+        raise CheckpointError(
+            f"{path} holds no training state; resume from the *.last checkpoint of an attnviz train run"
+        )
     if payload.get("arch") != arch:
         raise UsageError(f"{path} holds {payload.get('arch')!r}, not {arch!r}; pass --arch {payload.get('arch')}")
     record = payload.get("record") or {}
@@ -482,8 +581,13 @@ class _Progress:
             )
 
             self._bars = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                TextColumn("loss {task.fields[loss]}"), console=Console(stderr=True), transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                console=Console(stderr=True),
+                transient=True,
             )
             self._bars.start()
         return self
