@@ -20,7 +20,6 @@ from attnviz.runtime.model import (
     describe,
     did_you_mean,
     eval_mode,
-    file_slug,
     find_module,
     first_line,
     first_tensor,
@@ -29,6 +28,7 @@ from attnviz.runtime.model import (
     run_forward,
     to_model,
 )
+from attnviz.runtime.text import file_slug
 
 
 class Net(nn.Module):

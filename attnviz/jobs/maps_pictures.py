@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from attnviz.runtime.text import file_slug
 
 if TYPE_CHECKING:
     from attnviz.capturing.capturer import Capture
@@ -76,11 +77,11 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> lis
         if job.gate_kinds.get(name) == "channel":
             title = f"{name}: channel gate, {values.size} channels"
             figure = render.channel_bars(values, title=title, order=options.order)
-            pictures.append((f"{name} (channel)", folder / "bars" / f"{_safe(name)}.{options.format}", figure))
+            pictures.append((f"{name} (channel)", folder / "bars" / f"{file_slug(name)}.{options.format}", figure))
         elif job.gate_kinds.get(name) == "spatial":
             title = f"{name}: spatial gate {values.shape[0]}x{values.shape[1]}"
             figure = render.spatial_overlay(job.original, values, title=title, scale=options.scale)
-            pictures.append((f"{name} (spatial)", folder / "spatial" / f"{_safe(name)}.{options.format}", figure))
+            pictures.append((f"{name} (spatial)", folder / "spatial" / f"{file_slug(name)}.{options.format}", figure))
     outputs = job.group("out")
     for module, before in job.group("in").items():
         channel_gate = next(
@@ -100,7 +101,7 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> lis
             before, after=outputs[module], title=f"{module}: features before and after gating", **kwargs
         )
         pictures.append(
-            (f"{module} before/after", folder / "features" / f"{_safe(module)}.gating.{options.format}", figure)
+            (f"{module} before/after", folder / "features" / f"{file_slug(module)}.gating.{options.format}", figure)
         )
     for layer, features in job.group("feature").items():
         if not _finite(features) or any(np.array_equal(features, gated) for gated in outputs.values()):
@@ -108,7 +109,7 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> lis
         figure = render.feature_grid(
             features, top_n=options.top_n, title=f"{layer}: top {options.top_n} channels by mean activation"
         )
-        pictures.append((f"{layer} features", folder / "features" / f"{_safe(layer)}.{options.format}", figure))
+        pictures.append((f"{layer} features", folder / "features" / f"{file_slug(layer)}.{options.format}", figure))
     cam = job.arrays.get("cam/gradcam")
     if cam is not None and _finite(cam):
         title = f"Grad-CAM at {job.cam_layer} for '{job.label}' (P = {job.prob:.3f})"
@@ -155,7 +156,3 @@ def _save(
 def _finite(*arrays: Any) -> bool:
     """True when every given array (``None``: none) holds only finite values."""
     return all(array is None or bool(np.isfinite(array).all()) for array in arrays)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", name)

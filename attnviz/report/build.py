@@ -7,7 +7,6 @@ the second writes one CSV row, one JSON entry and one card per image.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from attnviz.report.results import (
 )
 from attnviz.report.schema import FailedImage, Record, RunInfo, Summary
 from attnviz.runtime.files import atomic_file, write_bytes
+from attnviz.runtime.text import file_slug
 
 FIGURES_DIR = "figures"
 #: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.
@@ -125,7 +125,7 @@ def _figures(out: Path, run: RunInfo, aggregator: Aggregator) -> dict[str, dict[
             values, labels = aggregator.sample(model["name"], gate)
             if not len(values):
                 continue
-            safe_gate = re.sub(r"[^\w.-]+", "-", gate)
+            safe_gate = file_slug(gate)
             relative = f"{FIGURES_DIR}/excitation-{model['slug']}-{safe_gate}.png"
             title = f"{model['name']} · {gate}: per class ({aggregator.label_source()})"
             write_excitation(out / relative, values, labels, run.get("class_names"), title)

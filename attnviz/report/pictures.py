@@ -14,13 +14,14 @@ values are in the image's record (``items/<id>.json``) at full precision.
 from __future__ import annotations
 
 import io
-import re
 import time
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from attnviz.runtime.text import file_slug
 
 #: The colormap of every overlay (Grad-CAM and spatial gates, both on [0, 1]); the page's colour bar uses it too.
 OVERLAY_CMAP = "jet"
@@ -33,7 +34,7 @@ def picture_paths(item_id: str, job: dict[str, Any]) -> dict[str, Any]:
     paths: dict[str, Any] = {"image": f"images/{item_id}.png", "arrays": f"arrays/{item_id}.npz", "models": {}}
     for name, slug in job["slugs"].items():
         entry: dict[str, Any] = {"cam": f"cam/{slug}/{item_id}.png"}
-        entry["spatial"] = {g: f"gates/{slug}/{item_id}.{_safe(g)}.png" for g in job["spatial"].get(name, {})}
+        entry["spatial"] = {g: f"gates/{slug}/{item_id}.{file_slug(g)}.png" for g in job["spatial"].get(name, {})}
         if job["channel"].get(name):
             entry["bars"] = f"bars/{slug}/{item_id}.png"
         paths["models"][name] = entry
@@ -111,7 +112,3 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
 
 def _finite(values: Any) -> bool:
     return bool(np.isfinite(np.asarray(values, dtype=np.float64)).all())
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", name)

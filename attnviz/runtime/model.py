@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -23,7 +22,6 @@ __all__ = [
     "describe",
     "did_you_mean",
     "eval_mode",
-    "file_slug",
     "find_module",
     "first_line",
     "first_tensor",
@@ -149,18 +147,6 @@ def first_tensor(value: object) -> Tensor | None:
         if found is not None:
             return found
     return None
-
-
-_UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]+")
-
-
-def file_slug(name: str, *, fill: str = "-", default: str = "item", max_length: int | None = None) -> str:
-    """``name`` as a file name: runs of characters other than letters, digits, ``_ . -`` become ``fill``;
-    no leading or trailing dots, so never ``.``, ``..`` or a hidden file; ``default`` when nothing is left."""
-    slug = _UNSAFE_IN_FILE_NAMES.sub(fill, name)
-    if max_length is not None:
-        slug = slug[:max_length]
-    return slug.strip(".") or default
 
 
 def _reference_tensor(model: nn.Module) -> Tensor | None:

@@ -1,4 +1,4 @@
-"""Text that attnviz writes for other programs: strict JSON and spreadsheet-safe CSV cells.
+"""Text that attnviz writes for other programs: strict JSON, spreadsheet-safe CSV cells, file names.
 
 Light on purpose (no torch): picture workers may import it.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 #: A text cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets.
@@ -46,3 +47,15 @@ def csv_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
+
+
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^\w.-]+")
+
+
+def file_slug(name: str, *, fill: str = "-", default: str = "item", max_length: int | None = None) -> str:
+    """``name`` as a file name: runs of characters other than letters, digits, ``_ . -`` become ``fill``;
+    no leading or trailing dots, so never ``.``, ``..`` or a hidden file; ``default`` when nothing is left."""
+    slug = _UNSAFE_IN_FILE_NAMES.sub(fill, name)
+    if max_length is not None:
+        slug = slug[:max_length]
+    return slug.strip(".") or default
