@@ -27,6 +27,7 @@ from attnviz.report.schema import (
     record_from_json,
     slim,
 )
+from attnviz.runtime.text import finite
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -136,7 +137,7 @@ def test_every_record_reads_back_to_the_same_json(report, request):
         text = path.read_text(encoding="utf-8")
         record = record_from_json(json.loads(text))
         assert store.read_record(folder, path.stem) == record
-        again = json.dumps(store.plain(record.to_json()), ensure_ascii=False, indent=1, allow_nan=False)
+        again = json.dumps(finite(record.to_json()), ensure_ascii=False, indent=1, allow_nan=False)
         assert again == text  # same keys, same order, same numbers
 
 
@@ -151,7 +152,7 @@ def test_results_json_lists_the_records_without_their_channel_vectors(folder_rep
     }
     for entry in results["images"]:
         record = store.read_record(folder_report, entry["id"])
-        assert store.plain(slim(record).to_json()) == entry
+        assert finite(slim(record).to_json()) == entry
         if isinstance(record, ImageRecord):
             gates = record.models["cbam_cnn"].channel_gates
             assert {gate: [len(g.values or ())] for gate, g in gates.items()} == shapes
@@ -175,7 +176,7 @@ def _outcome(**changes) -> ModelOutcome:
 
 
 def test_to_json_writes_each_field_once_and_nan_becomes_null():
-    data = store.plain(_outcome().to_json())
+    data = finite(_outcome().to_json())
     assert data == {
         "predicted": 1,
         "label": "one",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,7 @@ from typing import Any, cast
 from attnviz.report.schema import ImageRecord, Record, RunInfo, record_from_json
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import remove_temporaries, write_bytes
+from attnviz.runtime.text import finite
 
 FORMAT = "attnviz-report"
 VERSION = 1
@@ -68,12 +68,12 @@ _SAFE_NAME = re.compile(r"[\w-][\w.-]*")
 
 def write_json(path: Path, value: Any) -> Path:
     """Write ``value`` as UTF-8 JSON atomically (NaN and infinities become ``null``)."""
-    text = json.dumps(plain(value), ensure_ascii=False, indent=1, allow_nan=False)
+    text = json.dumps(finite(value), ensure_ascii=False, indent=1, allow_nan=False)
     return write_bytes(path, text.encode("utf-8"))
 
 
 #: Deeper than any file a report writes: a deeper one is crafted, and would exhaust the stack of
-#: every function that walks it (``plain``, ``json.dumps``).
+#: every function that walks it (``finite``, ``json.dumps``).
 MAX_DEPTH = 32
 
 
@@ -97,19 +97,6 @@ def _deeper_than(value: Any, limit: int) -> bool:
                 return True
             stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
     return False
-
-
-def plain(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by ``None`` and numpy/torch values made Python ones."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
-        return plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def safe_name(value: Any, what: str) -> str:
@@ -177,7 +164,7 @@ def is_finished(out: Path, item_id: str, config: str, stamp: Any = None) -> bool
     """True when the image has a successful record of this configuration, made from files of
     this ``stamp`` (see :func:`file_stamp`; ``None`` for generated images)."""
     record = read_record(out, item_id, config)
-    return isinstance(record, ImageRecord) and record.files == plain(stamp)
+    return isinstance(record, ImageRecord) and record.files == finite(stamp)
 
 
 def file_stamp(*paths: str | os.PathLike[str] | None) -> list[list[int] | None] | None:
@@ -239,7 +226,7 @@ def read_run(out: Path, role: str = "report folder") -> RunInfo:
 
 def fingerprint(value: Any) -> str:
     """A short hash of a JSON-able value (the configuration that every record depends on)."""
-    text = json.dumps(plain(value), sort_keys=True, ensure_ascii=False)
+    text = json.dumps(finite(value), sort_keys=True, ensure_ascii=False)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 

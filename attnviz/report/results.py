@@ -8,9 +8,8 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
-from attnviz.report.records import plain
 from attnviz.report.schema import ImageRecord, Record, RunInfo, Summary, slim
-from attnviz.runtime.text import csv_cell
+from attnviz.runtime.text import csv_cell, finite
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
 MODEL_COLUMNS = (
@@ -71,7 +70,7 @@ def csv_row(record: Record, run: RunInfo) -> dict[str, Any]:
             )
         for gate, channel in entry.channel_gates.items():
             row[f"{name}:{gate}:mean"] = channel.mean
-    return {csv_cell(key): csv_cell(value) for key, value in plain(row).items()}
+    return {csv_cell(key): csv_cell(value) for key, value in finite(row).items()}
 
 
 def write_results_csv(file: IO[str], records: Iterable[Record], run: RunInfo) -> None:
@@ -124,9 +123,9 @@ def write_results_json(
     the channel-gate vectors; ``docs/results.schema.json`` describes the whole)."""
     file.write("{\n")
     for key, value in head.items():
-        file.write(f"{json.dumps(key)}: {json.dumps(plain(value), ensure_ascii=False, allow_nan=False)},\n")
+        file.write(f"{json.dumps(key)}: {json.dumps(finite(value), ensure_ascii=False, allow_nan=False)},\n")
     file.write('"images": [')
     for index, record in enumerate(records):
         file.write(",\n" if index else "\n")
-        file.write(json.dumps(plain(slim(record).to_json()), ensure_ascii=False, allow_nan=False))
+        file.write(json.dumps(finite(slim(record).to_json()), ensure_ascii=False, allow_nan=False))
     file.write("\n]}\n")

@@ -8,7 +8,7 @@ vectors left out (:func:`slim`). ``docs/results.schema.json`` describes that JSO
 Every writer makes a record with these classes and writes :meth:`ImageRecord.to_json`; every reader
 gets them back from :func:`record_from_json`, which refuses (``ValueError``) anything that is not the
 shape attnviz writes, so a damaged or crafted record reads as missing. Non-finite floats stay floats
-here; :func:`attnviz.report.records.plain` makes them ``null`` on disk, and they read back as ``None``.
+here; :func:`attnviz.runtime.text.finite` makes them ``null`` on disk, and they read back as ``None``.
 """
 
 from __future__ import annotations
