@@ -37,6 +37,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from attnviz.runtime.errors import InputImageError, UsageError
+from attnviz.runtime.files import require_file
 from attnviz.runtime.model import first_line
 
 __all__ = [
@@ -213,7 +214,7 @@ def decode_image(
             or more than :data:`MAX_PIXELS` pixels to decode.
     """
     name = str(path)
-    _check_image_file(name)
+    require_file(name, "image file", InputImageError)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is lower
@@ -339,18 +340,6 @@ def as_image_batch(images: Any) -> torch.Tensor:
 # ----------------------------------------------------------------------------- helpers
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
-
-
-def _check_image_file(name: str) -> None:
-    if not os.path.exists(name):
-        raise InputImageError(f"image file {name!r} does not exist")
-    if os.path.isdir(name):
-        raise InputImageError(f"{name!r} is a directory, not an image file")
-    try:
-        if os.path.getsize(name) == 0:
-            raise InputImageError(f"image file {name!r} is empty (0 bytes)")
-    except OSError as exc:
-        raise InputImageError(f"cannot read image file {name!r}: {exc.strerror}") from None
 
 
 def supported_formats() -> list[str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import os
 import pickle
 import pickletools
 import tarfile
@@ -17,6 +16,7 @@ import zipfile
 from collections.abc import Sequence
 
 from attnviz.runtime.errors import CheckpointError
+from attnviz.runtime.files import require_file
 
 __all__ = ["check_file", "file_kind"]
 
@@ -26,16 +26,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a (pre-1.6) torch.
 
 def check_file(source: str) -> None:
     """Refuse a path that does not exist, is a folder, cannot be read or is empty (:class:`CheckpointError`)."""
-    if not os.path.exists(source):
-        raise CheckpointError(f"checkpoint {source!r} does not exist")
-    if os.path.isdir(source):
-        raise CheckpointError(f"checkpoint {source!r} is a directory, not a file")
-    try:
-        size = os.path.getsize(source)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {source!r}: {exc.strerror}") from None
-    if size == 0:
-        raise CheckpointError(f"checkpoint {source!r} is empty (0 bytes)")
+    require_file(source, "checkpoint", CheckpointError)
 
 
 def file_kind(source: str) -> str:

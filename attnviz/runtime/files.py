@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from attnviz.runtime.errors import AttnvizError
+
 #: The name of every temporary file attnviz writes: ``.<name>.<12 hex digits>.tmp`` beside ``<name>``.
 TEMPORARY_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
 
@@ -57,3 +59,18 @@ def write_bytes(path: Path, data: bytes) -> Path:
     with atomic_file(path) as file:
         file.write(data)
     return path
+
+
+def require_file(path: str, noun: str, error: type[AttnvizError]) -> None:
+    """Refuse, as ``error``, a ``path`` that does not exist, is a folder, cannot be read or is empty;
+    ``noun`` names what it should be (``"image file"``, ``"checkpoint"``)."""
+    if not os.path.exists(path):
+        raise error(f"{noun} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise error(f"{noun} {path!r} is a directory, not a file")
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        raise error(f"cannot read {noun} {path!r}: {exc.strerror}") from None
+    if size == 0:
+        raise error(f"{noun} {path!r} is empty (0 bytes)")
