@@ -411,14 +411,7 @@ def _fast_gradcam(model: nn.Module, module: nn.Module, layer: str, images: Tenso
         raise UsageError(
             f"the logits do not depend on layer {layer!r} (or the model disables gradients); choose another layer"
         )
-    try:
-        (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
-    except RuntimeError as exc:  # the model's own graph cannot be differentiated
-        raise CaptureError(f"the backward pass to {layer!r} failed: {describe(exc)}") from exc
-    if grads is None:
-        raise UsageError(f"the logits do not depend on layer {layer!r}; choose another layer")
-    weights = grads.float().mean(dim=(2, 3), keepdim=True)
-    raw = F.relu((weights * activation.detach().float()).sum(dim=1))
+    raw = _weighted_activation(score, activation, layer, f"the logits do not depend on layer {layer!r}")
     return _Part(raw, logits.detach(), chosen)
 
 
@@ -429,8 +422,8 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
     graph from the input to the logits through the returned feature map.
     """
     match = _OUTPUT_LAYER.fullmatch(layer)
-    if match is None:  # callers pass only "output[i]" layers; this is what .group on None would raise
-        raise AttributeError("'NoneType' object has no attribute 'group'")
+    if match is None:
+        raise UsageError(f"{layer!r} is not a returned output; name one as 'output[i]'")
     index = int(match.group(1))
     output = run_forward(model, images.detach().requires_grad_(True))
     returned = _returned_tensors(output)
@@ -444,15 +437,23 @@ def _returned_gradcam(model: nn.Module, layer: str, images: Tensor, targets: lis
         raise UsageError(f"the model must return [B, classes] logits first for Grad-CAM; it returned {shape}")
     chosen = _choose(logits, targets, images.device)
     score = logits.gather(1, chosen[:, None]).sum()
+    raw = _weighted_activation(
+        score, activation, layer, f"the logits do not depend on {layer!r} in a way autograd can follow"
+    )
+    return _Part(raw, logits.detach(), chosen)
+
+
+def _weighted_activation(score: Tensor, activation: Tensor, layer: str, unused: str) -> Tensor:
+    """Grad-CAM's equation: ReLU of the activation's channels weighted by the spatial mean of the score's
+    gradient. ``unused`` says (without "; choose another layer") why the score may not reach the layer."""
     try:
         (grads,) = torch.autograd.grad(score, activation, allow_unused=True)
-    except RuntimeError as exc:  # the compiled graph cannot be differentiated back to that output
+    except RuntimeError as exc:  # the model's (or compiled) graph cannot be differentiated back to the layer
         raise CaptureError(f"the backward pass to {layer!r} failed: {describe(exc)}") from exc
     if grads is None:
-        raise UsageError(f"the logits do not depend on {layer!r} in a way autograd can follow; choose another layer")
+        raise UsageError(f"{unused}; choose another layer")
     weights = grads.float().mean(dim=(2, 3), keepdim=True)
-    raw = F.relu((weights * activation.detach().float()).sum(dim=1))
-    return _Part(raw, logits.detach(), chosen)
+    return F.relu((weights * activation.detach().float()).sum(dim=1))
 
 
 def _grad_cam_library(
@@ -546,8 +547,8 @@ def _captum(
                 perturbations_per_eval=max(1, (batch_size or 64) // len(x)),
             )
         else:  # guided_gradcam: guided backprop times the true Grad-CAM, upsampled bilinearly
-            if module is None:  # callers pass a module for every layer method; what _fast_gradcam would raise
-                raise AttributeError("'NoneType' object has no attribute 'register_forward_hook'")
+            if module is None:
+                raise CaptureError(f"{method} needs a layer that runs as a module; {layer!r} is a returned output")
             cam = _fast_gradcam(model, module, layer, x, targets.tolist()).raw
             guided = GuidedBackprop(model).attribute(x, target=targets)
             attribution = guided * upsample(cam, cast("tuple[int, int]", tuple(x.shape[-2:])))[:, None]
