@@ -27,9 +27,8 @@ Examples:
 @click.option("--model", "model_path", required=True, type=click.Path(path_type=Path), help="Checkpoint file.")
 @model_loading
 @input_options
-@click.argument(
-    "images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False)
-)  # unreadable: skipped
+# readable=False: an unreadable image is skipped and listed like a broken one, not a reason to stop the run
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, readable=False))
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -307,21 +307,9 @@ def test_warnings_are_one_line_and_the_handler_is_restored(tmp_path):
 
 
 def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
-    result = run(
-        "report",
-        "--baseline",
-        MODELS / "cnn.pth",
-        "shapes:10",
-        "--out",
-        tmp_path / "out",
-        "--steps",
-        2,
-        "--sanity-images",
-        1,
-        "--batch-size",
-        2,
-        "--no-pictures",
-    )
+    args = ("report", "--baseline", MODELS / "cnn.pth", "shapes:10", "--out", tmp_path / "out")
+    args += ("--steps", 2, "--sanity-images", 1, "--batch-size", 2, "--no-pictures")
+    result = run(*args)
     assert result.exit_code == 0, result.output
     err = lines(result.stderr)
     assert err[0] == "report: 10 of 10 image(s) to process"
@@ -332,21 +320,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     assert err[12].startswith("report: writing ") and len(err) == 13
     assert "\x1b" not in result.stderr and "\r" not in result.stderr  # no terminal control
 
-    again = run(
-        "report",
-        "--baseline",
-        MODELS / "cnn.pth",
-        "shapes:10",
-        "--out",
-        tmp_path / "out",
-        "--steps",
-        2,
-        "--sanity-images",
-        1,
-        "--batch-size",
-        2,
-        "--no-pictures",
-    )
+    again = run(*args)  # the same command again
     assert lines(again.stderr)[0] == "report: all 10 image(s) finished earlier"
     quiet = run("report", "--baseline", MODELS / "cnn.pth", "shapes:10", "--out", tmp_path / "out", *FAST, "--quiet")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == ""
