@@ -15,13 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError, describe, did_you_mean, first_line
 from attnviz.runtime.model import (
-    describe,
-    did_you_mean,
     eval_mode,
     find_module,
-    first_line,
     first_tensor,
     model_device,
     parse_device,

@@ -38,8 +38,8 @@ from attnviz.capturing.gates import (
     is_spatial_map,
 )
 from attnviz.io.inputs import as_image_batch
-from attnviz.runtime.errors import CaptureError, UsageError
-from attnviz.runtime.model import did_you_mean, eval_mode, first_tensor, run_forward, to_model
+from attnviz.runtime.errors import CaptureError, UsageError, did_you_mean
+from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
 
 ROOT_NAME = "model"
 

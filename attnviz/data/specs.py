@@ -23,8 +23,7 @@ from torchvision import datasets, transforms
 
 from attnviz.data.shapes import SHAPES_CLASSES, ShapesDataset
 from attnviz.io.inputs import CIFAR10_CLASSES, PRESETS
-from attnviz.runtime.errors import UsageError
-from attnviz.runtime.model import first_line
+from attnviz.runtime.errors import UsageError, first_line
 
 #: The data specs :func:`make_datasets` understands (``folder:`` takes a path).
 DATA_SPECS: tuple[str, ...] = ("shapes", "cifar10", "folder:PATH")

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.io.inputs import as_image_batch
-from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
-from attnviz.runtime.model import describe, did_you_mean, eval_mode, first_tensor, run_forward, to_model
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError, describe, did_you_mean
+from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
 
 __all__ = ["METHODS", "CamResult", "gradcam", "normalise_maps", "resolve_cam_layer", "upsample"]
 

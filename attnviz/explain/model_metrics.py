@@ -32,8 +32,8 @@ from attnviz.explain.array_metrics import (
     top_region_iou,
 )
 from attnviz.io.inputs import as_image_batch
-from attnviz.runtime.errors import UsageError
-from attnviz.runtime.model import describe, eval_mode, run_forward, to_model
+from attnviz.runtime.errors import UsageError, describe
+from attnviz.runtime.model import eval_mode, run_forward, to_model
 
 __all__ = ["BASELINES", "Initializer", "Targets", "deletion_insertion", "randomisation_sanity"]
 

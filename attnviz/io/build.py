@@ -38,8 +38,7 @@ from attnviz.models import (
     list_architectures,
     nearest_architectures,
 )
-from attnviz.runtime.errors import ArchitectureError, UnsafeCheckpointError
-from attnviz.runtime.model import describe, did_you_mean, first_line
+from attnviz.runtime.errors import ArchitectureError, UnsafeCheckpointError, describe, did_you_mean, first_line
 
 __all__ = ["ARCH_FORMS", "build_for", "check_stored_kwargs", "names_code"]
 

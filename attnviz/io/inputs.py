@@ -36,9 +36,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from attnviz.runtime.errors import InputImageError, UsageError
+from attnviz.runtime.errors import InputImageError, UsageError, first_line
 from attnviz.runtime.files import require_file
-from attnviz.runtime.model import first_line
 
 __all__ = [
     "CIFAR10_CLASSES",

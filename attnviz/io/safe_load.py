@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attnviz.runtime.errors import CheckpointError, UnsafeCheckpointError
-from attnviz.runtime.model import describe, first_line
+from attnviz.runtime.errors import CheckpointError, UnsafeCheckpointError, describe, first_line
 
 __all__ = ["TRUST_HINT", "load_torchscript", "read_checkpoint"]
 

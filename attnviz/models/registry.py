@@ -32,8 +32,7 @@ from attnviz.models.statedict import (
     expected_shapes,
     tensor_shape,
 )
-from attnviz.runtime.errors import ArchitectureError
-from attnviz.runtime.model import did_you_mean, first_line
+from attnviz.runtime.errors import ArchitectureError, did_you_mean, first_line
 
 __all__ = [
     "ArchSpec",

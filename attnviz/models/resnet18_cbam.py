@@ -21,8 +21,7 @@ from torchvision import models
 
 from attnviz.models.cbam import CBAM
 from attnviz.models.statedict import compare_state_dict
-from attnviz.runtime.errors import ArchitectureError, CheckpointError
-from attnviz.runtime.model import first_line
+from attnviz.runtime.errors import ArchitectureError, CheckpointError, first_line
 
 
 class ResNet18_CBAM(nn.Module):  # noqa: N801 - the notebook's class name

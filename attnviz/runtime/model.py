@@ -2,56 +2,30 @@
 
 Every layer above uses these instead of its own copy: where inputs go (the model's device and
 floating dtype), eval mode with every submodule's mode restored, a forward pass whose failure is a
-one-line :class:`CaptureError`, layer lookup with "did you mean", device parsing, and the one-line
-form of an exception.
+one-line :class:`CaptureError`, layer lookup with "did you mean" and device parsing. The one-line
+forms of exceptions live in :mod:`attnviz.runtime.errors` (no torch there).
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError
+from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError, describe, did_you_mean
 
 __all__ = [
-    "describe",
-    "did_you_mean",
     "eval_mode",
     "find_module",
-    "first_line",
     "first_tensor",
     "model_device",
     "parse_device",
     "run_forward",
     "to_model",
 ]
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type's name when it has none."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def describe(exc: BaseException) -> str:
-    """``Type: first line of the message``, for one-line errors that wrap a library's failure."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
-def did_you_mean(name: str, choices: Iterable[str], *, n: int = 3, cutoff: float = 0.5, quote: bool = True) -> str:
-    """``"; did you mean 'a' or 'b'?"`` for the choices closest to ``name``, or ``""`` when none is close.
-
-    ``quote=False`` writes the choices bare (``did you mean a or b?``).
-    """
-    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=cutoff)
-    shown = [repr(c) if quote else str(c) for c in close]
-    return f"; did you mean {' or '.join(shown)}?" if close else ""
 
 
 def parse_device(device: str | torch.device | None, *, flag: str = "--device") -> torch.device:
