@@ -134,12 +134,16 @@ def train(
 
     from rich.console import Console
 
+    from attnviz.models.catalog import catalog_entry
+
+    catalog_entry(arch)  # an unknown name is answered before torch loads
+    if weights is not None and not weights.is_file():
+        raise UsageError(f"--weights file not found: {weights}")
+
     from attnviz.train.trainer import fit
 
     if no_progress:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if weights is not None and not weights.is_file():
-        raise UsageError(f"--weights file not found: {weights}")
     result = fit(
         arch,
         data,

@@ -337,6 +337,18 @@ def test_a_file_that_is_no_checkpoint_and_a_bad_shard_are_answered_without_torch
     assert "--shard must be K/N" in done.stderr and done.stderr.strip().endswith("exit 2 torch False"), done.stderr
 
 
+def test_train_answers_an_unknown_architecture_without_torch(tmp_path):
+    from attnviz.models import get_spec
+    from attnviz.runtime.errors import ArchitectureError
+
+    done = _run_light(tmp_path, "train", "--arch", "cbam_cn", "--epochs", "1", "--out", "x.pth")
+    with pytest.raises(ArchitectureError) as info:
+        get_spec("cbam_cn")  # the library's own message, close matches included
+    assert f"attnviz: error: {info.value}" in done.stderr and "did you mean 'cbam_cnn'" in done.stderr
+    assert done.stderr.strip().endswith("exit 2 torch False"), done.stderr
+    assert not (tmp_path / "x.pth").exists()
+
+
 def test_inspect_list_imports_no_torch_and_shows_the_registry(tmp_path):
     from attnviz.models import get_spec, list_architectures
 

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["CATALOG", "CatalogEntry", "catalog_entries"]
+from attnviz.runtime.errors import ArchitectureError, did_you_mean
+
+__all__ = ["CATALOG", "CatalogEntry", "catalog_entries", "catalog_entry"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +54,18 @@ CATALOG: Mapping[str, CatalogEntry] = MappingProxyType(
 def catalog_entries() -> list[CatalogEntry]:
     """Every architecture, in the order of the course."""
     return list(CATALOG.values())
+
+
+def catalog_entry(name: str) -> CatalogEntry:
+    """The architecture called ``name``.
+
+    Raises:
+        ArchitectureError: Unknown name; the message lists the known ones and close matches.
+    """
+    try:
+        return CATALOG[name]
+    except (KeyError, TypeError):
+        known = ", ".join(CATALOG)
+        raise ArchitectureError(
+            f"unknown architecture {name!r}; known: {known}{did_you_mean(str(name), CATALOG, n=2)}"
+        ) from None

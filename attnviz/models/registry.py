@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from attnviz.models import infer as shapes
-from attnviz.models.catalog import CATALOG
+from attnviz.models.catalog import CATALOG, catalog_entry
 from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
 from attnviz.models.densenet_se import DenseNet
 from attnviz.models.resnet18_cbam import ResNet18_CBAM
@@ -32,7 +32,7 @@ from attnviz.models.statedict import (
     expected_shapes,
     tensor_shape,
 )
-from attnviz.runtime.errors import ArchitectureError, did_you_mean, first_line
+from attnviz.runtime.errors import ArchitectureError, first_line
 
 __all__ = [
     "ArchSpec",
@@ -167,12 +167,7 @@ def get_spec(name: str) -> ArchSpec:
     Raises:
         ArchitectureError: Unknown name; the message lists the known ones and close matches.
     """
-    try:
-        return _SPECS[name]
-    except (KeyError, TypeError):
-        known = ", ".join(_SPECS)
-        hint = did_you_mean(str(name), _SPECS, n=2)
-        raise ArchitectureError(f"unknown architecture {name!r}; known: {known}{hint}") from None
+    return _SPECS[catalog_entry(name).name]
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
