@@ -46,7 +46,9 @@ def test_cifar10_preset_has_the_notebooks_normalisation():
     assert p.size == (32, 32)
     assert p.mean == (0.4914, 0.4822, 0.4465)
     assert p.std == (0.2023, 0.1994, 0.2010)
-    assert PRESETS["imagenet"] == Preset("imagenet", (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    # imagenet crops as torchvision's ImageNet evaluation does (224 of 256), so the preset says so
+    imagenet = Preset("imagenet", (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop=0.875)
+    assert PRESETS["imagenet"] == imagenet and p.crop is None
 
 
 def test_get_preset_size_override_and_round_trip():
@@ -213,10 +215,11 @@ def test_unreadable_files_raise_one_line_errors(tmp_path, monkeypatch, rng):
     ("preset", "shape"),
     [
         (get_preset("cifar10"), (45, 37)),
-        (get_preset("imagenet", size=(48, 40)), (30, 70)),
+        (get_preset("cifar10", size=(48, 40)), (30, 70)),
         (PRESETS["cifar10"], (32, 32)),
     ],
 )
+@pytest.mark.filterwarnings("ignore:.*squashed:UserWarning")
 def test_preprocess_matches_torchvision(rng, preset, shape):
     rgb = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     reference = transforms.Compose(
@@ -250,3 +253,104 @@ def test_load_input_keeps_original_and_tensor(tmp_path, rng):
     assert isinstance(item, InputImage) and item.path == path
     assert np.array_equal(item.original, rgb)
     torch.testing.assert_close(item.tensor, preprocess(rgb, "cifar10"), atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------- which resize: crop or squash
+
+
+def _smooth_photo(height: int, width: int) -> np.ndarray:
+    """A landscape-like picture with structure everywhere: gradients plus a few discs."""
+    y, x = np.mgrid[0:height, 0:width].astype(float)
+    rgb = np.stack([255 * x / width, 255 * y / height, 128 + 100 * np.sin(x / 23) * np.cos(y / 17)], axis=2)
+    for cy, cx, r in ((0.3, 0.2, 0.1), (0.5, 0.5, 0.15), (0.7, 0.85, 0.08)):
+        rgb[(y - cy * height) ** 2 + (x - cx * width) ** 2 < (r * width) ** 2] = (250, 20, 40)
+    return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("size", "shape", "resize"),
+    [(224, (480, 640), 256), (224, (640, 480), 256), ((48, 40), (30, 70), 54), (64, (50, 50), 73)],
+)
+def test_imagenet_preset_resizes_the_shorter_side_then_centre_crops_like_torchvision(rng, size, shape, resize):
+    preset = get_preset("imagenet", size=size)
+    rgb = _smooth_photo(*shape)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-30, 31, rgb.shape), 0, 255).astype(np.uint8)
+    reference = transforms.Compose(
+        [
+            transforms.Resize(resize),  # the shorter side to size / 0.875 (256 for 224), aspect kept
+            transforms.CenterCrop(size),
+            transforms.ToTensor(),
+            transforms.Normalize(preset.mean, preset.std),
+        ]
+    )(Image.fromarray(rgb))
+    out = preprocess(rgb, preset)
+    assert out.shape == (3, *preset.size)
+    assert (out - reference).abs().max().item() <= 1e-6
+
+
+def test_presets_say_which_resize_they_use():
+    assert PRESETS["imagenet"].resize_description() == "resize shorter side to 256, centre crop 224×224"
+    assert PRESETS["cifar10"].resize_description() == "resize to 32×32"
+    assert get_preset("imagenet", size=(48, 40)).resize_description() == "resize shorter side to 54, centre crop 40×48"
+    assert get_preset("cifar10", size=(48, 40)).resize_description() == "resize to 40×48"
+
+
+def test_crop_round_trips_and_old_imagenet_presets_crop(rng):
+    q = get_preset("imagenet", size=(48, 40))
+    assert q.crop == 0.875 and Preset.from_dict(q.to_dict()) == q
+    assert json.loads(json.dumps(q.to_dict())) == q.to_dict()
+    squash = Preset("mine", (8, 8), (0.5,) * 3, (0.5,) * 3)
+    assert Preset.from_dict(squash.to_dict()) == squash and squash.crop is None
+    # a checkpoint written before presets named their crop: the imagenet preset still crops
+    old = {"name": "imagenet", "size": [224, 224], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert Preset.from_dict(old) == PRESETS["imagenet"]
+    # report keys hash the repr: a preset that resizes the whole image keeps the one it had before crops
+    old_repr = "Preset(name='cifar10', size=(32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.201))"
+    assert repr(PRESETS["cifar10"]) == old_repr and "crop=0.875" in repr(PRESETS["imagenet"])
+    for bad in (0, 1.5, "half", True):
+        with pytest.raises(UsageError, match="crop"):
+            Preset.from_dict({**old, "crop": bad})
+
+
+def test_load_input_keeps_the_centre_crop_the_model_saw(tmp_path, recwarn):
+    rgb = _smooth_photo(480, 640)
+    path = _save(Image.fromarray(rgb), tmp_path, "09_x.png")
+    item = load_input(path, "imagenet")
+    assert item.size == (480, 640) and item.tensor.shape == (3, 224, 224)
+    assert item.resize == "resize shorter side to 256, centre crop 224×224"
+    # the model saw the middle 224/256 of the shorter side: a 420×420 square in the middle of the photo
+    height, width = item.original.shape[:2]
+    assert abs(height - 420) <= 1 and abs(width - 420) <= 1
+    offsets = [
+        (dy, dx)
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+        if np.array_equal(item.original, rgb[30 + dy : 30 + dy + height, 110 + dx : 110 + dx + width])
+    ]
+    assert offsets, "original is not the centre of the photo"
+    # and it lines up with what the model saw: the same picture at 224×224, within a grey level or two
+    seen = denormalize(item.tensor, "imagenet").astype(float)
+    shown = np.asarray(Image.fromarray(item.original).resize((224, 224), Image.Resampling.BILINEAR)).astype(float)
+    assert np.abs(seen - shown).mean() < 2.0
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]  # a crop squashes nothing
+
+
+def test_squashing_a_photo_to_a_square_warns_once(tmp_path):
+    path = _save(Image.fromarray(_smooth_photo(480, 640)), tmp_path, "09_x.png")
+    with pytest.warns(UserWarning) as caught:
+        item = load_input(path, "cifar10")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message == (
+        f"{path} is 640×480; resized to 32×32 (aspect 1.33 → 1.00, the image is squashed); "
+        "crop it first or use a preset that crops"
+    )
+    assert item.resize == "resize to 32×32" and item.original.shape == (480, 640, 3)  # the whole photo
+    with pytest.warns(UserWarning, match=r"^image is 480×640; resized to 32×32 \(aspect 0.75 → 1.00"):
+        preprocess(_smooth_photo(640, 480), "cifar10")
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (100, 120), (120, 100)])
+def test_square_inputs_and_small_aspect_changes_do_not_warn(recwarn, shape):
+    preprocess(_smooth_photo(*shape), "cifar10")
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]

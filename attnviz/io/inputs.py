@@ -2,8 +2,12 @@
 
 ``load_rgb`` turns an image file into an ``HxWx3`` uint8 RGB array (EXIF orientation applied,
 transparency composited on white, 16-bit data scaled rather than clipped). ``preprocess`` resizes
-and normalises it exactly as torchvision's ``Resize`` + ``ToTensor`` + ``Normalize`` do on a PIL
-image, so the tensor matches what a model trained with those transforms saw.
+and normalises it exactly as torchvision does on a PIL image, so the tensor matches what a model
+trained with those transforms saw: presets with a ``crop`` (``imagenet``) as ImageNet evaluation
+does, ``Resize(size / crop)`` of the shorter side + ``CenterCrop(size)``; the others (``cifar10``)
+as the course's notebooks do, ``Resize(size)`` of the whole image, with a warning when that
+changes the aspect ratio by more than :data:`SQUASH_WARN_RATIO`. ``Preset.resize_description``
+says which; ``InputImage.original`` is the part of the image the model saw.
 
 Untrusted files are safe to decode:
 
@@ -23,7 +27,9 @@ Untrusted files are safe to decode:
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import warnings
 import zlib
@@ -45,6 +51,7 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_SIDE",
     "PRESETS",
+    "SQUASH_WARN_RATIO",
     "InputImage",
     "Preset",
     "decode_image",
@@ -53,6 +60,7 @@ __all__ = [
     "load_class_names",
     "load_input",
     "load_rgb",
+    "model_view",
     "preprocess",
     "supported_formats",
     "working_side",
@@ -67,6 +75,8 @@ MAX_PIXELS = 40_000_000
 MAX_SIDE = 2048
 #: Side of the tiles that decoded pixels are converted in (a multiple of the reduction factor).
 _TILE = 1024
+#: Resizing a whole image to a preset's size warns when its aspect ratio changes by more than this factor.
+SQUASH_WARN_RATIO = 1.25
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane",
@@ -91,12 +101,50 @@ class Preset:
         size: Target ``(height, width)`` in pixels.
         mean: Per-channel mean subtracted after scaling to ``[0, 1]``.
         std: Per-channel standard deviation divided by after subtracting the mean.
+        crop: None: the whole image is resized to ``size`` (squashed if its aspect ratio differs).
+            A fraction in ``(0, 1]``: the shorter side is resized to ``floor(max(size) / crop)``,
+            keeping the aspect ratio, then the centre ``size`` is cropped, as torchvision's ImageNet
+            evaluation does (0.875: 256 then 224).
     """
 
     name: str
     size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    crop: float | None = None
+
+    def __repr__(self) -> str:
+        """The dataclass repr, naming ``crop`` only when set (report keys hash it; those of presets
+        that resize the whole image stay as they were before presets could crop)."""
+        crop = "" if self.crop is None else f", crop={self.crop!r}"
+        return f"Preset(name={self.name!r}, size={self.size!r}, mean={self.mean!r}, std={self.std!r}{crop})"
+
+    def resize_side(self) -> int | None:
+        """The length the shorter side is resized to before the centre crop; None: no crop."""
+        if self.crop is None:
+            return None
+        return math.floor(max(self.size) / self.crop + 1e-9)
+
+    def resize_description(self) -> str:
+        """Which resize this preset does, sizes as width×height: ``"resize shorter side to 256,
+        centre crop 224×224"`` or ``"resize to 32×32"``."""
+        height, width = self.size
+        side = self.resize_side()
+        if side is None:
+            return f"resize to {width}×{height}"
+        return f"resize shorter side to {side}, centre crop {width}×{height}"
+
+    def crop_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` of the part of a ``height``×``width`` image the model sees
+        (the whole image, or the centre crop mapped back to the image's pixels, within one pixel)."""
+        if self.crop is None:
+            return (0, 0, height, width)
+        (resized_h, resized_w), (top, left) = _crop_geometry(height, width, self)
+        crop_h, crop_w = self.size
+        y0, x0 = round(top * height / resized_h), round(left * width / resized_w)
+        y1 = max(y0 + 1, round((top + crop_h) * height / resized_h))
+        x1 = max(x0 + 1, round((left + crop_w) * width / resized_w))
+        return (y0, x0, min(y1, height), min(x1, width))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-type form, as stored in attnviz checkpoints."""
@@ -105,11 +153,13 @@ class Preset:
             "size": list(self.size),
             "mean": list(self.mean),
             "std": list(self.std),
+            "crop": self.crop,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preset:
-        """Build a preset from :meth:`to_dict` output.
+        """Build a preset from :meth:`to_dict` output. Without ``crop`` (checkpoints written before
+        presets had one), a preset named like one of :data:`PRESETS` crops as that one does.
 
         Raises:
             UsageError: If a field is missing or malformed.
@@ -119,17 +169,20 @@ class Preset:
         missing = [k for k in ("name", "size", "mean", "std") if k not in data]
         if missing:
             raise UsageError(f"preset is missing {', '.join(missing)}")
+        name = str(data["name"])
+        known = PRESETS.get(name.lower())
         return cls(
-            name=str(data["name"]),
+            name=name,
             size=_parse_size(data["size"]),
             mean=_three_floats(data["mean"], "mean"),
             std=_three_floats(data["std"], "std", positive=True),
+            crop=_parse_crop(data["crop"]) if "crop" in data else (known.crop if known else None),
         )
 
 
 PRESETS: Mapping[str, Preset] = {
     "cifar10": Preset("cifar10", (32, 32), (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "imagenet": Preset("imagenet", (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": Preset("imagenet", (224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), crop=0.875),
 }
 
 
@@ -151,7 +204,7 @@ def get_preset(name_or_preset: str | Preset, size: int | Sequence[int] | None = 
         raise UsageError(f"unknown preset {name_or_preset!r}; known presets: {', '.join(sorted(PRESETS))}")
     if size is None:
         return preset
-    return Preset(preset.name, _parse_size(size), preset.mean, preset.std)
+    return dataclasses.replace(preset, size=_parse_size(size))
 
 
 def load_class_names(path: str | os.PathLike[str]) -> list[str]:
@@ -228,15 +281,21 @@ def decode_image(
         raise InputImageError(f"cannot decode {name!r}: {first_line(exc)}") from None
 
 
-def preprocess(rgb: np.ndarray, preset: str | Preset) -> torch.Tensor:
-    """Resize, scale to ``[0, 1]`` and normalise an RGB image.
+def preprocess(
+    rgb: np.ndarray, preset: str | Preset, *, name: str | None = None, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Resize (and crop), scale to ``[0, 1]`` and normalise an RGB image.
 
-    Equivalent to torchvision's ``Resize(size)`` (bilinear, antialiased, on a PIL image),
-    ``ToTensor()`` and ``Normalize(mean, std)``.
+    Equivalent to torchvision on a PIL image (bilinear, antialiased): a preset with a ``crop``,
+    ``Resize(preset.resize_side())`` + ``CenterCrop(size)``; without, ``Resize(size)``; then
+    ``ToTensor()`` and ``Normalize(mean, std)``. Resizing the whole image warns (one
+    ``UserWarning``) when its aspect ratio changes by more than :data:`SQUASH_WARN_RATIO`.
 
     Args:
         rgb: ``HxWx3`` uint8 array.
         preset: A preset or its name.
+        name: What the warning calls the image (its file); default "image".
+        size: The image's own ``(height, width)`` for the warning, if ``rgb`` was reduced.
 
     Returns:
         A float32 tensor of shape ``[3, H, W]`` at the preset's size.
@@ -246,14 +305,25 @@ def preprocess(rgb: np.ndarray, preset: str | Preset) -> torch.Tensor:
     """
     preset = get_preset(preset)
     _check_rgb(rgb)
-    height, width = preset.size
-    if rgb.shape[:2] != (height, width):
-        resized = Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR)
-        rgb = np.asarray(resized)
-    tensor = torch.tensor(rgb).permute(2, 0, 1).float().div(255)
+    if preset.crop is None:
+        _warn_if_squashed(size or (rgb.shape[0], rgb.shape[1]), preset, name)
+        rgb = _resized(rgb, preset.size)
+    else:
+        (resized_h, resized_w), (top, left) = _crop_geometry(rgb.shape[0], rgb.shape[1], preset)
+        height, width = preset.size
+        rgb = _resized(rgb, (resized_h, resized_w))[top : top + height, left : left + width]
+    tensor = torch.tensor(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div(255)
     mean = torch.tensor(preset.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(preset.std, dtype=torch.float32).view(3, 1, 1)
     return tensor.sub_(mean).div_(std)
+
+
+def model_view(rgb: np.ndarray, preset: str | Preset) -> np.ndarray:
+    """The part of ``rgb`` the model sees with ``preset``, at ``rgb``'s resolution: the whole image,
+    or its centre crop (:meth:`Preset.crop_box`), so that maps drawn over it line up."""
+    _check_rgb(rgb)
+    top, left, bottom, right = get_preset(preset).crop_box(rgb.shape[0], rgb.shape[1])
+    return rgb[top:bottom, left:right]
 
 
 def denormalize(tensor: torch.Tensor, preset: str | Preset) -> np.ndarray:
@@ -284,16 +354,20 @@ class InputImage:
 
     Attributes:
         path: The file it came from, or None for in-memory images.
-        original: The decoded ``HxWx3`` uint8 RGB image: at its own size, or reduced by an integer
-            factor when its longest side exceeds ``max(MAX_SIDE, 2 * the preset's longest side)``.
+        original: The part of the image the model saw (:func:`model_view`: all of it, or the
+            preset's centre crop) as ``HxWx3`` uint8 RGB, at the image's own resolution, or reduced
+            by an integer factor when its longest side exceeds ``max(MAX_SIDE, 2 * the preset's
+            longest side)``.
         tensor: The preprocessed ``[3, H, W]`` float32 tensor.
-        size: The image's own ``(height, width)`` (None: that of ``original``).
+        size: The image's own ``(height, width)``, all of it (None: that of ``original``).
+        resize: Which resize made ``tensor`` (:meth:`Preset.resize_description`); None: not said.
     """
 
     path: str | None
     original: np.ndarray
     tensor: torch.Tensor
     size: tuple[int, int] | None = None
+    resize: str | None = None
 
 
 def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage:
@@ -304,8 +378,14 @@ def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage
         UsageError: If the preset is unknown.
     """
     preset = get_preset(preset)
-    original, size = decode_image(path, working_side([preset]))
-    return InputImage(path=str(path), original=original, tensor=preprocess(original, preset), size=size)
+    rgb, size = decode_image(path, working_side([preset]))
+    return InputImage(
+        path=str(path),
+        original=model_view(rgb, preset),
+        tensor=preprocess(rgb, preset, name=str(path), size=size),
+        size=size,
+        resize=preset.resize_description(),
+    )
 
 
 def working_side(presets: Iterable[Preset]) -> int:
@@ -472,6 +552,45 @@ def _gray_scaling(img: Image.Image, name: str) -> tuple[float, float]:
     return (255.0 / (high - low), low) if high > low else (0.0, low)
 
 
+def _resized(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``rgb`` resized to ``(height, width)`` by Pillow's antialiased bilinear filter, as torchvision
+    resizes a PIL image (unchanged when it already has that size)."""
+    height, width = size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def _crop_geometry(height: int, width: int, preset: Preset) -> tuple[tuple[int, int], tuple[int, int]]:
+    """For a cropping preset: the ``(height, width)`` the image is resized to (the shorter side to
+    ``preset.resize_side()``, the longer truncated as torchvision's ``Resize(int)``) and the
+    ``(top, left)`` of the centre crop in it (rounded as torchvision's ``CenterCrop``)."""
+    side = preset.resize_side()
+    if side is None:
+        raise UsageError(f"preset {preset.name!r} resizes the whole image; it has no crop")
+    if width <= height:
+        resized_h, resized_w = int(side * height / width), side
+    else:
+        resized_h, resized_w = side, int(side * width / height)
+    crop_h, crop_w = preset.size
+    return (resized_h, resized_w), (int(round((resized_h - crop_h) / 2.0)), int(round((resized_w - crop_w) / 2.0)))
+
+
+def _warn_if_squashed(size: tuple[int, int], preset: Preset, name: str | None) -> None:
+    """One ``UserWarning`` when resizing a ``size`` image to the preset's size changes its aspect
+    ratio by more than :data:`SQUASH_WARN_RATIO`."""
+    (height, width), (out_h, out_w) = size, preset.size
+    before, after = width / height, out_w / out_h
+    if max(before / after, after / before) <= SQUASH_WARN_RATIO:
+        return
+    warnings.warn(
+        f"{name or 'image'} is {width}×{height}; resized to {out_w}×{out_h} (aspect {before:.2f} → {after:.2f}, "
+        "the image is squashed); crop it first or use a preset that crops",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def _check_rgb(rgb: Any) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         shape = getattr(rgb, "shape", None)
@@ -491,6 +610,14 @@ def _parse_size(size: Any) -> tuple[int, int]:
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
         raise UsageError(f"size must hold positive integers, got {size!r}")
     return (pair[0], pair[1])
+
+
+def _parse_crop(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise UsageError(f"preset crop must be a number in (0, 1] or null, got {value!r}")
 
 
 def _three_floats(values: Any, what: str, positive: bool = False) -> tuple[float, float, float]:
