@@ -12,6 +12,7 @@ from attnviz.render.bars import bar_order, channel_bars
 from attnviz.render.colormaps import apply_colormap, colormap_lut
 from attnviz.render.compare import comparison_grid, index_figure, index_image
 from attnviz.render.fonts import font_context, font_families
+from attnviz.render.gatemaps import axis_gate, branch_weights, full_gate, gate_heatmap
 from attnviz.render.grids import feature_grid, select_channels
 from attnviz.render.output import figure_to_rgb, new_figure, png_bytes, save_figure, save_rgb
 from attnviz.render.overlays import cam_overlay, overlay_rgb, spatial_overlay
@@ -19,7 +20,9 @@ from attnviz.render.strips import channel_strip
 
 __all__ = [
     "apply_colormap",
+    "axis_gate",
     "bar_order",
+    "branch_weights",
     "cam_overlay",
     "channel_bars",
     "channel_strip",
@@ -29,6 +32,8 @@ __all__ = [
     "figure_to_rgb",
     "font_context",
     "font_families",
+    "full_gate",
+    "gate_heatmap",
     "index_figure",
     "index_image",
     "new_figure",
