@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from attnviz.models.cbam import CBAM
@@ -60,7 +61,7 @@ class CNN(nn.Module):
         x = self.pool1(self.relu1(self.bn1(self.conv1(x))))
         x = self.pool2(self.relu2(self.bn2(self.conv2(x))))
         x = self.pool3(self.relu3(self.bn3(self.conv3(x))))
-        x = x.view(-1, 128 * 4 * 4)
+        x = torch.flatten(x, 1)  # the notebooks' x.view(-1, 128 * 4 * 4), which fails on channels-last
         x = self.relu3(self.fc1(x))  # the notebook reuses relu3 here
         x = self.dropout(x)
         return self.fc2(x)
@@ -101,7 +102,7 @@ class SE_CNN(nn.Module):  # noqa: N801 - named like the course's CBAM_CNN
         x = self._gate_and_pool(self.ca1, self.pool1, self.relu1(self.bn1(self.conv1(x))))
         x = self._gate_and_pool(self.ca2, self.pool2, self.relu2(self.bn2(self.conv2(x))))
         x = self._gate_and_pool(self.ca3, self.pool3, self.relu3(self.bn3(self.conv3(x))))
-        x = x.view(-1, 128 * 4 * 4)
+        x = torch.flatten(x, 1)  # the notebooks' x.view(-1, 128 * 4 * 4), which fails on channels-last
         x = self.relu3(self.fc1(x))
         x = self.dropout(x)
         return self.fc2(x)
@@ -146,7 +147,7 @@ class CBAM_CNN(nn.Module):  # noqa: N801 - the notebook's class name
         x = self.cbam1(self.pool1(self.relu1(self.bn1(self.conv1(x)))))
         x = self.cbam2(self.pool2(self.relu2(self.bn2(self.conv2(x)))))
         x = self.cbam3(self.pool3(self.relu3(self.bn3(self.conv3(x)))))
-        x = x.view(-1, 128 * 4 * 4)
+        x = torch.flatten(x, 1)  # the notebooks' x.view(-1, 128 * 4 * 4), which fails on channels-last
         x = self.relu3(self.fc1(x))
         x = self.dropout(x)
         return self.fc2(x)
