@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "fit": "attnviz.train.trainer",
     "FitResult": "attnviz.train.trainer",
     "checkpoint_paths": "attnviz.train.trainer",
+    "TrainSettings": "attnviz.train.settings",
     "make_datasets": "attnviz.data.specs",
     "train_transform": "attnviz.data.specs",
     "eval_transform": "attnviz.data.specs",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from attnviz.data.specs import eval_transform, make_datasets, train_transform
     from attnviz.train.recipes import stage_for_epoch, stage_param_groups
+    from attnviz.train.settings import TrainSettings
     from attnviz.train.trainer import FitResult, checkpoint_paths, fit
 
 

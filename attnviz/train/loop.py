@@ -1,7 +1,8 @@
 """One epoch of training and one evaluation pass, as the course notebooks run them.
 
-CrossEntropyLoss, ``zero_grad`` / forward / backward / step per batch; on CUDA the forward pass
-runs under ``torch.autocast`` (float16) with a ``GradScaler`` and channels-last tensors. Losses
+CrossEntropyLoss, ``zero_grad`` / forward / backward / step per batch. How batches reach the device
+and the forward pass runs (channels-last, autocast, loss scaling, non-blocking copies) is the
+:class:`~attnviz.train.settings.Runtime`'s explicit choice, on CUDA all of it by default. Losses
 are averaged over samples and accuracies are percentages, as the notebooks print them.
 """
 
@@ -15,7 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from attnviz.runtime.errors import UsageError
-from attnviz.runtime.model import eval_mode, parse_device
+from attnviz.runtime.model import eval_mode
+from attnviz.train.settings import Runtime
+
+__all__ = ["EpochStats", "Runtime", "evaluate", "train_epoch"]
 
 
 @dataclass(frozen=True)
@@ -25,35 +29,6 @@ class EpochStats:
     loss: float
     acc: float
     samples: int
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """Where and how the model runs: the device, mixed precision and memory format."""
-
-    device: torch.device
-    amp: bool
-    channels_last: bool
-
-    @classmethod
-    def for_device(cls, device: str | torch.device | None) -> Runtime:
-        """CUDA with mixed precision and channels-last when available, else the CPU.
-
-        Raises:
-            UsageError: An unknown device, or one (CUDA, MPS) this machine does not have.
-        """
-        parsed = parse_device(device)
-        on_cuda = parsed.type == "cuda"
-        return cls(parsed, amp=on_cuda, channels_last=on_cuda)
-
-    def batch(self, images: torch.Tensor) -> torch.Tensor:
-        """Move an image batch to the device in the runtime's memory format."""
-        images = images.to(self.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def autocast(self) -> torch.autocast:
-        """Mixed precision on CUDA; a no-op elsewhere."""
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
 
 
 BatchCallback = Callable[[int, float], None]
@@ -77,7 +52,7 @@ def train_epoch(
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for index, (images, targets) in enumerate(loader):
-        images, targets = runtime.batch(images), targets.to(runtime.device, non_blocking=True)
+        images, targets = runtime.batch(images), runtime.labels(targets)
         optimizer.zero_grad(set_to_none=True)
         with runtime.autocast():
             logits = model(images)
@@ -103,7 +78,7 @@ def evaluate(
     with eval_mode(model):
         total_loss, correct, seen = 0.0, 0, 0
         for index, (images, targets) in enumerate(loader):
-            images, targets = runtime.batch(images), targets.to(runtime.device, non_blocking=True)
+            images, targets = runtime.batch(images), runtime.labels(targets)
             with runtime.autocast():
                 logits = model(images)
             batch_loss = criterion(logits.float(), targets).item()

@@ -36,7 +36,8 @@ import attnviz
 from attnviz.data.specs import make_datasets
 from attnviz.models import build_model, get_spec
 from attnviz.runtime.errors import CheckpointError, UsageError
-from attnviz.train.loop import EpochStats, Runtime, evaluate, train_epoch
+from attnviz.train.loop import EpochStats, evaluate, train_epoch
+from attnviz.train.probe import choose_runtime
 from attnviz.train.recipes import (
     check_stage_epochs,
     make_optimizer,
@@ -45,6 +46,7 @@ from attnviz.train.recipes import (
     stage_for_epoch,
     stage_starts,
 )
+from attnviz.train.settings import Runtime, TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ def fit(
     lr: float = 1e-3,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    settings: TrainSettings | None = None,
     tensorboard: str | os.PathLike[str] | None = None,
     resume: str | os.PathLike[str] | None = None,
     stage_epochs: Sequence[int] = (5, 20),
@@ -117,6 +120,9 @@ def fit(
         lr: Adam's learning rate (the staged recipe uses ``lr``, ``lr/10``, ``lr/100``).
         data_dir: Where CIFAR-10 lives (default ``./data``).
         device: ``cpu``, ``cuda``, ``cuda:N``; default CUDA when available.
+        settings: Channels-last, autocast, loss scaling, pinned memory and non-blocking copies
+            (default: all on CUDA, none elsewhere). Channels-last and autocast are first tried on
+            one batch and turned off, with a one-line warning, when the model fails with them.
         tensorboard: TensorBoard log folder; ``None`` logs nothing.
         resume: A ``*.last.pth`` checkpoint of an earlier run of the same architecture and data.
         stage_epochs: Last epochs of stages 1 and 2 of the staged recipe.
@@ -131,9 +137,10 @@ def fit(
     Returns:
         A :class:`FitResult`. The record stored in the checkpoints holds the architecture,
         its kwargs, preset, class names, data spec and sizes, recipe and hyper-parameters, seed,
-        device, ``history`` (per epoch: losses, accuracies in percent, learning rates, seconds),
-        ``best_test_acc``/``best_epoch``/``final_test_acc`` (percent), ``epochs`` run,
-        ``wall_time_s`` and library versions.
+        device and runtime settings (``channels_last``, ``autocast``, ``grad_scaler``, ...;
+        ``turned_off``: what the model could not train with), ``history`` (per epoch: losses,
+        accuracies in percent, learning rates, seconds), ``best_test_acc``/``best_epoch``/
+        ``final_test_acc`` (percent), ``epochs`` run, ``wall_time_s`` and library versions.
 
     Raises:
         UsageError: Bad arguments, data that cannot be found, or a checkpoint that cannot be resumed.
@@ -144,7 +151,7 @@ def fit(
     spec = get_spec(arch)
     recipe = recipe_for(arch)
     stages = check_stage_epochs(stage_epochs)
-    runtime = Runtime.for_device(device)
+    runtime = Runtime.for_device(device, settings)
     best_path, last_path = checkpoint_paths(out)
     state = _load_resume(Path(resume), arch) if resume is not None else None
     if state is not None and state["epoch"] >= epochs:
@@ -183,7 +190,6 @@ def fit(
             test_ds,
             recipe,
             stages,
-            runtime,
             batch_size,
             lr,
             seed,
@@ -198,21 +204,10 @@ def fit(
         model = build_model(arch, **arch_kwargs, **extra)
         if state is not None:
             model.load_state_dict(state["state_dict"])
-        model.to(runtime.device)
-        if runtime.channels_last:
-            model.to(memory_format=torch.channels_last)
+        model = run.settle(model, test_ds)
         generator = torch.Generator()
-        train_loader = DataLoader(
-            train_ds,
-            batch_size=batch_size,
-            shuffle=True,
-            generator=generator,
-            num_workers=workers,
-            pin_memory=runtime.amp,
-        )
-        test_loader = DataLoader(
-            test_ds, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=runtime.amp
-        )
+        train_loader = run.runtime.loader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=workers)
+        test_loader = run.runtime.loader(test_ds, batch_size, num_workers=workers)
         log = _open_tensorboard(tensorboard, test_ds, state)
         try:
             run.train(model, train_loader, test_loader, generator, seed, state, log, bars)
@@ -254,6 +249,20 @@ class _Run:
     class_names: list[str]
     record: dict[str, Any]
 
+    def settle(self, model: nn.Module, probe_data: Dataset) -> nn.Module:
+        """Keep the runtime's channels-last and autocast only if ``model`` trains with them; record
+        the runtime; return the model on the device in the runtime's memory format."""
+        batch = _probe_batch(probe_data)
+        if batch is not None:
+            self.runtime, notice = choose_runtime(model, self.runtime, *batch)
+            if notice is not None:
+                self.record["turned_off"] = notice
+                warnings.warn(notice, stacklevel=3)
+        self.record.update(self.runtime.describe())
+        if self.runtime.device.type == "cuda":
+            self.record["device_name"] = torch.cuda.get_device_name(self.runtime.device)
+        return self.runtime.prepare(model)
+
     def train(
         self,
         model: nn.Module,
@@ -268,7 +277,7 @@ class _Run:
         start = 1 if state is None else state["epoch"] + 1
         history: list[dict[str, Any]] = [] if state is None else list(state["record"].get("history", []))
         best_acc, best_epoch, elapsed = self._resumed_best(state)
-        scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.runtime.amp)
+        scaler = self.runtime.scaler()
         optimizer = make_optimizer(model, self.recipe, start, self.lr, self.stages)
         scheduler = make_scheduler(self.recipe, optimizer)
         if state is not None:
@@ -408,7 +417,6 @@ def _base_record(
     test_ds: Dataset,
     recipe: str,
     stages: tuple[int, int],
-    runtime: Runtime,
     batch_size: int,
     lr: float,
     seed: int,
@@ -429,16 +437,12 @@ def _base_record(
         "batch_size": batch_size,
         "epochs_planned": epochs,
         "seed": seed,
-        "device": str(runtime.device),
-        "amp": runtime.amp,
         "weights": None if weights is None else str(weights),
     }
     if recipe == "staged":
         record["stage_epochs"] = list(stages)
     else:
         record["scheduler"] = "ReduceLROnPlateau(mode=min, patience=3, factor=0.5) on test loss"
-    if runtime.device.type == "cuda":
-        record["device_name"] = torch.cuda.get_device_name(runtime.device)
     # str(): torch.__version__ is a str subclass that weights_only loading refuses.
     record.update(
         torch_version=str(torch.__version__),
@@ -527,6 +531,14 @@ def _forked_rng(runtime: Runtime) -> Iterator[None]:
     devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         yield
+
+
+def _probe_batch(dataset: Dataset, count: int = 2) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``count`` samples of ``dataset`` as a batch (images, targets); ``None`` when it is empty."""
+    samples = [dataset[i] for i in range(min(count, len(dataset)))]  # type: ignore[arg-type]
+    if not samples:
+        return None
+    return torch.stack([image for image, _ in samples]), torch.tensor([int(target) for _, target in samples])
 
 
 def _open_tensorboard(folder: Any, test_ds: Dataset, state: dict[str, Any] | None) -> Any:
