@@ -223,8 +223,8 @@ def test_finds_every_gate_named_after_its_attention_module(zoo_model, batch):
         "cbam.SpatialGate": "spatial",
         "block.se": "channel",
         "map_caller.attention": "spatial",
-        "coord#0": "other",
-        "coord#1": "other",
+        "coord#0": "axis",
+        "coord#1": "axis",
     }
     assert cap.gates["se"].function == "nn.Sigmoid"
     assert cap.gates["cbam.ChannelGate"].function in {"F.sigmoid", "Tensor.sigmoid"}
@@ -282,11 +282,17 @@ def test_values_survive_in_place_operations_after_the_gate(zoo_model, batch):
     torch.testing.assert_close(before, seen.outputs["block.conv"])
 
 
-def test_map_returning_module_records_features_of_the_module_that_multiplies(zoo_model, batch):
+def test_map_returning_module_records_the_operands_and_product_of_the_multiplication(zoo_model, batch):
+    """``x * self.attention(x)``: before/after are the multiplication's operand and product,
+    whichever module performs it."""
+    with InputsOf(zoo_model, ["map_caller"]) as seen:
+        with torch.no_grad():
+            zoo_model(batch)
     cap = capture(zoo_model, batch, layers=[])
     gate = cap.gates["map_caller.attention"]
-    assert gate.gated_module == "map_caller"
-    torch.testing.assert_close(cap.outputs["map_caller"], cap.inputs["map_caller"] * gate.values[:, None])
+    assert gate.gated_module == "map_caller.attention"
+    torch.testing.assert_close(cap.inputs["map_caller.attention"], seen.inputs["map_caller"])
+    torch.testing.assert_close(cap.outputs["map_caller.attention"], seen.outputs["map_caller"])
 
 
 def test_features_before_and_after_every_gate(zoo_model, batch):

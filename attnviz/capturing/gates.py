@@ -1,24 +1,40 @@
-"""Recognising attention gates: which calls are gates, what kind they are, who owns them.
+"""What counts as attention: which calls make a gate, what kind it is, and when it is an activation.
 
-An attention gate is the output of a sigmoid-family call that rescales features. Gates are
-seen through a :class:`torch.overrides.TorchFunctionMode`, so functional calls
-(``torch.sigmoid``, ``Tensor.sigmoid``, ``F.sigmoid``, ``F.hardsigmoid``) are found as
-well as modules (``nn.Sigmoid``, ``nn.Hardsigmoid``, timm's ``Sigmoid``), which call those
-functions themselves.
+A **gate** is the output of a sigmoid-family call (``torch.sigmoid``, ``Tensor.sigmoid``,
+``F.sigmoid``, ``F.hardsigmoid``, ``nn.Sigmoid``, or a hand-written hard sigmoid
+``relu6(x + 3) / 6``) that multiplies *other* features. A sigmoid whose output multiplies its
+own input (``x * sigmoid(x)``, SiLU/Swish) is an activation. **Softmax attention** is a softmax
+over the positions of a feature map (global-context blocks) or over parallel branches
+(selective-kernel blocks). Everything here looks only at shapes and call names: the tracking of
+calls lives in :mod:`attnviz.capturing.tracking`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal, TypeGuard
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GateKind = Literal["channel", "spatial", "other"]
+GateKind = Literal["channel", "spatial", "full", "axis", "branch", "other"]
 
-#: Functions whose output is a gate candidate, with the name attnviz reports for each.
-GATE_FUNCTIONS: dict[object, str] = {
+#: Every kind, in the order summaries list them.
+GATE_KINDS: tuple[GateKind, ...] = ("channel", "spatial", "full", "axis", "branch", "other")
+
+#: How each kind's values are stored (batch first), for docs and messages.
+KIND_SHAPES: dict[GateKind, str] = {
+    "channel": "[B,C]",
+    "spatial": "[B,H,W]",
+    "full": "[B,C,H,W]",
+    "axis": "[B,C,H,1] or [B,C,1,W]",
+    "branch": "[B,M,C]",
+    "other": "as computed",
+}
+
+#: Sigmoid-family functions whose output is a gate candidate, with the name attnviz reports.
+SIGMOID_FUNCTIONS: dict[object, str] = {
     torch.sigmoid: "torch.sigmoid",
     torch.sigmoid_: "torch.sigmoid_",
     torch.Tensor.sigmoid: "Tensor.sigmoid",
@@ -28,38 +44,85 @@ GATE_FUNCTIONS: dict[object, str] = {
     F.hardsigmoid: "F.hardsigmoid",
 }
 
+#: Softmax functions (``nn.Softmax`` calls ``F.softmax``).
+SOFTMAX_FUNCTIONS: dict[object, str] = {
+    torch.softmax: "torch.softmax",
+    torch.Tensor.softmax: "Tensor.softmax",
+    F.softmax: "F.softmax",
+    torch.special.softmax: "torch.special.softmax",
+}
 
-def gate_kind(shape: tuple[int, ...]) -> GateKind | None:
-    """Classify a gate by the shape of the sigmoid's output (batch first).
+#: Label of a gate computed as ``relu6(x + 3) / 6`` (mobilenetv3.pytorch's ``h_sigmoid``).
+HARD_SIGMOID = "hard sigmoid: relu6(x + 3) / 6"
 
-    Returns ``None`` for shapes that cannot be a gate over a CNN feature map
-    (a scalar per image, or an output that is not at least 2-D).
-    """
+Consumer = Literal["gating", "self"] | None
+
+
+def sigmoid_kind(shape: tuple[int, ...]) -> GateKind | None:
+    """The kind of a sigmoid's output by its shape (batch first); ``None`` when it cannot gate a
+    CNN feature map (one value per image, or fewer than two dimensions)."""
     if len(shape) == 2:
         return "channel" if shape[1] > 1 else None
     if len(shape) == 3:
         # ECA computes its gate as [B,1,C] (or [B,C,1]) before viewing it to [B,C,1,1].
-        if shape[1] == 1 and shape[2] > 1:
-            return "channel"
-        if shape[2] == 1 and shape[1] > 1:
-            return "channel"
-        return "other" if shape[1] > 1 and shape[2] > 1 else None
+        if min(shape[1], shape[2]) == 1:
+            return "channel" if max(shape[1], shape[2]) > 1 else None
+        return "other"
     if len(shape) == 4:
         _, channels, height, width = shape
         if height == 1 and width == 1:
             return "channel" if channels > 1 else None
         if channels == 1:
             return "spatial"
-        return "other"
+        if height == 1 or width == 1:
+            return "axis"
+        return "full"
+    return "other" if len(shape) > 4 and math.prod(shape[1:]) > 1 else None
+
+
+def softmax_kind(shape: tuple[int, ...], dim: int, positions: tuple[int, int] | None) -> GateKind | None:
+    """The kind of attention a softmax's output is, or ``None`` when it is not attention.
+
+    ``spatial``: one distribution per image over the ``H*W`` positions of the feature map
+    entering the module (``positions`` = ``(H, W)``), as global-context blocks compute it.
+    ``branch``: weights over ``M`` branches per channel, softmax over dim 1 of ``[B,M,C(,1,1)]``,
+    as selective-kernel blocks compute them.
+    """
+    ndim = len(shape)
+    dim = dim % ndim if ndim else 0
+    if ndim < 2 or dim == 0:
+        return None
+    others = math.prod(size for axis, size in enumerate(shape[1:], 1) if axis != dim)
+    if positions is not None and shape[dim] == positions[0] * positions[1] > 1 and others == 1:
+        return "spatial"
+    if ndim >= 3 and dim == 1 and shape[1] >= 2 and shape[2] > 1 and math.prod(shape[3:]) == 1:
+        return "branch"
     return None
 
 
-def canonical_values(values: torch.Tensor, kind: GateKind) -> torch.Tensor:
-    """Store channel gates as ``[B,C]`` and spatial gates as ``[B,H,W]``; others as computed."""
+def is_gate(kind: GateKind, consumer: Consumer) -> bool:
+    """Whether a sigmoid output of ``kind`` is a gate, given what consumed it.
+
+    Multiplying its own input makes it an activation (SiLU); channel and spatial shapes are
+    gates even when the multiplication is not seen (a module returning its map to code outside
+    the model); other shapes are gates only when seen multiplying other features.
+    """
+    if consumer == "self":
+        return False
+    return consumer == "gating" or kind in ("channel", "spatial")
+
+
+def canonical_values(values: torch.Tensor, kind: GateKind, positions: tuple[int, int] | None = None) -> torch.Tensor:
+    """Store channel gates as ``[B,C]``, spatial ones as ``[B,H,W]``, branch weights as
+    ``[B,M,C]``; the others as computed."""
+    batch = values.shape[0]
     if kind == "channel":
-        return values.reshape(values.shape[0], -1)
+        return values.reshape(batch, -1)
     if kind == "spatial":
-        return values.reshape(values.shape[0], values.shape[-2], values.shape[-1])
+        height, width = positions if positions is not None else values.shape[-2:]
+        return values.reshape(batch, height, width)
+    if kind == "branch":
+        return values.reshape(batch, values.shape[1], values.shape[2])
     return values
 
 
@@ -69,7 +132,8 @@ def is_sigmoid_leaf(module: nn.Module) -> bool:
         return True
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:
         return False
-    return "sigmoid" in type(module).__name__.lower()
+    name = type(module).__name__.lower()
+    return "sigmoid" in name or name in ("h_sigmoid", "hsigmoid")
 
 
 def is_spatial_map(value: object) -> TypeGuard[torch.Tensor]:
