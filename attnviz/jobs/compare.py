@@ -12,7 +12,7 @@ import base64
 import io
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,9 @@ class Comparison:
         scores: Per model, ``[N]`` softmax probability of the target class.
         predicted: Per model, ``[N]`` predicted class.
         agreement: Per row, per attention model: ``top20_iou`` and ``spearman`` against the baseline.
+        crop_boxes: Per model whose preset crops (the ``imagenet`` preset: resize, then centre
+            crop), the ``(top, left, bottom, right)`` of each image that the model saw; its maps
+            are drawn there, and nothing outside (the model never saw it).
     """
 
     names: list[str]
@@ -59,6 +62,7 @@ class Comparison:
     scores: dict[str, torch.Tensor]
     predicted: dict[str, torch.Tensor]
     agreement: list[dict[str, dict[str, float]]]
+    crop_boxes: dict[str, list[tuple[int, int, int, int]]] = field(default_factory=dict)
 
     @property
     def baseline(self) -> str:
@@ -119,7 +123,10 @@ class Comparison:
         for name in self.names:
             overlays, texts = [], []
             for i, image in enumerate(self.images):
-                overlays.append(render.cam_overlay(image, self.maps[name][i].numpy(), alpha=alpha))
+                cam = self.maps[name][i].numpy()
+                if name in self.crop_boxes:
+                    cam = in_image_frame(cam, image.shape[:2], self.crop_boxes[name][i])
+                overlays.append(render.cam_overlay(image, cam, alpha=alpha))
                 texts.append(f"P = {float(self.scores[name][i]):.3f}")
             columns.append(overlays)
             captions.append(texts)
@@ -137,6 +144,15 @@ class Comparison:
         document.write_text(strict_json(self.to_dict(), indent=2), encoding="utf-8")  # NaN (NaN weights): null
         written.append(document)
         return written
+
+    def __repr__(self) -> str:
+        means = self.mean_agreement()
+        agreement = ", ".join(f"{name} {values['top20_iou']:.2f}" for name, values in means.items())
+        sources = "/".join(sorted(set(self.target_source)))
+        return (
+            f"Comparison({len(self.images)} image(s), baseline '{self.baseline}' vs {self.names[1:]}, "
+            f"targets: {sources}; mean top-20% IoU with the baseline: {agreement or '-'})"
+        )
 
     def _repr_html_(self) -> str:
         buffer = io.BytesIO()
@@ -175,7 +191,7 @@ def compare(
         raise UsageError("compare needs at least one image")
     names = list(models)
     class_names = list(class_names) if class_names is not None else _first_names(models)
-    batches = {name: _batch(images, loaded) for name, loaded in models.items()}
+    batches = {name: _batch(images, loaded, labels) for name, loaded in models.items()}
     predicted, logits = {}, {}
     for name, loaded in models.items():
         with torch.no_grad():
@@ -194,7 +210,13 @@ def compare(
             base, other = _same_size(maps[names[0]][i], maps[name][i])
             row[name] = {"top20_iou": top_region_iou(base, other, TOP_FRACTION), "spearman": spearman(base, other)}
         agreement.append(row)
+    crop_boxes = {
+        name: [_preset_of(loaded).crop_box(*np.asarray(image).shape[:2]) for image in images]
+        for name, loaded in models.items()
+        if _preset_of(loaded).crop is not None
+    }
     return Comparison(
+        crop_boxes=crop_boxes,
         names=names,
         images=[np.asarray(image) for image in images],
         labels=list(labels) if labels is not None else [f"image {i}" for i in range(len(images))],
@@ -219,9 +241,23 @@ def _preset_of(loaded: LoadedModel) -> Preset:
     return get_preset(loaded.preset or "imagenet")
 
 
-def _batch(images: Sequence[np.ndarray], loaded: LoadedModel) -> torch.Tensor:
+def _batch(images: Sequence[np.ndarray], loaded: LoadedModel, labels: Sequence[str] | None = None) -> torch.Tensor:
     preset = _preset_of(loaded)
-    return torch.stack([preprocess(image, preset) for image in images])
+    names = list(labels) if labels is not None else [None] * len(images)
+    return torch.stack([preprocess(image, preset, name=name) for image, name in zip(images, names)])
+
+
+def in_image_frame(cam: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A map computed on a crop of an image, placed in the image's frame: resized (bilinear) to
+    the crop ``box`` (``top, left, bottom, right``), zero outside it."""
+    import cv2
+
+    top, left, bottom, right = box
+    frame = np.zeros(size, dtype=np.float32)
+    frame[top:bottom, left:right] = cv2.resize(
+        cam.astype(np.float32), (right - left, bottom - top), interpolation=cv2.INTER_LINEAR
+    )
+    return frame
 
 
 def _eval_logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
