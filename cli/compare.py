@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .options import check_checkpoints, check_device
+from .options import arch_args_option, check_checkpoints, check_device
 
 
 @click.command(
@@ -57,6 +57,7 @@ Examples:
     metavar="NAME",
     help="Architecture for bare state_dicts that cannot be inferred (applies to all).",
 )
+@arch_args_option
 @click.option(
     "--trust-checkpoint",
     is_flag=True,
@@ -68,7 +69,9 @@ Examples:
     show_default=True,
     help="auto (cuda when a GPU is available, else cpu), cpu, cuda, cuda:1, ...",
 )
-def compare(baseline_path, model_paths, images, labels_file, target, method, out, arch, trust_checkpoint, device):
+def compare(
+    baseline_path, model_paths, images, labels_file, target, method, out, arch, arch_args, trust_checkpoint, device
+):
     """Draw one row per image: input | baseline Grad-CAM | each attention model's Grad-CAM,
     with the class above the row and each model's softmax score P for it under its map.
     Also reports how much each attention model's map agrees with the baseline's
@@ -86,7 +89,7 @@ def compare(baseline_path, model_paths, images, labels_file, target, method, out
     device = check_device(device)
     models = {}
     for path in (baseline_path, *model_paths):
-        loaded = load_model(path, arch=arch, trust=trust_checkpoint, device=device)
+        loaded = load_model(path, arch=arch, arch_args=arch_args, trust=trust_checkpoint, device=device)
         name = loaded.arch if loaded.arch not in models else f"{loaded.arch} ({path.stem})"
         if name in models:
             name = str(path)

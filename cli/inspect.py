@@ -35,7 +35,7 @@ Examples:
     help="Also write the facts as JSON.",
 )
 @click.option("--list", "list_archs", is_flag=True, help="List the architectures attnviz knows and exit.")
-def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, list_archs):
+def inspect(model_path, arch, arch_args, trust_checkpoint, device, depth, size, json_path, list_archs):
     """Print the architecture summary (layers, output shapes, parameters), the attention
     modules found with their gate kinds, and the checkpoint's training record."""
     from rich.console import Console
@@ -60,7 +60,7 @@ def inspect(model_path, arch, trust_checkpoint, device, depth, size, json_path, 
     from attnviz.io.inputs import get_preset
     from attnviz.jobs.inspect import summarize
 
-    loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
+    loaded = load_model(model_path, arch=arch, arch_args=arch_args, trust=trust_checkpoint, device=check_device(device))
     preset = (
         get_preset(loaded.preset or "imagenet", size=size) if size or not loaded.preset else get_preset(loaded.preset)
     )

@@ -69,6 +69,7 @@ Examples:
 def maps(
     model_path,
     arch,
+    arch_args,
     trust_checkpoint,
     device,
     preset,
@@ -99,7 +100,7 @@ def maps(
 
     console = Console(highlight=False, soft_wrap=True)
     errors = Console(stderr=True, highlight=False, soft_wrap=True)
-    loaded = load_model(model_path, arch=arch, trust=trust_checkpoint, device=check_device(device))
+    loaded = load_model(model_path, arch=arch, arch_args=arch_args, trust=trust_checkpoint, device=check_device(device))
     resolved, names = resolve_inputs(loaded, preset, size, classes_file)
     options = MapsOptions(
         pictures=not no_pictures,

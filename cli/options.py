@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,43 @@ ARCH_HELP = (
     "Architecture of a bare state_dict: a registry name (see `attnviz inspect --list`), timm:NAME, "
     "torchvision:NAME, path/to/file.py:ClassName or package.module:ClassName. Inferred when omitted."
 )
+ARCH_ARGS_HELP = (
+    "Arguments for the architecture's constructor or factory, as a JSON object, e.g. "
+    '\'{"network_type": "ImageNet", "depth": 18, "num_classes": 1000, "att_type": "CBAM"}\'; '
+    "they win over arguments stored in the checkpoint."
+)
+
+
+def parse_arch_args(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> dict | None:
+    """``--arch-args`` text as a dict of keyword arguments.
+
+    Raises:
+        UsageError: Not JSON, or JSON that is not an object.
+    """
+    from attnviz.runtime.errors import UsageError
+
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--arch-args must be a JSON object such as '{{\"depth\": 18}}': {exc.msg} at character {exc.pos + 1}"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise UsageError(f'--arch-args must be a JSON object ({{"name": value, ...}}), not {value.strip()[:40]!r}')
+    return parsed
+
+
+def arch_args_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --arch-args (a JSON object, parsed to a dict, or None)."""
+    return click.option("--arch-args", default=None, metavar="JSON", callback=parse_arch_args, help=ARCH_ARGS_HELP)(
+        function
+    )
 
 
 def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Add --arch, --trust-checkpoint and --device."""
+    """Add --arch, --arch-args, --trust-checkpoint and --device."""
     function = click.option(
         "--device",
         default="auto",
@@ -28,6 +62,7 @@ def model_loading(function: Callable[..., Any]) -> Callable[..., Any]:
         help="Allow checkpoints that run code when loaded (TorchScript archives, whole pickled models, stored arguments "
         "that could read files or download). Only for files from a source you trust.",
     )(function)
+    function = arch_args_option(function)
     function = click.option("--arch", default=None, metavar="NAME", help=ARCH_HELP)(function)
     return function
 
@@ -54,20 +89,15 @@ def input_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_inputs(loaded: Any, preset: str | None, size: int | None, classes_file: Path | None):
-    """The preset and class names for a loaded model, with the command line's overrides applied."""
-    from attnviz.io.inputs import CIFAR10_CLASSES, get_preset, load_class_names
+    """The preset and class names for a loaded model, with the command line's overrides applied
+    (CIFAR-10's names only for a 10-class model of CIFAR-10 input, with a warning that says so)."""
+    from attnviz.io.checkpoints import settle_class_names
+    from attnviz.io.inputs import get_preset, load_class_names
 
     base = preset or loaded.preset or "imagenet"
     resolved = get_preset(base, size=size) if size else get_preset(base)
-    if classes_file is not None:
-        names = load_class_names(classes_file)
-    elif loaded.class_names:
-        names = list(loaded.class_names)
-    elif resolved.name == "cifar10":
-        names = list(CIFAR10_CLASSES)
-    else:
-        names = None
-    return resolved, names
+    given = load_class_names(classes_file) if classes_file is not None else None
+    return resolved, settle_class_names(loaded, given, resolved.name)
 
 
 def check_checkpoints(*paths: Path | None) -> None:

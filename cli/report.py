@@ -133,6 +133,7 @@ def report(
     out,
     merge,
     arch,
+    arch_args,
     trust_checkpoint,
     device,
     classes_file,
@@ -180,7 +181,9 @@ def report(
     from attnviz.report.runner import ReportOptions, name_models, run_report
 
     device = check_device(device)
-    models = name_models([load_model(p, arch=arch, trust=trust_checkpoint, device=device) for p in paths])
+    models = name_models(
+        [load_model(p, arch=arch, arch_args=arch_args, trust=trust_checkpoint, device=device) for p in paths]
+    )
     options = ReportOptions(
         batch_size=batch_size,
         workers=workers,

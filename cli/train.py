@@ -8,6 +8,8 @@ import click
 
 from attnviz.runtime.errors import UsageError
 
+from .options import arch_args_option
+
 
 def _stage_epochs(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
@@ -37,6 +39,7 @@ The best checkpoint (by test accuracy) is written to OUT, the last one next to i
     metavar="NAME",
     help="Architecture: cnn, se_cnn, cbam_cnn, densenet_se, resnet18_cbam, resnet_se.",
 )
+@arch_args_option
 @click.option(
     "--data",
     default="shapes",
@@ -106,6 +109,7 @@ The best checkpoint (by test accuracy) is written to OUT, the last one next to i
 @click.option("--no-progress", is_flag=True, help="No progress bars; one log line per epoch.")
 def train(
     arch,
+    arch_args,
     data,
     epochs,
     out,
@@ -163,6 +167,7 @@ def train(
         weights=weights,
         download=download,
         progress=not no_progress,
+        arch_args=arch_args,
     )
     record = result.record
     Console(highlight=False).print(

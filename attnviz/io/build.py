@@ -10,6 +10,7 @@ and short names (:func:`check_stored_kwargs`).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import sys
+import sysconfig
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,9 +40,11 @@ from attnviz.models import (
     list_architectures,
     nearest_architectures,
 )
+from attnviz.models.lookalike import library_lookalike
+from attnviz.models.registry import PLAUSIBLE
 from attnviz.runtime.errors import ArchitectureError, UnsafeCheckpointError, describe, did_you_mean, first_line
 
-__all__ = ["ARCH_FORMS", "build_for", "check_stored_kwargs", "names_code"]
+__all__ = ["ARCH_FORMS", "build_for", "check_stored_kwargs", "classifier_outputs", "names_code"]
 
 ARCH_FORMS = "a registry name, timm:NAME, torchvision:NAME, path/to/file.py:Class or package.module:Class"
 _MAX_UNSAVED_ELEMENTS = 1 << 26  # elements of buffers a stored architecture adds beyond the state_dict
@@ -73,33 +77,51 @@ def build_for(
     source: str,
     *,
     untrusted: bool = False,
+    explicit: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, str, dict[str, Any]]:
     """Build the architecture, check that ``state_dict`` fits exactly, load it strictly.
 
-    The shapes are compared on the ``meta`` device first, so that arguments stored in the file
-    (``untrusted``) cannot allocate more than the state_dict's own tensors.
+    ``kwargs`` are stored (or inferred) arguments; ``explicit`` ones, given by the caller, are
+    merged over them and win. The shapes are compared on the ``meta`` device first, so that
+    arguments stored in the file (``untrusted``) cannot allocate more than the state_dict's own
+    tensors; code the caller named (``file.py:Class``) is run once, for real, unless it is built
+    from such stored arguments.
     """
+    explicit = dict(explicit or {})
     if arch is None:
-        try:
-            name, kwargs = infer_architecture(state_dict)
-        except ArchitectureError as exc:
-            raise ArchitectureError(f"{source!r}: {exc}; name the architecture with --arch ({ARCH_FORMS})") from exc
-        recipe = _Recipe(name, get_spec(name).factory, dict(kwargs), zoo=True)
+        recipe, built = _inferred_recipe(state_dict, source, explicit), None
     else:
-        recipe = _recipe(arch, kwargs, state_dict)
-    _check_on_meta(recipe, state_dict, source, untrusted)
-    model = recipe.build()
-    diff = compare_state_dict(model, state_dict)
+        recipe, built = _recipe(arch, kwargs, explicit, state_dict, real=names_code(arch) and not untrusted)
+    if built is None or _on_meta(built):
+        _check_on_meta(recipe, state_dict, source, untrusted, shell=built)
+        built = recipe.build()
+    diff = compare_state_dict(built, state_dict)
     if not diff.ok:
         raise ArchitectureError(_mismatch_message(source, recipe.arch, diff, state_dict))
-    model.load_state_dict(state_dict, strict=True)
-    return model, recipe.arch, dict(recipe.kwargs)
+    built.load_state_dict(state_dict, strict=True)
+    return built, recipe.arch, dict(recipe.kwargs)
 
 
-def _check_on_meta(recipe: _Recipe, state_dict: Mapping[str, Any], source: str, untrusted: bool) -> None:
+def _inferred_recipe(state_dict: Mapping[str, Any], source: str, explicit: dict[str, Any]) -> _Recipe:
+    try:
+        name, kwargs = infer_architecture(state_dict)
+    except ArchitectureError as exc:
+        hint = "" if "pass --arch" in str(exc) else f"; name the architecture with --arch ({ARCH_FORMS})"
+        raise ArchitectureError(f"{source!r}: {exc}{hint}") from exc
+    return _Recipe(name, get_spec(name).factory, {**kwargs, **explicit}, zoo=True)
+
+
+def _on_meta(model: nn.Module) -> bool:
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    return first is not None and first.is_meta
+
+
+def _check_on_meta(
+    recipe: _Recipe, state_dict: Mapping[str, Any], source: str, untrusted: bool, shell: nn.Module | None = None
+) -> None:
     """Compare the architecture's shapes with ``state_dict`` before anything is allocated."""
     try:
-        shell = recipe.shell()
+        shell = recipe.shell() if shell is None else shell
     except ArchitectureError:
         raise
     except Exception as exc:  # code that cannot run on meta
@@ -182,18 +204,23 @@ def _plain_hyperparameter(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _recipe(arch: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]) -> _Recipe:
+def _recipe(
+    arch: str, kwargs: dict[str, Any] | None, explicit: dict[str, Any], state_dict: Mapping[str, Any], *, real: bool
+) -> tuple[_Recipe, nn.Module | None]:
+    """The recipe, and the model already built while fitting ``num_classes`` (real or on ``meta``), if any."""
     prefix, _, rest = arch.partition(":")
     if prefix == "timm" and rest:
-        return _library_recipe(arch, _timm_factory(rest), kwargs, state_dict)
+        return _library_recipe(arch, _timm_factory(rest), kwargs, explicit, state_dict, real=real)
     if prefix == "torchvision" and rest:
-        return _library_recipe(arch, _torchvision_factory(rest), kwargs, state_dict)
+        return _library_recipe(arch, _torchvision_factory(rest), kwargs, explicit, state_dict, real=real)
     if ":" in arch:
-        return _library_recipe(arch, _user_factory(arch), kwargs, state_dict)
-    return _zoo_recipe(arch, kwargs, state_dict)
+        return _library_recipe(arch, _user_factory(arch), kwargs, explicit, state_dict, real=real)
+    return _zoo_recipe(arch, kwargs, explicit, state_dict), None
 
 
-def _zoo_recipe(name: str, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]) -> _Recipe:
+def _zoo_recipe(
+    name: str, kwargs: dict[str, Any] | None, explicit: dict[str, Any], state_dict: Mapping[str, Any]
+) -> _Recipe:
     if name not in list_architectures():
         raise ArchitectureError(
             f"unknown architecture {name!r}{did_you_mean(name, list_architectures())}; use {ARCH_FORMS} "
@@ -202,28 +229,44 @@ def _zoo_recipe(name: str, kwargs: dict[str, Any] | None, state_dict: Mapping[st
     spec = get_spec(name)
     if kwargs is None:
         kwargs = (spec.infer_kwargs(state_dict) if spec.infer_kwargs else None) or {}
-    kwargs = {k: v for k, v in kwargs.items() if k != "weights"}  # the state_dict replaces pretrained weights
-    return _Recipe(name, spec.factory, kwargs, zoo=True)
+    merged = {**kwargs, **explicit}
+    merged = {k: v for k, v in merged.items() if k != "weights"}  # the state_dict replaces pretrained weights
+    return _Recipe(name, spec.factory, merged, zoo=True)
 
 
-def _library_recipe(arch: str, factory: Any, kwargs: dict[str, Any] | None, state_dict: Mapping[str, Any]) -> _Recipe:
-    """``factory(**kwargs)``; if kwargs are unknown, fit ``num_classes`` to the weights."""
+def _library_recipe(
+    arch: str,
+    factory: Any,
+    kwargs: dict[str, Any] | None,
+    explicit: dict[str, Any],
+    state_dict: Mapping[str, Any],
+    *,
+    real: bool,
+) -> tuple[_Recipe, nn.Module | None]:
+    """``factory(**kwargs, **explicit)``; with no stored kwargs, fit ``num_classes`` to the weights.
+
+    The model built to read its classifier is returned with the recipe when it is the one to
+    load (built for real when ``real``, else on ``meta`` where the code allows), so that the
+    factory is not run again for nothing.
+    """
     if kwargs is not None:
-        return _Recipe(arch, factory, dict(kwargs))
-    probe = _probe(factory)
-    model = probe if probe is not None else _call(arch, factory, {})
+        return _Recipe(arch, factory, {**kwargs, **explicit}), None
+    recipe = _Recipe(arch, factory, dict(explicit))
+    model = None if real else _probe(factory, explicit)
+    if model is None:
+        model = _call(arch, factory, explicit)
     num_classes = _stored_num_classes(model, state_dict)
-    if num_classes is not None and _accepts(factory, "num_classes"):
-        return _Recipe(arch, factory, {"num_classes": num_classes})
-    return _Recipe(arch, factory, {})
+    if num_classes is not None and "num_classes" not in explicit and _accepts(factory, "num_classes"):
+        return _Recipe(arch, factory, {**explicit, "num_classes": num_classes}), None
+    return recipe, model
 
 
-def _probe(factory: Any) -> nn.Module | None:
-    """The default model built on the ``meta`` device (shapes only, no memory), if it builds there."""
+def _probe(factory: Any, kwargs: Mapping[str, Any]) -> nn.Module | None:
+    """The model built on the ``meta`` device (shapes only, no memory), if it builds there."""
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")
-            model = factory()
+            model = factory(**kwargs)
     except Exception:  # noqa: BLE001 - code that cannot run on meta is built for real instead
         return None
     return model if isinstance(model, nn.Module) else None
@@ -253,6 +296,13 @@ def _stored_num_classes(model: nn.Module, state_dict: Mapping[str, Any]) -> int 
     if weight.dim() < 1 or weight.shape[0] == current.shape[0]:
         return None
     return int(weight.shape[0])
+
+
+def classifier_outputs(model: nn.Module) -> int | None:
+    """Outputs of the model's classifier (timm's ``get_classifier()``, else the last ``nn.Linear``), if found."""
+    layer = _classifier(model)[1]
+    weight = getattr(layer, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() >= 1 else None
 
 
 def _classifier(model: nn.Module) -> tuple[str, nn.Module | None]:
@@ -327,9 +377,15 @@ def _user_factory(arch: str) -> Any:
 
 
 def _import_file(file: str) -> Any:
+    """Import a file: as part of its package when it is in one (``__init__.py`` files above it, or
+    relative imports or imports of a folder above it by name), else on its own with its folder on
+    ``sys.path`` for its sibling modules."""
     path = Path(file).expanduser().resolve()
     if not path.is_file():
         raise ArchitectureError(f"architecture file {file!r} does not exist")
+    package = _package_of(path)
+    if package is not None:
+        return _import_in_package(file, *package)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     stem = re.sub(r"\W", "_", path.stem)
     module_name = f"attnviz_user_{stem}_{digest}"
@@ -343,8 +399,87 @@ def _import_file(file: str) -> Any:
             spec.loader.exec_module(module)
         except (Exception, SystemExit) as exc:  # the user's file failed; say why
             sys.modules.pop(module_name, None)
-            raise ArchitectureError(f"importing {file!r} failed: {describe(exc)}") from exc
+            raise ArchitectureError(f"importing {file!r} failed: {describe(exc)}{_import_hint(exc)}") from exc
     return module
+
+
+def _package_of(path: Path) -> tuple[Path, str] | None:
+    """``(folder to put on sys.path, dotted module name)`` when ``path`` is a module of a package."""
+    parents = list(path.parents)[:-1]  # not the file system's root
+    depth = 0
+    while depth < len(parents) and (parents[depth] / "__init__.py").is_file():
+        depth += 1
+    level, tops = _imports_of(path)
+    depth = max(depth, min(level, len(parents)))
+    names = [folder.name for folder in parents]
+    for top in tops:
+        if top in names[: max(depth, 4)]:  # `from senet.se_module import ...` inside senet/
+            depth = max(depth, names.index(top) + 1)
+    packages = [folder.name for folder in reversed(parents[:depth])]
+    if depth == 0 or depth >= len(parents) or not all(name.isidentifier() for name in packages):
+        return None
+    return parents[depth], ".".join([*packages, path.stem])
+
+
+def _imports_of(path: Path) -> tuple[int, set[str]]:
+    """The deepest relative import's level and the top-level names of absolute imports in ``path``."""
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (SyntaxError, ValueError, OSError):
+        return 0, set()  # importing it says what is wrong
+    level, tops = 0, set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            level = max(level, node.level)
+            if node.level == 0 and node.module:
+                tops.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            tops.update(alias.name.split(".")[0] for alias in node.names)
+    return level, tops
+
+
+def _import_in_package(file: str, root: Path, dotted: str) -> Any:
+    top = dotted.split(".")[0]
+    _forget_other_package(top, root, file)
+    importlib.invalidate_caches()
+    with _on_sys_path(str(root)):
+        try:
+            return importlib.import_module(dotted)
+        except (Exception, SystemExit) as exc:  # the user's package failed; say why
+            raise ArchitectureError(
+                f"importing {file!r} as {dotted} (from {root}) failed: {describe(exc)}{_import_hint(exc)}"
+            ) from exc
+
+
+def _forget_other_package(top: str, root: Path, file: str) -> None:
+    """Let ``root/top`` be imported when a different package of that name was imported before
+    (another checkout of the same repository); an installed package of that name is not replaced."""
+    existing = sys.modules.get(top)
+    if existing is None:
+        return
+    locations = [*list(getattr(existing, "__path__", None) or []), getattr(existing, "__file__", None)]
+    places = [Path(place).resolve() for place in locations if place]
+    if any(place.is_relative_to(root / top) for place in places):
+        return
+    installed = {
+        Path(p).resolve() for key, p in sysconfig.get_paths().items() if key in ("stdlib", "purelib", "platlib")
+    }
+    if not places or any(place.is_relative_to(base) for place in places for base in installed):
+        raise ArchitectureError(
+            f"{file!r} belongs to a package named {top!r}, and the installed module {top!r} is already imported; "
+            f"rename the folder, or run attnviz from {root} and name the architecture as package.module:Class"
+        )
+    for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+        del sys.modules[name]
+
+
+def _import_hint(exc: BaseException) -> str:
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    return (
+        f"; if {exc.name.split('.')[0]!r} is a folder of your repository, run attnviz from the repository root and "
+        "name the architecture as package.module:Class"
+    )
 
 
 def _import_module(name: str) -> Any:
@@ -388,12 +523,15 @@ def _mismatch_message(source: str, arch: str, diff: StateDictDiff, state_dict: M
             shown = ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
             parts.append(f"{len(items)} {label}: {shown}")
     try:
-        ranked = nearest_architectures(state_dict, k=3)
+        ranked = nearest_architectures(state_dict, k=3, min_score=PLAUSIBLE)
     except ArchitectureError:
         ranked = []
-    nearest = ", ".join(f"{n} ({score:.2f})" for n, score in ranked) or "none"
+    lookalike = library_lookalike(state_dict)
+    nearest = ", ".join(f"{n} ({score:.2f})" for n, score in ranked) or "none close"
     best = ranked[0] if ranked else None
-    message = f"{source!r} does not fit {arch}: {'; '.join(parts)}; nearest architectures: {nearest}"
+    message = f"{source!r} does not fit {arch}: {'; '.join(parts)}; "
+    exact = bool(ranked) and ranked[0][1] == 1.0
+    message += f"the file looks like {lookalike}" if lookalike and not exact else f"nearest architectures: {nearest}"
     if best is not None and best[1] == 1.0 and best[0] != arch:
         message += f" ({best[0]} matches exactly: pass --arch {best[0]} or leave --arch out)"
     return message

@@ -33,7 +33,7 @@ differing keys.
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnviz.io.build import build_for, check_stored_kwargs, names_code
-from attnviz.io.inputs import Preset, get_preset
+from attnviz.io.build import build_for, check_stored_kwargs, classifier_outputs, names_code
+from attnviz.io.inputs import CIFAR10_CLASSES, Preset, get_preset
 from attnviz.io.safe_load import TRUST_HINT, load_torchscript, read_checkpoint
 from attnviz.io.save import FORMAT, FORMAT_VERSION, is_plain
 from attnviz.io.sniff import check_file, file_kind
@@ -50,7 +50,7 @@ from attnviz.models import get_spec, list_architectures
 from attnviz.runtime.errors import CheckpointError, UnsafeCheckpointError, UsageError
 from attnviz.runtime.model import parse_device
 
-__all__ = ["LoadedModel", "load_model"]
+__all__ = ["LoadedModel", "load_model", "settle_class_names"]
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _STRIPPED_PREFIXES = ("module.", "_orig_mod.")
@@ -72,6 +72,9 @@ class LoadedModel:
             wrapped state_dict (``epoch``, ``best_acc``, ...).
         source: The file it was read from.
         format: ``"attnviz"``, ``"state_dict"``, ``"torchscript"`` or ``"pickled-model"``.
+        class_names_source: Where ``class_names`` come from: ``"checkpoint"``, ``"given"`` (by the
+            caller), ``"assumed: CIFAR-10"`` (none stored; see :func:`settle_class_names`) or
+            ``"indices"`` (none: classes are shown by index).
     """
 
     model: nn.Module
@@ -82,6 +85,11 @@ class LoadedModel:
     record: dict[str, Any] = field(default_factory=dict)
     source: str = ""
     format: str = "state_dict"
+    class_names_source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.class_names_source:
+            self.class_names_source = "checkpoint" if self.class_names else "indices"
 
 
 def load_model(
@@ -89,6 +97,7 @@ def load_model(
     arch: str | None = None,
     trust: bool = False,
     device: str | torch.device = "cpu",
+    arch_args: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Load a checkpoint of any supported format into an eval-mode model.
 
@@ -101,6 +110,10 @@ def load_model(
             pickled models), loading TorchScript, stored ``arch_kwargs`` beyond plain numbers and
             names. Only for files whose source you trust.
         device: Where to put the model.
+        arch_args: Keyword arguments for the architecture's constructor or factory (for example
+            ``{"network_type": "ImageNet", "depth": 18, "num_classes": 1000, "att_type": "CBAM"}``),
+            merged over the ones stored in the checkpoint; yours win. They are yours, so they are
+            not held to the rules for stored arguments.
 
     Raises:
         CheckpointError: Missing, empty or unreadable file, or no model in it.
@@ -110,6 +123,7 @@ def load_model(
         UsageError: Unknown or unavailable device.
     """
     source = str(path)
+    explicit = _explicit_arguments(arch_args)
     target = parse_device(device, flag="device")
     check_file(source)
     if file_kind(source) == "torchscript":
@@ -118,15 +132,56 @@ def load_model(
                 f"{source!r} is a TorchScript archive, and loading one runs code stored in it (which can read "
                 f"and write files); {TRUST_HINT}"
             )
+        if explicit:
+            warnings.warn(f"{source}: TorchScript archives carry their own code; arch_args are ignored", stacklevel=2)
         if arch is not None:
             warnings.warn(
                 f"{source}: TorchScript archives carry their own code; arch={arch!r} is ignored", stacklevel=2
             )
         loaded = _load_torchscript(source)
     else:
-        loaded = _from_object(read_checkpoint(source, trust), source, arch, trust)
+        loaded = _from_object(read_checkpoint(source, trust), source, arch, trust, explicit)
     loaded.model.to(target).eval()
     return loaded
+
+
+def settle_class_names(
+    loaded: LoadedModel, given: Sequence[str] | None = None, preset: str | None = None
+) -> list[str] | None:
+    """The class names to show for ``loaded``'s outputs, recorded in ``loaded.class_names`` and
+    ``loaded.class_names_source``: ``given`` ones, else the checkpoint's, else CIFAR-10's when the
+    model takes CIFAR-10 input (``preset``, default the checkpoint's) and has 10 outputs (with a
+    warning that says so), else none (classes shown by index)."""
+    if given is not None:
+        loaded.class_names, loaded.class_names_source = list(given), "given"
+    elif loaded.class_names:
+        loaded.class_names_source = "checkpoint"
+    elif (preset or getattr(loaded.preset, "name", None)) == "cifar10" and _outputs(loaded) == len(CIFAR10_CLASSES):
+        warnings.warn(
+            f"no class names stored in {loaded.source or 'the model'}; using CIFAR-10's "
+            f"({', '.join(CIFAR10_CLASSES[:4])}, ...); pass --classes FILE (class_names= in Python) to name them",
+            stacklevel=2,
+        )
+        loaded.class_names, loaded.class_names_source = list(CIFAR10_CLASSES), "assumed: CIFAR-10"
+    else:
+        loaded.class_names_source = "indices"
+    return list(loaded.class_names) if loaded.class_names else None
+
+
+def _outputs(loaded: LoadedModel) -> int | None:
+    stored = loaded.arch_kwargs.get("num_classes")
+    return stored if isinstance(stored, int) else classifier_outputs(loaded.model)
+
+
+def _explicit_arguments(arch_args: Mapping[str, Any] | None) -> dict[str, Any]:
+    if arch_args is None:
+        return {}
+    if not isinstance(arch_args, Mapping):
+        raise UsageError(f"arch_args must be a dict of keyword arguments, got a {type(arch_args).__name__}")
+    bad = [repr(key) for key in arch_args if not isinstance(key, str) or not key.isidentifier()]
+    if bad:
+        raise UsageError(f"arch_args must name keyword arguments; {', '.join(bad)} cannot be one")
+    return dict(arch_args)
 
 
 def _load_torchscript(source: str) -> LoadedModel:
@@ -136,20 +191,22 @@ def _load_torchscript(source: str) -> LoadedModel:
 # ----------------------------------------------------------------------------- interpreting
 
 
-def _from_object(obj: Any, source: str, arch: str | None, trust: bool) -> LoadedModel:
+def _from_object(obj: Any, source: str, arch: str | None, trust: bool, explicit: dict[str, Any]) -> LoadedModel:
     if isinstance(obj, nn.Module):
-        return _pickled(obj, source, {})
+        return _pickled(obj, source, {}, explicit)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT:
-        return _from_attnviz(obj, source, arch, trust)
+        return _from_attnviz(obj, source, arch, trust, explicit)
     found, extras = _find_state_dict(obj, source)
     if isinstance(found, nn.Module):
-        return _pickled(found, source, extras)
-    model, name, kwargs = build_for(found, arch, None, source)
+        return _pickled(found, source, extras, explicit)
+    model, name, kwargs = build_for(found, arch, None, source, explicit=explicit)
     preset = _zoo_preset(name)
     return LoadedModel(model, name, kwargs, preset, None, extras, source, "state_dict")
 
 
-def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust: bool) -> LoadedModel:
+def _from_attnviz(
+    ckpt: Mapping[str, Any], source: str, arch: str | None, trust: bool, explicit: dict[str, Any]
+) -> LoadedModel:
     version = ckpt.get("version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
@@ -173,9 +230,11 @@ def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust:
     if arch != stored or not kwargs:
         kwargs = None  # the caller's architecture, or none stored: infer the kwargs from the weights
     untrusted = kwargs is not None and not trust
-    if untrusted and kwargs is not None:
-        check_stored_kwargs(kwargs, arch, source)
-    model, name, kwargs = build_for(_strip_prefixes(state_dict), arch, kwargs, source, untrusted=untrusted)
+    if untrusted and kwargs is not None:  # the caller's own arguments replace stored ones unchecked
+        check_stored_kwargs({k: v for k, v in kwargs.items() if k not in explicit}, arch, source)
+    model, name, kwargs = build_for(
+        _strip_prefixes(state_dict), arch, kwargs, source, untrusted=untrusted, explicit=explicit
+    )
     preset = _stored_preset(ckpt.get("preset"), source, trust) or _zoo_preset(name)
     names = ckpt.get("class_names")
     if names is not None and (not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names)):
@@ -184,7 +243,9 @@ def _from_attnviz(ckpt: Mapping[str, Any], source: str, arch: str | None, trust:
     return LoadedModel(model, name, kwargs, preset, list(names) if names else None, _to_python(record), source, FORMAT)
 
 
-def _pickled(model: nn.Module, source: str, extras: dict[str, Any]) -> LoadedModel:
+def _pickled(model: nn.Module, source: str, extras: dict[str, Any], explicit: dict[str, Any]) -> LoadedModel:
+    if explicit:
+        warnings.warn(f"{source}: a whole pickled model is already built; arch_args are ignored", stacklevel=4)
     cls = type(model)
     arch = f"pickled:{cls.__module__}.{cls.__qualname__}"
     return LoadedModel(model, arch, {}, None, None, extras, source, "pickled-model")

@@ -23,6 +23,7 @@ from attnviz.models import infer as shapes
 from attnviz.models.catalog import CATALOG, catalog_entry
 from attnviz.models.cifar_cnn import CBAM_CNN, CNN, SE_CNN
 from attnviz.models.densenet_se import DenseNet
+from attnviz.models.lookalike import library_lookalike
 from attnviz.models.resnet18_cbam import ResNet18_CBAM
 from attnviz.models.resnet_se import CustomCNN
 from attnviz.models.statedict import (
@@ -35,6 +36,7 @@ from attnviz.models.statedict import (
 from attnviz.runtime.errors import ArchitectureError, first_line
 
 __all__ = [
+    "PLAUSIBLE",
     "ArchSpec",
     "StateDictDiff",
     "build_model",
@@ -46,6 +48,7 @@ __all__ = [
 ]
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")
+PLAUSIBLE = 0.5  # a nearest-architecture score worth naming: half the keys and shapes shared
 
 KwargsReader = Callable[[Mapping[str, Any]], "dict[str, Any] | None"]
 
@@ -213,8 +216,9 @@ def infer_architecture(state_dict: Mapping[str, Any]) -> tuple[str, dict[str, An
     raise ArchitectureError(_no_match_message(state_dict, got))
 
 
-def nearest_architectures(state_dict: Mapping[str, Any], k: int = 3) -> list[tuple[str, float]]:
-    """The ``k`` architectures whose keys and shapes overlap ``state_dict`` most.
+def nearest_architectures(state_dict: Mapping[str, Any], k: int = 3, min_score: float = 0.0) -> list[tuple[str, float]]:
+    """The ``k`` architectures whose keys and shapes overlap ``state_dict`` most, of those scoring
+    at least ``min_score`` (:data:`PLAUSIBLE`: the ones worth naming as "nearest").
 
     The score is ``(same key and shape + 0.5 * same key, other shape) / keys of either``, in
     [0, 1]; 1 means a strict load succeeds.
@@ -222,7 +226,7 @@ def nearest_architectures(state_dict: Mapping[str, Any], k: int = 3) -> list[tup
     got = _shapes_of(state_dict)
     scored = [(name, _score(reference, got)) for name, reference in _references(state_dict)]
     scored.sort(key=lambda item: item[1], reverse=True)
-    return scored[: max(k, 0)]
+    return [item for item in scored if item[1] >= min_score][: max(k, 0)]
 
 
 def _shapes_of(state_dict: Mapping[str, Any]) -> dict[str, Shape | None]:
@@ -276,13 +280,20 @@ def _score(reference: Mapping[str, Shape], got: Mapping[str, Shape | None]) -> f
 
 
 def _no_match_message(state_dict: Mapping[str, Any], got: Mapping[str, Shape | None]) -> str:
+    lookalike = library_lookalike(state_dict)
+    if lookalike is not None:  # a library's model: its --arch, not the course's models sharing a few names
+        return f"no course architecture matches this state_dict, which looks like {lookalike}"
     references = dict(_references(state_dict))
     ranked = sorted(references, key=lambda n: _score(references[n], got), reverse=True)[:3]
-    nearest = ", ".join(f"{n} ({_score(references[n], got):.2f})" for n in ranked)
-    diff = compare_state_dict(references[ranked[0]], state_dict)
-    first = "; ".join(_first_problems(diff))
-    message = f"no known architecture matches this state_dict; nearest: {nearest}"
-    message += f"; differences from {ranked[0]}: {first}"
+    ranked = [name for name in ranked if _score(references[name], got) >= PLAUSIBLE]
+    if ranked:
+        nearest = ", ".join(f"{n} ({_score(references[n], got):.2f})" for n in ranked)
+        diff = compare_state_dict(references[ranked[0]], state_dict)
+        first = "; ".join(_first_problems(diff))
+        message = f"no known architecture matches this state_dict; nearest: {nearest}"
+        message += f"; differences from {ranked[0]}: {first}"
+    else:
+        message = "no known architecture matches this state_dict, and none of the course's is close"
     prefix = _common_prefix(got)
     if prefix:
         message += f"; every key starts with {prefix!r} (strip it first)"

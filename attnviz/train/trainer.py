@@ -105,6 +105,7 @@ def fit(
     weights: str | os.PathLike[str] | None = None,
     download: bool = False,
     progress: bool = True,
+    arch_args: dict[str, Any] | None = None,
 ) -> FitResult:
     """Train ``arch`` on ``data`` with the course's recipe.
 
@@ -133,6 +134,7 @@ def fit(
         weights: Local ImageNet ``resnet18`` state_dict for ``resnet18_cbam``'s backbone.
         download: Allow torchvision to download CIFAR-10.
         progress: Show progress bars and a line per epoch on stderr.
+        arch_args: More arguments for the architecture (stored in the checkpoints); ``num_classes`` is the data's.
 
     Returns:
         A :class:`FitResult`. The record stored in the checkpoints holds the architecture,
@@ -169,7 +171,7 @@ def fit(
     if state is not None:
         _check_resume_matches(state, data, seed, class_names, weights)
     workers = _default_workers() if num_workers is None else num_workers
-    arch_kwargs = {"num_classes": len(class_names)}
+    arch_kwargs = {**(arch_args or {}), "num_classes": len(class_names)}  # stored: loading needs no flag
     run = _Run(
         arch=arch,
         arch_kwargs=arch_kwargs,
