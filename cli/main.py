@@ -113,7 +113,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     context = click.get_current_context(silent=True)
     if context is not None and context.find_root().obj and context.find_root().obj.get("debug"):
         text += f" [{category.__name__} at {filename}:{lineno}]"
-    click.echo(f"attnviz: warning: {text}", err=True)
+    import attnviz  # a warning raised outside attnviz's own code (the user's model, a library) is not attnviz's
+
+    where = Path(str(filename)).resolve()
+    if any(where.is_relative_to(Path(own).resolve().parent) for own in (str(attnviz.__file__), __file__)):
+        click.echo(f"attnviz: warning: {text}", err=True)
+    else:
+        click.echo(f"warning (from {filename}:{lineno}): {text}", err=True)
 
 
 def _command_available(name: str) -> bool:
