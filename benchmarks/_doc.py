@@ -22,6 +22,14 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def version(package: str) -> str:
+    """The installed version of ``package``, or ``not installed``."""
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def machine(packages: tuple[str, ...] = ("torch",)) -> str:
     """``CPU: …, N logical cores[; GPU: …]; Python …, <package> <version>, …``."""
     import torch
@@ -29,17 +37,17 @@ def machine(packages: tuple[str, ...] = ("torch",)) -> str:
     parts = [f"CPU: {cpu_name()}, {os.cpu_count()} logical cores"]
     if torch.cuda.is_available():
         parts.append(f"GPU: {torch.cuda.get_device_name(0)}")
-    versions = ", ".join(f"{package} {metadata.version(package)}" for package in packages)
+    versions = ", ".join(f"{package} {version(package)}" for package in packages)
     parts.append(f"Python {platform.python_version()}, {versions}")
     return "; ".join(parts)
 
 
-def write_section(section: str, body: str) -> None:
-    """Replace the section headed ``section`` in docs/BENCHMARKS.md (or append it), keeping the others."""
-    text = DOC.read_text(encoding="utf-8") if DOC.exists() else "# Benchmarks\n"
+def write_section(section: str, body: str, doc: Path = DOC) -> None:
+    """Replace the section headed ``section`` in ``doc`` (docs/BENCHMARKS.md) or append it, keeping the others."""
+    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"^{re.escape(section)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     if pattern.search(text):
         text = pattern.sub(lambda _: body.rstrip("\n") + "\n\n", text, count=1)
     else:
         text = text.rstrip("\n") + "\n\n" + body
-    DOC.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+    doc.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
