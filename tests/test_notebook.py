@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import io
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
+from PIL import Image
 
 import attnviz
 from attnviz.models import build_model
@@ -40,3 +46,37 @@ def test_importing_attnviz_does_not_import_matplotlib():
     code = "import attnviz, sys; attnviz.capture; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def _readme_notebook_cell() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## In a notebook") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+def test_readme_notebook_cell_shows_pictures_in_a_fresh_kernel():
+    """The README's snippet, pasted as one cell into a fresh kernel with nothing set up by hand
+    (no ``%matplotlib inline``), shows the capture table, two figures and the Grad-CAM inline."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    root = Path(__file__).resolve().parents[1]
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(_readme_notebook_cell())]
+    client = nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    )
+    client.execute()
+    outputs = notebook.cells[0].outputs
+    assert not [o for o in outputs if o.output_type == "error"], outputs
+    shown = [o for o in outputs if o.output_type in ("display_data", "execute_result")]
+    pngs = [o for o in shown if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 2, [list(o.get("data", {})) for o in shown]
+    for output in pngs:  # real pictures, not empty ones
+        png = base64.b64decode(output["data"]["image/png"])
+        picture = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+        assert picture.shape[0] > 100 and picture.shape[1] > 100 and picture.std() > 10
+    html = [o["data"]["text/html"] for o in shown if "text/html" in o.get("data", {})]
+    assert any("cbam1.spatial_attn" in page for page in html)  # the gate table
+    assert any("data:image/png;base64," in page and "P = " in page for page in html)  # Grad-CAM
+    assert all("tensor(" not in o.get("data", {}).get("text/plain", "") for o in shown)

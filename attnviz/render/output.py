@@ -26,11 +26,13 @@ def new_figure(
     layout: Literal["constrained", "compressed", "tight"] | None = "constrained",
     dpi: int = DEFAULT_DPI,
 ) -> Figure:
-    """Return a figure with its own Agg canvas, not registered with pyplot (nothing global to close)."""
+    """Return a figure with its own Agg canvas, not registered with pyplot (nothing global to close),
+    that notebooks display inline (:class:`attnviz.render.inline.InlineFigure`)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=dpi, layout=layout)
+    from attnviz.render.inline import InlineFigure
+
+    fig = InlineFigure(figsize=(width, height), dpi=dpi, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
