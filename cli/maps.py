@@ -120,8 +120,10 @@ def maps(
     def report(item):
         if isinstance(item, Failure):
             errors.print(f"attnviz: skipped {item.path}: {item.reason}", markup=False)
-        else:
-            _print_result(console, item)
+            return
+        _print_result(console, item)
+        for failure in item.failed_pictures:
+            errors.print(f"attnviz: {item.path}: picture not drawn: {failure.picture}: {failure.error}", markup=False)
 
     results, failures = run_maps(
         loaded, list(images), out, options=options, preset=resolved, class_names=names, on_image=report
@@ -130,11 +132,17 @@ def maps(
         from attnviz.runtime.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be used; nothing written")
-    console.print(
-        f"wrote {len(results)} image(s) to {out}" + (f"; {len(failures)} skipped" if failures else ""), markup=False
-    )
-    if failures:
+    console.print(f"wrote {len(results)} image(s) to {out}{_shortfall(results, failures)}", markup=False)
+    if failures or any(result.failed_pictures for result in results):
         sys.exit(1)
+
+
+def _shortfall(results, failures) -> str:
+    """What the run lacks: images skipped, pictures not drawn (empty when nothing)."""
+    skipped = f"; {len(failures)} skipped" if failures else ""
+    incomplete = [result for result in results if result.failed_pictures]
+    pictures = sum(len(result.failed_pictures) for result in incomplete)
+    return skipped + (f"; {pictures} picture(s) of {len(incomplete)} image(s) not drawn" if incomplete else "")
 
 
 def _auto_workers(n_images: int) -> int:
@@ -151,6 +159,9 @@ def _print_result(console, result) -> None:
     console.print(
         f"\n[bold]{escape(result.path)}[/bold] → {escape(str(prediction['label']))} (p={_number(prediction['prob'])})  → {escape(str(result.out_dir))}"
     )
+    if not result.summary["gates"] and result.nothing_found:  # one plain line instead of an empty table
+        console.print(result.nothing_found, markup=False)
+        return
     table = Table(show_edge=False, pad_edge=False, box=None)
     for column in ("gate", "kind", "shape", "mean", "min", "max"):
         table.add_column(column, justify="right" if column in ("mean", "min", "max") else "left")

@@ -127,7 +127,7 @@ def test_maps_prints_names_with_console_markup_as_text(models, tmp_path):
     assert json.loads((tmp_path / "out" / folder / "summary.json").read_text())["image"] == str(image)
 
 
-def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path, monkeypatch):
+def test_maps_removes_the_pictures_of_an_image_whose_drawing_fails_and_keeps_its_arrays(models, tmp_path, monkeypatch):
     import attnviz.jobs.maps_pictures
 
     def failing(job, folder, options):  # draws nothing for a (fast), fails halfway for b
@@ -135,7 +135,7 @@ def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path
             (folder / "bars").mkdir()
             (folder / "bars" / "half.png").write_bytes(b"cut short")
             raise ValueError("cannot draw this one")
-        return []
+        return attnviz.jobs.maps_pictures.Drawn()
 
     monkeypatch.setattr(attnviz.jobs.maps_pictures, "draw_pictures", failing)
     images = [_image(tmp_path / f"{n}.png", i) for i, n in enumerate("ab")]
@@ -144,8 +144,10 @@ def test_maps_removes_the_files_of_an_image_whose_pictures_fail(models, tmp_path
     )
     assert result.exit_code == 1, result.output
     [line] = _lines(result.stderr)
-    assert line.startswith(f"attnviz: skipped {images[1]}: could not draw its pictures") and "cannot draw" in line
-    assert _visible(tmp_path / "out") == ["a"] and (tmp_path / "out" / "a" / "summary.json").is_file()
+    assert line == f"attnviz: {images[1]}: picture not drawn: all pictures: ValueError: cannot draw this one"
+    assert _visible(tmp_path / "out") == ["a", "b"] and (tmp_path / "out" / "a" / "summary.json").is_file()
+    kept = sorted(str(p.relative_to(tmp_path / "out" / "b")) for p in (tmp_path / "out" / "b").rglob("*"))
+    assert kept == ["attention.npz", "summary.json"]
 
 
 def test_output_folder_names_are_deterministic_and_never_collide():

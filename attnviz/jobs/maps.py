@@ -8,10 +8,14 @@ unique within the run, see :func:`_output_folders`):
 - ``summary.json`` (strict JSON: NaN and infinities are ``null``): model, preset, prediction (top-5),
   one row per gate, and ``non_finite``, the arrays that hold NaN or infinite values (a model with
   NaN weights; they are not drawn, and a warning says so);
-- with pictures on: channel bars per channel gate, overlays per spatial gate, feature grids,
-  the Grad-CAM overlay and ``index.<fmt>``, a sheet of all of them.
+- with pictures on: a picture per gate (channel bars, spatial overlays, and pictures of full-size,
+  coordinate, branch and other gates), feature grids, the Grad-CAM overlay and ``index.<fmt>``, a
+  sheet of all of them.
 
-A file that cannot be decoded is skipped and reported; the others are still processed. After a
+A file that cannot be decoded is skipped and reported; the others are still processed. A picture
+that cannot be drawn costs only itself: the image keeps its arrays and other pictures, and its
+``summary.json`` names the picture under ``failed_pictures``. Per-image failures are logged at DEBUG
+level with their traceback (``attnviz --debug`` shows them). After a
 Ctrl-C, the folders of images whose pictures were not finished hold only ``attention.npz``. An
 output that cannot be written (a full disk) stops the run with an :class:`OutputError` that says how
 many images were written; the unfinished images' folders are removed.
@@ -38,8 +42,8 @@ from attnviz.capturing.capturer import Capture, Capturer
 from attnviz.io.checkpoints import LoadedModel
 from attnviz.io.inputs import InputImage, Preset, get_preset, load_input
 from attnviz.jobs import maps_pictures
-from attnviz.jobs.maps_pictures import PictureJob
-from attnviz.runtime.errors import AttnvizError, OutputError
+from attnviz.jobs.maps_pictures import Drawn, PictureFailure, PictureJob
+from attnviz.runtime.errors import AttnvizError, OutputError, describe
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.outdir import claim_output_folder
 from attnviz.runtime.pipeline import run_batches
@@ -70,12 +74,18 @@ class MapsOptions:
 
 @dataclass
 class ImageResult:
-    """What was written for one image."""
+    """What was written for one image.
+
+    ``failed_pictures``: the pictures that could not be drawn (the image is then incomplete);
+    ``nothing_found``: one line saying what the model showed instead of gates, when it had none.
+    """
 
     path: str
     out_dir: Path
     summary: dict[str, Any]
     files: list[Path] = field(default_factory=list)
+    failed_pictures: list[PictureFailure] = field(default_factory=list)
+    nothing_found: str | None = None
 
 
 @dataclass
@@ -122,7 +132,9 @@ def run_maps(
     options = options or MapsOptions()
     preset = get_preset(preset or loaded.preset or "imagenet")
     names = list(class_names) if class_names is not None else loaded.class_names
-    capturer = Capturer(loaded.model, layers=options.layers, class_names=names, model_name=loaded.arch)
+    capturer = Capturer(
+        loaded.model, layers=options.layers, class_names=names, model_name=loaded.arch, feature_images=None
+    )
     out = Path(out)
     sources = [str(p) for p in paths]
     folders = _output_folders([Path(p) for p in sources])
@@ -156,6 +168,7 @@ def _decode(sources: Sequence[str], preset: Preset, batch_size: int) -> Iterator
             try:
                 batch.append((position, load_input(sources[position], preset)))
             except AttnvizError as error:
+                logger.debug("reading %s failed", sources[position], exc_info=True)
                 batch.append((position, str(error)))
         yield batch
 
@@ -273,26 +286,41 @@ class _Painter:
             self.queue.put((outcome, done))
 
     def _finish_image(self, entry: _Entry, drawing: Outcome) -> None:
-        """Store the pictures drawn and write ``summary.json``; a picture failing makes the image a
-        :class:`Failure`, an output that cannot be written stops the run."""
+        """Store the pictures drawn and write ``summary.json``; an output that cannot be written
+        stops the run."""
         outcome, done = entry
         if isinstance(outcome, ImageResult):
             try:
-                pictures = drawing.result()
-                if pictures is not None:
-                    outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in pictures]
-                    outcome.files.extend(pictures)
+                _store_pictures(outcome, drawing)
                 text = strict_json(outcome.summary, indent=2)
                 outcome.files.append(write_bytes(outcome.out_dir / "summary.json", text.encode("utf-8")))
             except OSError as error:  # a full disk fails every image: stop, and say what was written
                 raise output_error(error, outcome.out_dir, self.finished) from None  # _abandon removes it
-            except Exception as error:  # a picture failing must not lose the other images
-                logger.debug("drawing %s failed", outcome.path, exc_info=True)
-                _remove_unfinished(outcome, keep_arrays=False)
-                outcome = Failure(outcome.path, f"could not draw its pictures: {type(error).__name__}: {error}")
-            else:
-                self.finished += 1
+            self.finished += 1
         done(outcome)
+
+
+def _store_pictures(outcome: ImageResult, drawing: Outcome) -> None:
+    """Add the pictures drawn to ``outcome`` and its summary, with those that failed. A drawing that
+    failed as a whole (not one picture: its worker, say) leaves the image its arrays only."""
+    try:
+        drawn: Drawn | None = drawing.result()
+    except OSError:
+        raise
+    except Exception as error:  # one image's pictures failing must not lose the image
+        logger.debug("drawing the pictures of %s failed", outcome.path, exc_info=True)
+        _remove_unfinished(outcome, keep_arrays=True)
+        drawn = Drawn(failed=[PictureFailure("all pictures", describe(error))])
+    if drawn is None:  # no pictures asked for
+        return
+    outcome.files.extend(drawn.files)
+    outcome.summary["pictures"] = [str(path.relative_to(outcome.out_dir)) for path in drawn.files]
+    if drawn.failed:
+        outcome.failed_pictures = drawn.failed
+        outcome.summary["failed_pictures"] = [{"picture": f.picture, "error": f.error} for f in drawn.failed]
+    for failure in drawn.failed:
+        if failure.traceback:
+            logger.debug("picture %r of %s failed:\n%s", failure.picture, outcome.path, failure.traceback.rstrip())
 
 
 def _abandon(entries: list[_Entry], error: BaseException) -> None:
@@ -359,7 +387,7 @@ def _write_arrays(
         arrays["cam/gradcam"] = cams[index].numpy()
         summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
     summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
-    result = ImageResult(str(item.path), folder, finite(summary))  # NaN as None, here as in the JSON
+    result = ImageResult(str(item.path), folder, finite(summary), nothing_found=cap.nothing_found())
     with atomic_file(folder / "attention.npz") as file:
         np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
     result.files.append(folder / "attention.npz")

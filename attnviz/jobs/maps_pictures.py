@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from attnviz.runtime.errors import describe
 from attnviz.runtime.text import file_slug
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from attnviz.capturing.capturer import Capture
 
 
@@ -59,98 +65,200 @@ class PictureJob:
         return {key[len(prefix) + 1 :]: value for key, value in self.arrays.items() if key.startswith(prefix + "/")}
 
 
-def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> list[Path]:
-    """Draw every picture of one image into ``folder``; return the files written.
+@dataclass
+class PictureFailure:
+    """A picture that could not be drawn: its label, the error in one line, and the traceback."""
 
-    Channel bars per channel gate, an overlay per spatial gate, before/after feature grids per
-    attention module, a grid per feature layer, the Grad-CAM overlay, and ``index.<fmt>``: a
-    sheet of all of them. Arrays with NaN or infinite values are not drawn (``summary.json``
-    lists them). When a write fails, the pictures written so far are removed.
+    picture: str
+    error: str
+    traceback: str = ""
+
+
+@dataclass
+class Drawn:
+    """What :func:`draw_pictures` did: the files written and the pictures that failed."""
+
+    files: list[Path] = field(default_factory=list)
+    failed: list[PictureFailure] = field(default_factory=list)
+
+
+#: A picture to draw: its label on the index sheet, its file, and the function that makes its figure.
+_Picture = tuple[str, Path, Callable[[], "Figure"]]
+
+#: The folder of each gate kind's pictures.
+KIND_FOLDERS = {
+    "channel": "bars",
+    "spatial": "spatial",
+    "full": "full",
+    "axis": "axis",
+    "branch": "branch",
+    "other": "other",
+}
+
+
+def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> Drawn:
+    """Draw every picture of one image into ``folder``; return the files written and the failures.
+
+    A picture per gate, whatever its kind (channel bars, spatial overlay, full-size gate, coordinate
+    gate, branch weights, or a heat map of any other shape), before/after feature grids per gated
+    module, a grid per feature layer, the Grad-CAM overlay, and ``index.<fmt>``: a sheet of those
+    drawn. Each picture is drawn on its own: one that fails is removed and listed in
+    :attr:`Drawn.failed`, the others are still drawn. Arrays with NaN or infinite values are not
+    drawn (``summary.json`` lists them). An ``OSError`` (a full disk) or an interruption removes
+    the pictures written so far and propagates.
     """
+    pictures = [
+        *_gate_pictures(job, folder, options),
+        *_gating_pictures(job, folder, options),
+        *_feature_pictures(job, folder, options),
+        *_cam_picture(job, folder, options),
+    ]
+    drawn = Drawn()
+    try:
+        panels = []
+        for label, path, make in pictures:
+            rgb = _draw_one(label, path, make, options, drawn)
+            if rgb is not None:
+                panels.append((label, rgb))
+        if panels:
+            _draw_one("index", folder / f"index.{options.format}", partial(_index_sheet, panels, job), options, drawn)
+    except BaseException:
+        for path in drawn.files:
+            path.unlink(missing_ok=True)
+        raise
+    return drawn
+
+
+def _gate_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> list[_Picture]:
+    """One picture per gate with finite values, drawn as its kind asks."""
     from attnviz import render
 
-    pictures: list[tuple[str, Path, Any]] = []
-    gates = job.group("gate")
-    for name, values in gates.items():
+    pictures: list[_Picture] = []
+    for name, values in job.group("gate").items():
         if not _finite(values):
             continue
-        if job.gate_kinds.get(name) == "channel":
-            title = f"{name}: channel gate, {values.size} channels"
-            figure = render.channel_bars(values, title=title, order=options.order)
-            pictures.append((f"{name} (channel)", folder / "bars" / f"{file_slug(name)}.{options.format}", figure))
-        elif job.gate_kinds.get(name) == "spatial":
-            title = f"{name}: spatial gate {values.shape[0]}x{values.shape[1]}"
-            figure = render.spatial_overlay(job.original, values, title=title, scale=options.scale)
-            pictures.append((f"{name} (spatial)", folder / "spatial" / f"{file_slug(name)}.{options.format}", figure))
-    outputs = job.group("out")
-    for module, before in job.group("in").items():
-        channel_gate = next(
-            (g for g, m in job.gated_modules.items() if m == module and job.gate_kinds.get(g) == "channel"), None
-        )
-        if not _finite(before, outputs[module], gates.get(channel_gate) if channel_gate is not None else None):
+        kind = job.gate_kinds.get(name, "other")
+        kind = kind if kind in KIND_FOLDERS else "other"
+        path = folder / KIND_FOLDERS[kind] / f"{file_slug(name)}.{options.format}"
+        title = f"{name}: {_describe_gate(kind, values)}"
+        make: Callable[[], Figure]
+        if kind == "channel":
+            make = partial(render.channel_bars, values, title=title, order=options.order)
+        elif kind == "spatial":
+            make = partial(render.spatial_overlay, job.original, values, title=title, scale=options.scale)
+        elif kind == "full":
+            make = partial(render.full_gate, job.original, values, title=title, scale=options.scale)
+        elif kind == "axis":
+            make = partial(render.axis_gate, values, title=title)
+        elif kind == "branch":
+            make = partial(render.branch_weights, values, title=title)
+        else:
+            make = partial(render.gate_heatmap, values, title=title)
+        pictures.append((f"{name} ({kind})", path, make))
+    return pictures
+
+
+def _describe_gate(kind: str, values: np.ndarray) -> str:
+    """The kind and size of a gate, for its picture's title."""
+    shape = "x".join(map(str, values.shape))
+    if kind == "channel":
+        return f"channel gate, {values.size} channels"
+    if kind == "spatial":
+        return f"spatial gate {shape}"
+    if kind == "full":
+        return f"full-size gate, {values.shape[0]} channels x {values.shape[1]}x{values.shape[2]}"
+    if kind == "axis":
+        along = "height" if values.shape[-1] == 1 else "width"
+        return f"coordinate gate along the {along}, {values.shape[0]} channels x {max(values.shape[1:])}"
+    if kind == "branch":
+        return f"branch weights, {values.shape[0]} branches x {values.shape[1]} channels"
+    return f"gate {shape}"
+
+
+def _gating_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> list[_Picture]:
+    """The features before and after gating, one grid per gated module (channels ordered by its
+    channel gate's weights, when it has one)."""
+    from attnviz import render
+
+    gates, inputs, outputs = job.group("gate"), job.group("in"), job.group("out")
+    modules: dict[str, str | None] = {}  # module -> its channel gate
+    for gate, module in job.gated_modules.items():
+        if module in inputs and module in outputs:
+            channel = gate if job.gate_kinds.get(gate) == "channel" and gate in gates else None
+            modules[module] = modules.get(module) or channel
+    pictures: list[_Picture] = []
+    for module, channel_gate in modules.items():
+        weights = gates[channel_gate] if channel_gate is not None else None
+        if not _finite(inputs[module], outputs[module], weights):
             continue
         kwargs: dict[str, Any] = {"top_n": options.top_n}
-        if channel_gate is not None:
-            weights = gates[channel_gate]
-            kwargs.update(
-                channels=np.argsort(-weights, kind="stable")[: options.top_n].tolist(),
-                rank_by="given",
-                channel_weights=weights,
-            )
-        figure = render.feature_grid(
-            before, after=outputs[module], title=f"{module}: features before and after gating", **kwargs
-        )
-        pictures.append(
-            (f"{module} before/after", folder / "features" / f"{file_slug(module)}.gating.{options.format}", figure)
-        )
+        if weights is not None:
+            order = np.argsort(-weights, kind="stable")[: options.top_n].tolist()
+            kwargs.update(channels=order, rank_by="given", channel_weights=weights)
+        title = f"{module}: features before and after gating"
+        make = partial(render.feature_grid, inputs[module], after=outputs[module], title=title, **kwargs)
+        path = folder / "features" / f"{file_slug(module)}.gating.{options.format}"
+        pictures.append((f"{module} before/after", path, make))
+    return pictures
+
+
+def _feature_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> list[_Picture]:
+    """A grid of the top channels of each feature layer not already drawn after gating."""
+    from attnviz import render
+
+    outputs = job.group("out")
+    pictures: list[_Picture] = []
     for layer, features in job.group("feature").items():
         if not _finite(features) or any(np.array_equal(features, gated) for gated in outputs.values()):
             continue  # the same tensor as an attention module's output, already drawn after gating
-        figure = render.feature_grid(
-            features, top_n=options.top_n, title=f"{layer}: top {options.top_n} channels by mean activation"
-        )
-        pictures.append((f"{layer} features", folder / "features" / f"{file_slug(layer)}.{options.format}", figure))
-    cam = job.arrays.get("cam/gradcam")
-    if cam is not None and _finite(cam):
-        title = f"Grad-CAM at {job.cam_layer} for '{job.label}' (P = {job.prob:.3f})"
-        figure = render.spatial_overlay(job.original, cam, title=title, scale="absolute", quantity="Grad-CAM")
-        pictures.append(("Grad-CAM", folder / f"gradcam.{options.format}", figure))
-
-    written: list[Path] = []
-    try:
-        _save(pictures, folder, options, job, written)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+        title = f"{layer}: top {options.top_n} channels by mean activation"
+        make = partial(render.feature_grid, features, top_n=options.top_n, title=title)
+        pictures.append((f"{layer} features", folder / "features" / f"{file_slug(layer)}.{options.format}", make))
+    return pictures
 
 
-def _save(
-    pictures: list[tuple[str, Path, Any]], folder: Path, options: PictureOptions, job: PictureJob, written: list[Path]
-) -> None:
-    """Save each picture and the index sheet of them all, adding each file to ``written`` before
-    it is written (so that a file cut short is removed too)."""
+def _cam_picture(job: PictureJob, folder: Path, options: PictureOptions) -> list[_Picture]:
+    """The Grad-CAM overlay, when there is a finite one."""
     from attnviz import render
 
-    panels = []
-    for label, path, figure in pictures:
+    cam = job.arrays.get("cam/gradcam")
+    if cam is None or not _finite(cam):
+        return []
+    title = f"Grad-CAM at {job.cam_layer} for '{job.label}' (P = {job.prob:.3f})"
+    make = partial(render.spatial_overlay, job.original, cam, title=title, scale="absolute", quantity="Grad-CAM")
+    return [("Grad-CAM", folder / f"gradcam.{options.format}", make)]
+
+
+def _index_sheet(panels: list[tuple[str, np.ndarray]], job: PictureJob) -> Figure:
+    from attnviz import render
+
+    title = f"{job.model_name or 'model'}: predicted '{job.label}' (P = {job.prob:.3f})"
+    return render.index_figure(panels, columns=3, title=title)
+
+
+def _draw_one(
+    label: str, path: Path, make: Callable[[], Figure], options: PictureOptions, drawn: Drawn
+) -> np.ndarray | None:
+    """Make, draw and save one picture; return its pixels (for the index sheet), or ``None`` when
+    it failed (recorded in ``drawn``, its file removed). An ``OSError`` or an interruption removes
+    the file and propagates."""
+    from attnviz import render
+
+    try:
+        figure = make()
         rgb = render.figure_to_rgb(figure)
-        written.append(path)
         if options.format == "png":  # draw once: the pixels serve the file and the index sheet
             render.save_rgb(rgb, path)
         else:
             render.save_figure(figure, path, options.format)
-        panels.append((label, rgb))
-    if panels:
-        title = f"{job.model_name or 'model'}: predicted '{job.label}' (P = {job.prob:.3f})"
-        sheet = render.index_figure(panels, columns=3, title=title)
-        path = folder / f"index.{options.format}"
-        written.append(path)
-        if options.format == "png":  # at the panels' own resolution: a larger sheet would only upsample them
-            render.save_rgb(render.figure_to_rgb(sheet), path)
-        else:
-            render.save_figure(sheet, path, options.format)
+    except BaseException as error:
+        path.unlink(missing_ok=True)  # a file cut short
+        if isinstance(error, OSError) or not isinstance(error, Exception):
+            raise
+        drawn.failed.append(PictureFailure(label, describe(error), traceback.format_exc()))
+        return None
+    drawn.files.append(path)
+    return rgb
 
 
 def _finite(*arrays: Any) -> bool:
