@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of this package and is imported only when it is
 run, so ``attnviz --help`` stays fast. Errors that derive from :class:`AttnvizError` become
-one line on stderr and a non-zero exit; ``--debug`` shows the full traceback instead. So do the
+one line on stderr and a non-zero exit; ``--debug`` (before or after the command's name) shows the
+full traceback instead, and the tracebacks of per-image failures (logged at DEBUG level by the
+library) beside their one-line messages. So do the
 faults of the machine rather than of attnviz (:func:`environment_error`): a full disk, an output
 path below a regular file, no permission, a file nested too deeply to read. Warnings raised while a
 command runs are one line too (``attnviz: warning: …``); Python's own warning display is back in
@@ -11,11 +13,15 @@ place when the command returns.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import errno
 import importlib
 import importlib.util
+import logging
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -46,7 +52,7 @@ class LazyGroup(click.Group):
         if name not in COMMANDS or not _command_available(name):
             return None
         module_name, attribute, _ = COMMANDS[name]
-        return getattr(importlib.import_module(module_name), attribute)
+        return _with_debug_option(getattr(importlib.import_module(module_name), attribute))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -107,6 +113,61 @@ def environment_error(error: OSError | RecursionError) -> tuple[str, int]:
     return f"{error.strerror or type(error).__name__}: {path}", 1
 
 
+DEBUG_HELP = "Show full tracebacks instead of one-line errors, also of images that were skipped."
+
+
+def _with_debug_option(command: click.Command) -> click.Command:
+    """A copy of ``command`` that also takes ``--debug`` (``attnviz maps --debug …``)."""
+    if any(param.name == "debug" for param in command.params):
+        return command
+    option = click.Option(["--debug"], is_flag=True, expose_value=False, is_eager=True, help=DEBUG_HELP)
+    option.callback = _debug_callback
+    command = copy.copy(command)
+    command.params = [*command.params, option]
+    return command
+
+
+def _debug_callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        turn_on_debug(ctx)
+
+
+def turn_on_debug(ctx: click.Context) -> None:
+    """Make this run show tracebacks: of errors (``ctx.obj["debug"]``) and of the per-image failures
+    the library logs at DEBUG level, until the command ends."""
+    root = ctx.find_root()
+    settings = root.ensure_object(dict)
+    if not settings.get("debug"):
+        settings["debug"] = True
+        root.with_resource(_debug_log())
+
+
+@contextlib.contextmanager
+def _debug_log() -> Iterator[None]:
+    """Show attnviz's DEBUG records (with their tracebacks) on stderr; undone on the way out."""
+    log = logging.getLogger("attnviz")
+    handler, level = _EchoHandler(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+class _EchoHandler(logging.Handler):
+    """``attnviz: debug: …`` on click's stderr, for DEBUG records only (INFO and above have their
+    own display)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.addFilter(lambda record: record.levelno < logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"attnviz: debug: {self.format(record)}", err=True)
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Show a warning as ``attnviz: warning: …`` on one line (``--debug``: with where it came from)."""
     text = " ".join(str(message).split())
@@ -127,7 +188,7 @@ def _command_available(name: str) -> bool:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.version_option(package_name="attnviz")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool) -> None:
@@ -139,8 +200,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
       attnviz compare --baseline cnn.pth --model se.pth --model cbam.pth img1.png img2.png
       attnviz inspect --model ckpt.pth
     """
-    ctx.ensure_object(dict)
-    ctx.obj["debug"] = debug
+    ctx.ensure_object(dict).setdefault("debug", False)
+    if debug:
+        turn_on_debug(ctx)
 
 
 def main(argv: list[str] | None = None) -> None:

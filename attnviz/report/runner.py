@@ -9,6 +9,7 @@ slice of the input, and :func:`attnviz.report.merge.merge_reports` joins the sha
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -319,6 +320,7 @@ class _RecordWriter:
         try:
             drawn = drawing.result()
         except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
+            logging.getLogger(__name__).debug("drawing the pictures of %s failed", record.source, exc_info=True)
             reason = f"could not draw its pictures: {type(error).__name__}: {error}"
             _write_failure(self.out, _item_of(record), self.config, reason)
         else:
