@@ -86,8 +86,8 @@ def inspect(model_path, arch, arch_args, trust_checkpoint, device, depth, size, 
     for gate in facts.gates:
         gates.add_row(gate["name"], gate["kind"], "x".join(map(str, gate["shape"])), gate["function"])
     hidden = "attention gates: not visible (the forward runs as compiled TorchScript)"
-    found = "no attention gates found (no sigmoid-family gate in the forward pass)"
-    console.print(gates if facts.gates else hidden if loaded.format == "torchscript" else found)
+    found = facts.nothing_found or "no attention gates found"
+    console.print(gates if facts.gates else hidden if loaded.format == "torchscript" else found, markup=False)
 
     if loaded.record:
         console.print("[bold]training record[/bold]")

@@ -26,13 +26,15 @@ class LayerRow:
 
 @dataclass
 class ModelSummary:
-    """The layer table, parameter totals and the attention gates of one model."""
+    """The layer table, parameter totals and the attention gates of one model; ``nothing_found``:
+    one line saying what was seen instead, when the model computed no gate."""
 
     layers: list[LayerRow]
     total_params: int
     trainable_params: int
     input_shape: tuple[int, ...]
     gates: list[dict[str, Any]]
+    nothing_found: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +52,7 @@ class ModelSummary:
                 for row in self.layers
             ],
             "gates": self.gates,
+            "nothing_found": self.nothing_found,
         }
 
 
@@ -102,4 +105,5 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         input_shape=tuple(probe.shape),
         gates=gates,
+        nothing_found=cap.nothing_found(),
     )
