@@ -1,0 +1,68 @@
+"""Moving results between the model's device and the host with as few waits as possible.
+
+On CUDA a plain ``tensor.cpu()`` (or ``torch.tensor(values, device="cuda")``) makes the host wait
+for the device each time. Here copies to the host are non-blocking into pinned memory and the host
+waits once for all of them; copies to the device go through pinned memory without waiting. On the
+CPU every function returns its tensors as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["start_to_host", "to_device", "to_host", "wait_for"]
+
+
+def to_host(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors on the CPU, with one copy per device and dtype and one wait.
+
+    On CUDA the copy is non-blocking into pinned memory followed by a single stream
+    synchronisation; CPU tensors are returned as they are.
+    """
+    moved = dict(tensors)
+    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
+    for name, tensor in tensors.items():
+        if tensor.device.type != "cpu":
+            groups.setdefault((tensor.device, tensor.dtype), []).append(name)
+    for (_, _), names in groups.items():
+        flat = start_to_host(torch.cat([tensors[name].detach().reshape(-1) for name in names]))
+        for name, part in zip(names, flat.split([tensors[name].numel() for name in names])):
+            moved[name] = part.view(tensors[name].shape)
+    wait_for(device for device, _ in groups)
+    return moved
+
+
+def start_to_host(tensor: Tensor) -> Tensor:
+    """Begin copying ``tensor`` to the CPU; on CUDA read the copy only after :func:`wait_for` its device.
+
+    A CPU tensor is returned as it is; a CUDA tensor is copied non-blocking into pinned memory.
+    """
+    if tensor.device.type == "cpu":
+        return tensor
+    return tensor.detach().to("cpu", non_blocking=tensor.device.type == "cuda")
+
+
+def wait_for(devices: Iterable[torch.device]) -> None:
+    """Wait once for each CUDA device's current stream (copies started by :func:`start_to_host`)."""
+    for device in {torch.device(device) for device in devices}:
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+
+
+def to_device(values: Tensor | Sequence[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
+    """``values`` (a CPU tensor or a list of numbers) on ``device`` without making the host wait.
+
+    On CUDA the data goes through pinned memory with a non-blocking copy (a plain copy from
+    pageable memory would synchronise); elsewhere it is an ordinary copy.
+    """
+    tensor = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
+    if dtype is not None:
+        tensor = tensor.to(dtype)
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -1,0 +1,40 @@
+"""runtime/transfer.py: results to the host with one wait, values to the device without one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnviz.runtime.transfer import start_to_host, to_device, to_host, wait_for
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_cpu_tensors_stay_as_they_are() -> None:
+    a, b = torch.arange(6).view(2, 3), torch.rand(4)
+    moved = to_host({"a": a, "b": b})
+    assert moved["a"] is a and moved["b"] is b
+    assert start_to_host(a) is a
+    wait_for([torch.device("cpu")])  # nothing to wait for
+
+
+def test_to_device_makes_tensors_of_lists_with_the_dtype() -> None:
+    values = to_device([3, 1, 2], torch.device("cpu"), torch.long)
+    assert values.dtype == torch.long and values.tolist() == [3, 1, 2]
+    same = torch.rand(3)
+    assert to_device(same, torch.device("cpu")) is same
+    assert to_device(same, torch.device("cpu"), torch.float64).dtype == torch.float64
+
+
+@needs_cuda
+def test_cuda_round_trip_keeps_values_shapes_and_dtypes() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    tensors = {"f": torch.rand(2, 3), "g": torch.rand(5), "i": torch.arange(4), "h": torch.rand(3).half()}
+    on_device = {name: to_device(t, device) for name, t in tensors.items()}
+    moved = to_host(on_device)
+    for name, tensor in tensors.items():
+        assert moved[name].device.type == "cpu" and moved[name].dtype == tensor.dtype
+        assert torch.equal(moved[name], tensor)
+    late = start_to_host(on_device["f"] * 2)
+    wait_for([device])
+    assert torch.equal(late, tensors["f"] * 2)
