@@ -71,15 +71,19 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode for a ``with`` block; afterwards every submodule's own mode is back (also on error).
 
     Restoring only the top-level flag would put a frozen (eval) BatchNorm of a training model back in
-    training mode, so each module's flag is saved and restored.
+    training mode, so each module's flag is saved and restored. A model already in eval mode
+    throughout is left alone: switching and restoring every module costs milliseconds on large models.
     """
     modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    switched = any(training for _, training in modes)
+    if switched:
+        model.eval()
     try:
         yield model
     finally:
-        for module, training in modes:
-            module.training = training
+        for module, training in modes if switched else ():
+            if module.training != training:
+                module.training = training
 
 
 def run_forward(model: nn.Module, images: Tensor, what: str = "the model's forward pass") -> Any:
