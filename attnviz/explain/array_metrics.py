@@ -301,14 +301,23 @@ def _single(array: Any, what: str) -> Tensor:
     return tensor[None]
 
 
+#: The error for maps with NaN or infinite values.
+_NON_FINITE_MAPS = "saliency maps hold NaN or infinite values"
+
+
 def _maps(maps: Any, count: int) -> Tensor:
     """``[B,h,w]`` finite float64 maps, ``B == count``."""
     values = _as_tensor(maps, "maps")
+    _check_map_batch(values, count)
+    if not torch.isfinite(values).all():
+        raise UsageError(_NON_FINITE_MAPS)
+    return values
+
+
+def _check_map_batch(values: Tensor, count: int) -> None:
+    """``values`` is ``[count,h,w]`` with ``h, w > 0`` (its values are not read)."""
     if values.dim() != 3 or values.shape[0] != count or values.shape[1] == 0 or values.shape[2] == 0:
         raise UsageError(f"expected {count} saliency map(s) [B,h,w], got shape {tuple(values.shape)}")
-    if not torch.isfinite(values).all():
-        raise UsageError("saliency maps hold NaN or infinite values")
-    return values
 
 
 def _masks(masks: Any) -> Tensor:

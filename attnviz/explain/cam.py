@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError, describe, did_you_mean
 from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
+from attnviz.runtime.transfer import to_device
 
 __all__ = ["METHODS", "CamResult", "gradcam", "normalise_maps", "resolve_cam_layer", "upsample"]
 
@@ -68,6 +69,9 @@ _OUTPUT_LAYER = re.compile(r"output\[(\d+)\]")
 
 #: Probe sizes tried by :func:`resolve_cam_layer` when it gets no images.
 _PROBE_SIZES = (224, 64, 32)
+
+#: Classes a :class:`CamResult`'s repr lists before "…".
+_REPR_TARGETS = 8
 
 Target = int | str | Sequence[int | str] | Tensor | None
 
@@ -111,6 +115,18 @@ class CamResult:
             method=np.array(self.method),
         )
 
+    def __repr__(self) -> str:
+        """One line: method, layer, batch, map sizes and the classes explained (never the tensors)."""
+        height, width = self.maps.shape[-2:]
+        raw = "×".join(str(side) for side in self.raw.shape[1:])
+        classes = self.targets[:_REPR_TARGETS].tolist()
+        more = ", …" if len(self.targets) > _REPR_TARGETS else ""
+        images = f"{len(self.maps)} image{'s' if len(self.maps) != 1 else ''}"
+        return (
+            f"CamResult({self.method} at {self.layer!r}, {images}, maps {height}×{width} (raw {raw}), "
+            f"targets [{', '.join(map(str, classes))}{more}], device {self.maps.device})"
+        )
+
     def _repr_html_(self) -> str:
         """The maps as small heat-map images with target and P, for notebooks."""
         import base64
@@ -120,13 +136,16 @@ class CamResult:
 
         from attnviz.render import apply_colormap
 
+        shown = min(len(self.maps), 16)
+        maps = self.maps[:shown].detach().float().cpu().numpy()
+        targets, scores = self.targets[:shown].tolist(), self.scores[:shown].float().tolist()
         cells = []
-        for index in range(min(len(self.maps), 16)):
-            rgb = apply_colormap(self.maps[index].detach().float().cpu().numpy(), 0.0, 1.0, "jet")
+        for index in range(shown):
+            rgb = apply_colormap(maps[index], 0.0, 1.0, "jet")
             buffer = io.BytesIO()
             Image.fromarray(rgb).resize((128, 128), Image.Resampling.NEAREST).save(buffer, format="PNG")
             encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-            caption = f"class {int(self.targets[index])}, P = {float(self.scores[index]):.3f}"
+            caption = f"class {targets[index]}, P = {scores[index]:.3f}"
             cells.append(
                 f'<figure style="display:inline-block;margin:4px"><img src="data:image/png;base64,{encoded}"/>'
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
@@ -171,7 +190,7 @@ def gradcam(
         CaptureError: The model's forward pass (or the attribution library) failed.
     """
     method_key = _check_method(method)
-    batch = as_image_batch(images)
+    batch = _image_batch(images)
     targets = _parse_targets(target, len(batch), class_names)
     _check_batch_size(batch_size)
     batch = to_model(batch, model)
@@ -180,17 +199,11 @@ def gradcam(
             "the model was in train mode; Grad-CAM runs it in eval mode and restores train mode afterwards",
             stacklevel=2,
         )
-    with _prepared(model), torch.enable_grad():
-        if method_key in _LAYERLESS:
-            layer_name, module = "", None
-        else:
-            layer_name = _layer_name(model, layer, batch)
-            module = None if _OUTPUT_LAYER.fullmatch(layer_name) else model.get_submodule(layer_name)
-            if module is None and method_key != "gradcam":
-                raise UsageError(
-                    f"{method_key} needs a layer inside the model, and {layer_name!r} is a tensor its forward "
-                    "returns; use method='gradcam' or a pixel-level method (integrated_gradients, occlusion)"
-                )
+    layer_name, module = _target_layer(model, layer, method_key, batch)
+    # Own Grad-CAM needs no parameter flags switched (see _fast_gradcam); the libraries and the
+    # returned-output path run with parameters that take no gradient.
+    fast = method_key == "gradcam" and module is not None
+    with eval_mode(model) if fast else _prepared(model), torch.enable_grad():
         parts = [
             _explain(model, module, layer_name, method_key, chunk, chunk_targets, batch_size)
             for chunk, chunk_targets in _chunks(batch, targets, batch_size)
@@ -314,17 +327,46 @@ def _class_index(item: Any, class_names: Sequence[str] | None) -> int:
     return index
 
 
-def _check_range(targets: Tensor, num_classes: int) -> None:
-    if targets.numel() and int(targets.max()) >= num_classes:
-        raise UsageError(f"target class {int(targets.max())} is out of range for a model with {num_classes} classes")
+def _check_range(targets: list[int], num_classes: int) -> None:
+    if targets and max(targets) >= num_classes:
+        raise UsageError(f"target class {max(targets)} is out of range for a model with {num_classes} classes")
+
+
+def _image_batch(images: Any) -> Tensor:
+    """:func:`as_image_batch`, keeping a channels-last batch channels-last (what such a model runs fastest on)."""
+    batch = as_image_batch(images)
+    if isinstance(images, Tensor) and images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last):
+        return images.detach()
+    return batch
+
+
+def _target_layer(
+    model: nn.Module, layer: str | nn.Module | None, method: str, images: Tensor
+) -> tuple[str, nn.Module | None]:
+    """The target layer's name and module (``None`` for a returned output or a layerless method)."""
+    if method in _LAYERLESS:
+        return "", None
+    name = _layer_name(model, layer, images)
+    if _OUTPUT_LAYER.fullmatch(name):
+        if method != "gradcam":
+            raise UsageError(
+                f"{method} needs a layer inside the model, and {name!r} is a tensor its forward "
+                "returns; use method='gradcam' or a pixel-level method (integrated_gradients, occlusion)"
+            )
+        return name, None
+    return name, model.get_submodule(name)
 
 
 def _layer_name(model: nn.Module, layer: str | nn.Module | None, images: Tensor) -> str:
-    modules = dict(model.named_modules())
     if layer is None:
         return resolve_cam_layer(model, images)
     if isinstance(layer, str) and _OUTPUT_LAYER.fullmatch(layer):
         return layer
+    if isinstance(layer, str) and layer:
+        with contextlib.suppress(AttributeError):  # the usual case, without listing every module
+            if not isinstance(model.get_submodule(layer), torch.jit.ScriptModule):
+                return layer
+    modules = dict(model.named_modules())
     if isinstance(modules.get(layer) if isinstance(layer, str) else layer, torch.jit.ScriptModule):
         raise UsageError(
             f"layer {layer if isinstance(layer, str) else type(layer).__name__!r} is TorchScript code, which no hook "
@@ -383,7 +425,10 @@ def _fast_gradcam(model: nn.Module, module: nn.Module, layer: str, images: Tenso
 
     The hook detaches the layer's output into a leaf that requires grad (the true activation)
     and hands the model a clone of it, so later in-place operations act on the clone. A layer
-    that runs several times per forward pass is explained at its last call.
+    that runs several times per forward pass is explained at its last call. The forward starts
+    without autograd and the hook switches it on, so the network before the layer records no
+    graph and the parameters' ``requires_grad`` flags need not be touched; ``autograd.grad`` to
+    the activation computes no parameter gradient.
     """
     found: dict[str, Any] = {}
 
@@ -391,11 +436,12 @@ def _fast_gradcam(model: nn.Module, module: nn.Module, layer: str, images: Tenso
         _check_feature_map(output, layer)
         activation = output.detach().requires_grad_(True)
         found["activation"], found["version"] = activation, activation._version
+        torch.set_grad_enabled(True)  # for the rest of this forward; _forward's block restores the mode
         return activation.clone()
 
     handle = module.register_forward_hook(keep)
     try:
-        logits = _forward(model, images, grad=True)
+        logits = _forward(model, images, grad=False)
     finally:
         handle.remove()
     activation = found.get("activation")
@@ -585,11 +631,11 @@ def _forward(model: nn.Module, images: Tensor, *, grad: bool) -> Tensor:
 
 
 def _choose(logits: Tensor, targets: list[int] | None, device: torch.device) -> Tensor:
+    """The classes to explain on ``device``: the predicted ones, or ``targets`` checked on the host."""
     if targets is None:
         return logits.detach().argmax(dim=1)
-    chosen = torch.tensor(targets, dtype=torch.long, device=device)
-    _check_range(chosen, logits.shape[1])
-    return chosen
+    _check_range(targets, logits.shape[1])
+    return to_device(targets, device, torch.long)
 
 
 def _check_feature_map(output: Any, layer: str) -> None:

@@ -15,7 +15,7 @@ import copy
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnviz.explain.array_metrics import (
+    _NON_FINITE_MAPS,
     _batched,
+    _check_map_batch,
     _maps,
     _positive_int,
     _resized,
@@ -34,6 +36,7 @@ from attnviz.explain.array_metrics import (
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import UsageError, describe
 from attnviz.runtime.model import eval_mode, run_forward, to_model
+from attnviz.runtime.transfer import start_to_host, to_device, to_host, wait_for
 
 __all__ = ["BASELINES", "Initializer", "Targets", "deletion_insertion", "randomisation_sanity"]
 
@@ -80,7 +83,8 @@ def deletion_insertion(
     a ``[C,H,W]`` or ``[B,C,H,W]`` tensor is used as given.
 
     The model runs in eval mode under ``torch.no_grad`` on batches of ``batch_size`` perturbed
-    images; its train/eval mode is restored afterwards.
+    images; its train/eval mode is restored afterwards. The ranking, the perturbed images and
+    the probabilities stay on the model's device; the curves come to the host once, at the end.
 
     Source: V. Petsiuk, A. Das, K. Saenko. "RISE: Randomized Input Sampling for Explanation of
     Black-box Models." BMVC 2018 (its causal metrics).
@@ -105,24 +109,28 @@ def deletion_insertion(
         CaptureError: The model's forward pass failed.
     """
     batch = to_model(as_image_batch(images), model)
-    maps = _resized(_maps(_batched(saliency_maps), len(batch)), batch.shape[-2:])
+    maps, finite = _device_maps(saliency_maps, len(batch), batch.device)
     pixels = batch.shape[-2] * batch.shape[-1]
     counts = _step_counts(pixels, _positive_int(steps, "steps"))
     substrate = _baseline(batch, baseline, blur_sigma)
-    ranks = _ranks(maps).to(batch.device)
+    ranks = _ranks(_resized(maps, batch.shape[-2:]))
     size = _positive_int(batch_size, "batch_size")
+    path = _Path(batch, substrate, ranks, to_device(counts, batch.device))
     with eval_mode(model), torch.no_grad():
-        chosen = _targets(model, batch, targets)
-        deletion = _curve(model, batch, substrate, ranks, counts.to(batch.device), chosen, False, size)
-        insertion = _curve(model, batch, substrate, ranks, counts.to(batch.device), chosen, True, size)
+        chosen, top = _targets(model, batch, targets)
+        curves = {insert: _curve(model, path, chosen, top, insert, size) for insert in (False, True)}
+    host = to_host({"deletion": curves[False], "insertion": curves[True], "targets": chosen, "finite": finite})
+    if not bool(host["finite"]):
+        raise UsageError(_NON_FINITE_MAPS)
     fractions = counts.double().numpy() / pixels
+    deletion, insertion = host["deletion"].numpy(), host["insertion"].numpy()
     return {
         "deletion_auc": _trapezoid(fractions, deletion),
         "insertion_auc": _trapezoid(fractions, insertion),
         "deletion_curve": deletion,
         "insertion_curve": insertion,
         "fractions": fractions,
-        "targets": chosen.cpu().numpy(),
+        "targets": host["targets"].numpy(),
     }
 
 
@@ -160,7 +168,8 @@ def randomisation_sanity(
     parameter's own standard deviation (0.02 when it has none). The random draws come from
     ``torch.manual_seed`` derived from ``(seed, step)`` inside ``torch.random.fork_rng``, so the
     caller's random state is unchanged. ``initializer(module)`` replaces that rule (it runs
-    inside the same seeded fork).
+    inside the same seeded fork). The maps stay on the model's device until one transfer at the
+    end (the original's maps and classes come to the host once before the steps).
 
     Source: J. Adebayo, J. Gilmer, M. Muelly, I. Goodfellow, M. Hardt, B. Kim. "Sanity Checks
     for Saliency Maps." NeurIPS 2018 (the model parameter randomisation test).
@@ -203,11 +212,12 @@ def randomisation_sanity(
     batch = to_model(batch, twin)
     layer_name = resolve_cam_layer(twin, batch) if layer is None else _layer_name(model, layer)
     original = gradcam(twin, batch, targets, layer_name, method, batch_size=batch_size)
-    reference = original.maps.detach().float().cpu().numpy()
-    chosen = original.targets.detach().cpu()
+    first = to_host({"maps": original.maps.detach().float(), "targets": original.targets})
+    reference, chosen = first["maps"].numpy(), first["targets"].numpy()
+    classes = chosen.tolist()
     groups = _groups(_parameterised_in_forward_order(twin, batch[:1])[::-1], depth, steps)
     pristine = {key: value.clone() for key, value in twin.state_dict().items()} if order == "independent" else {}
-    records = [_sanity_record(0, [], [], reference, reference, chosen)]
+    randomised, pending = [], []
     done: list[str] = []
     for step, names in enumerate(groups, start=1):
         if order == "independent":
@@ -215,8 +225,14 @@ def randomisation_sanity(
             done = []
         _reinitialise(twin, names, initializer, seed, step)
         done = [*done, *names]
-        maps = gradcam(twin, batch, chosen, layer_name, method, batch_size=batch_size).maps
-        records.append(_sanity_record(step, names, done, reference, maps.detach().float().cpu().numpy(), chosen))
+        maps = gradcam(twin, batch, classes, layer_name, method, batch_size=batch_size).maps
+        pending.append(start_to_host(maps.detach().float()))  # no wait: read after wait_for below
+        randomised.append((step, names, done))
+    wait_for([batch.device])
+    stacked = torch.stack(pending).numpy() if pending else np.empty((0, *reference.shape), np.float32)
+    records = [_sanity_record(0, [], [], reference, reference, chosen)]
+    for (step, names, done), maps in zip(randomised, stacked):
+        records.append(_sanity_record(step, names, done, reference, maps, chosen))
     return records
 
 
@@ -234,11 +250,12 @@ def _logits(model: nn.Module, images: Tensor) -> Tensor:
     return output
 
 
-def _targets(model: nn.Module, images: Tensor, targets: Targets) -> Tensor:
-    """Class index per image (validated), or the predicted classes when ``targets`` is None."""
+def _targets(model: nn.Module, images: Tensor, targets: Targets) -> tuple[Tensor, int]:
+    """Class index per image on the images' device (the predicted classes when ``targets`` is None)
+    and the largest given class (``-1`` for predictions), which :func:`_probabilities` checks."""
     count = len(images)
     if targets is None:
-        return _logits(model, images).argmax(dim=1)
+        return _logits(model, images).argmax(dim=1), -1
     given: Any = targets  # narrowed step by step to a list of class indices
     if isinstance(given, Tensor):
         if given.is_floating_point() or given.is_complex() or given.dim() > 1:
@@ -250,11 +267,8 @@ def _targets(model: nn.Module, images: Tensor, targets: Targets) -> Tensor:
         raise UsageError(f"targets must be one class index or one per image ({count})")
     if any(isinstance(t, bool) or not isinstance(t, numbers.Integral) or t < 0 for t in given):
         raise UsageError(f"targets must be class indices >= 0, got {list(given)!r}")
-    chosen = torch.tensor([int(t) for t in given], dtype=torch.long, device=images.device)
-    classes = _logits(model, images[:1]).shape[1]
-    if int(chosen.max()) >= classes:
-        raise UsageError(f"target class {int(chosen.max())} is out of range for a model with {classes} classes")
-    return chosen
+    classes = [int(t) for t in given]
+    return to_device(classes, images.device, torch.long), max(classes)
 
 
 def _step_counts(pixels: int, steps: int) -> Tensor:
@@ -263,19 +277,36 @@ def _step_counts(pixels: int, steps: int) -> Tensor:
     return torch.round(torch.arange(steps + 1, dtype=torch.float64) * pixels / steps).long()
 
 
+def _device_maps(saliency: Any, count: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``[B,h,w]`` maps on ``device`` in the ranking dtype and a flag: all of them finite.
+
+    Maps from the host are checked at once; maps already on another device are checked by the
+    flag, which comes to the host with the results (no wait before the model runs).
+    """
+    dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    if isinstance(saliency, Tensor) and saliency.device.type != "cpu":
+        values = saliency.detach()
+        values = values[None] if values.dim() == 2 else values
+        _check_map_batch(values, count)
+        values = values.to(device, dtype)
+        return values, torch.isfinite(values).all()
+    values = _maps(_batched(saliency), count)  # on the CPU: shape and values checked
+    return to_device(values, device, dtype), torch.tensor(True)
+
+
 def _ranks(maps: Tensor) -> Tensor:
     """``[B,H,W]`` rank of every pixel by decreasing saliency (0 = most salient, ties row-major)."""
     flat = maps.flatten(1)
     order = torch.argsort(-flat, dim=1, stable=True)
     ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(flat.shape[1]).expand_as(order).contiguous())
+    ranks.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order).contiguous())
     return ranks.view(maps.shape)
 
 
 def _baseline(images: Tensor, baseline: str | Tensor, sigma: float) -> Tensor:
     """The ``[B,C,H,W]`` image that removed pixels take their values from."""
     if isinstance(baseline, Tensor):
-        value = baseline.detach().to(images.device, images.dtype)
+        value = to_device(baseline.detach(), images.device, images.dtype)
         if value.dim() == 3:
             value = value[None]
         if value.dim() != 4 or value.shape[1:] != images.shape[1:] or value.shape[0] not in (1, len(images)):
@@ -299,7 +330,7 @@ def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).to(images.device, images.dtype)
+    kernel = to_device(kernel / kernel.sum(), images.device, images.dtype)
     channels = images.shape[1]
     horizontal = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
     vertical = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
@@ -309,31 +340,38 @@ def _gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return F.conv2d(padded, vertical, groups=channels)
 
 
-def _curve(
-    model: nn.Module,
-    images: Tensor,
-    substrate: Tensor,
-    ranks: Tensor,
-    counts: Tensor,
-    targets: Tensor,
-    insert: bool,
-    batch_size: int,
-) -> np.ndarray:
-    """``[B, steps+1]`` target probabilities along the deletion (or insertion) path."""
-    points = len(counts)
+class _Path(NamedTuple):
+    """What the deletion and insertion paths are made of, on the model's device."""
+
+    images: Tensor  # [B,C,H,W]
+    substrate: Tensor  # [B,C,H,W] the baseline
+    ranks: Tensor  # [B,H,W] saliency rank of each pixel
+    counts: Tensor  # [steps+1] pixels changed after each step
+
+
+def _curve(model: nn.Module, path: _Path, targets: Tensor, top: int, insert: bool, batch_size: int) -> Tensor:
+    """``[B, steps+1]`` target probabilities along the deletion (or insertion) path, on the device."""
+    images, points = path.images, len(path.counts)
     total = len(images) * points
     probabilities = []
     for start in range(0, total, batch_size):
         index = torch.arange(start, min(start + batch_size, total), device=images.device)
         which, step = index // points, index % points
-        changed = (ranks[which] < counts[step][:, None, None])[:, None]
+        changed = (path.ranks[which] < path.counts[step][:, None, None])[:, None]
         if insert:
-            perturbed = torch.where(changed, images[which], substrate[which])
+            perturbed = torch.where(changed, images[which], path.substrate[which])
         else:
-            perturbed = torch.where(changed, substrate[which], images[which])
-        logits = _logits(model, perturbed).double()
-        probabilities.append(logits.softmax(dim=1).gather(1, targets[which][:, None])[:, 0].cpu())
-    return torch.cat(probabilities).view(len(images), points).numpy()
+            perturbed = torch.where(changed, path.substrate[which], images[which])
+        probabilities.append(_probabilities(model, perturbed, targets[which], top))
+    return torch.cat(probabilities).view(len(images), points)
+
+
+def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, top: int) -> Tensor:
+    """Softmax probability (float64) of each image's target; ``top`` (the largest target) is checked first."""
+    logits = _logits(model, images)
+    if top >= logits.shape[1]:
+        raise UsageError(f"target class {top} is out of range for a model with {logits.shape[1]} classes")
+    return logits.double().softmax(dim=1).gather(1, targets[:, None])[:, 0]
 
 
 def _copy_of(model: nn.Module) -> nn.Module:
@@ -420,12 +458,13 @@ def _default_reinit(module: nn.Module) -> None:
         reset()
         return
     for parameter in module.parameters(recurse=False):
-        std = float(parameter.std()) if parameter.numel() > 1 else 0.0
-        parameter.normal_(0.0, std if std > 0 else 0.02)
+        std = parameter.detach().std() if parameter.numel() > 1 else parameter.new_zeros(())
+        scale = torch.where(std > 0, std, 0.02)  # on the device: no wait for the host
+        parameter.normal_(0.0, 1.0).mul_(scale)
 
 
 def _sanity_record(
-    step: int, names: list[str], done: list[str], reference: np.ndarray, maps: np.ndarray, targets: Tensor
+    step: int, names: list[str], done: list[str], reference: np.ndarray, maps: np.ndarray, targets: np.ndarray
 ) -> dict[str, Any]:
     flat, original = maps.reshape(len(maps), -1), reference.reshape(len(reference), -1)
     constant = (flat == flat[:, :1]).all(axis=1)
@@ -449,7 +488,7 @@ def _sanity_record(
         "top20_iou": iou,
         "top20_iou_mean": float(iou.mean()),
         "maps": maps.astype(np.float32),
-        "targets": targets.numpy(),
+        "targets": targets.copy(),
     }
 
 
