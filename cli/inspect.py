@@ -81,10 +81,20 @@ def inspect(model_path, arch, arch_args, trust_checkpoint, device, depth, size, 
     console.print(f"total parameters: {facts.total_params:,} (trainable {facts.trainable_params:,})")
 
     gates = Table(
-        "gate", "kind", "shape", "function", box=None, show_edge=False, title=f"attention gates ({len(facts.gates)})"
+        "gate",
+        "kind",
+        "shape",
+        "function",
+        "on a random image",
+        box=None,
+        show_edge=False,
+        title=f"attention gates ({len(facts.gates)})",
     )
     for gate in facts.gates:
-        gates.add_row(gate["name"], gate["kind"], "x".join(map(str, gate["shape"])), gate["function"])
+        values = f"{gate['min']:.3f}–{gate['max']:.3f}"
+        if gate["constant"]:
+            values = f"constant gate ({gate['mean']:.3f})"
+        gates.add_row(gate["name"], gate["kind"], "x".join(map(str, gate["shape"])), gate["function"], values)
     hidden = "attention gates: not visible (the forward runs as compiled TorchScript)"
     found = facts.nothing_found or "no attention gates found"
     console.print(gates if facts.gates else hidden if loaded.format == "torchscript" else found, markup=False)

@@ -163,14 +163,17 @@ def _print_result(console, result) -> None:
         console.print(result.nothing_found, markup=False)
         return
     table = Table(show_edge=False, pad_edge=False, box=None)
-    for column in ("gate", "kind", "shape", "mean", "min", "max"):
+    notes = any(row.get("constant") for row in result.summary["gates"])
+    for column in ("gate", "kind", "shape", "mean", "min", "max", *(["note"] if notes else [])):
         table.add_column(column, justify="right" if column in ("mean", "min", "max") else "left")
     for row in result.summary["gates"]:
+        note = ["constant gate" if row.get("constant") else ""]
         table.add_row(
             escape(row["name"]),
             row["kind"],
             "x".join(map(str, row["shape"])),
             *(_number(row[key]) for key in ("mean", "min", "max")),
+            *(note if notes else []),
         )
     console.print(table)
 

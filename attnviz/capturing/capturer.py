@@ -48,6 +48,9 @@ from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
 
 __all__ = ["Capture", "Capturer", "Gate", "Prediction", "capture", "compiled_modules", "default_feature_layers"]
 
+#: What :meth:`Capture.nothing_found` counts for TorchScript parts.
+HIDDEN = "TorchScript part(s) whose gates cannot be seen (compiled code)"
+
 #: Images per batch whose feature maps a :class:`Capturer` records by default.
 FEATURE_IMAGES = 8
 
@@ -86,6 +89,7 @@ class Capturer:
         self._names = _module_names(model)
         self._by_name = {name: module for module, name in self._names.items()}
         hidden = compiled_modules(model)
+        self._hidden = len(hidden)
         if hidden:
             warnings.warn(hidden_message(hidden, model_name), stacklevel=2)
         self._modules_filter = tuple(modules) if modules is not None else None
@@ -112,6 +116,8 @@ class Capturer:
             if found is None:
                 found = self._discovery_pass(images)
         output, gates, inputs, outputs, features, findings = found
+        if self._hidden:
+            findings[HIDDEN] = self._hidden
         logits = _logits(output)
         host = _to_host(
             {

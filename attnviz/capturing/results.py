@@ -55,6 +55,13 @@ class Gate:
         values = values.float()
         return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
 
+    def is_constant(self, index: int | None = None, tolerance: float = 1e-3) -> bool:
+        """True when the gate has (nearly) one value everywhere, over one image or the batch: a
+        dead gate (its MLP's output is constant) scales every channel and position alike."""
+        values = (self.values if index is None else self.values[index]).float()
+        spread = values.max() - values.min()
+        return bool(spread < tolerance)
+
     def __repr__(self) -> str:
         return f"Gate({self.name!r}, kind={self.kind!r}, shape={list(self.shape)}, function={self.function!r})"
 
@@ -113,7 +120,8 @@ class Capture:
         return {name: gate for name, gate in self.gates.items() if gate.kind == kind}
 
     def gate_table(self, image: int = 0) -> list[dict[str, Any]]:
-        """One row per gate (name, module, kind, shape, mean, min, max) for one image."""
+        """One row per gate (name, module, kind, shape, mean, min, max, constant) for one image;
+        ``constant``: the gate has one value everywhere (see :meth:`Gate.is_constant`)."""
         rows = []
         for gate in self.gates.values():
             row: dict[str, Any] = {
@@ -123,6 +131,7 @@ class Capture:
                 "shape": list(gate.values.shape[1:]),
             }
             row.update(gate.stats(image))
+            row["constant"] = gate.is_constant(image)
             rows.append(row)
         return rows
 

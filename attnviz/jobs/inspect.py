@@ -96,7 +96,15 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
         for name, module in selected
     ]
     gates = [
-        {"name": g.name, "module": g.module, "kind": g.kind, "shape": list(g.shape[1:]), "function": g.function}
+        {
+            "name": g.name,
+            "module": g.module,
+            "kind": g.kind,
+            "shape": list(g.shape[1:]),
+            "function": g.function,
+            "constant": g.is_constant(),
+            **g.stats(),
+        }
         for g in cap.gates.values()
     ]
     return ModelSummary(
