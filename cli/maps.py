@@ -113,7 +113,8 @@ def maps(
         layers=[name.strip() for name in layers.split(",") if name.strip()] if layers else None,
     )
     console.print(
-        f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} {resolved.size[0]}x{resolved.size[1]}",
+        f"model: {loaded.arch} ({loaded.format}) from {loaded.source}; input: {resolved.name} preset, "
+        f"{resolved.resize_description()}; classes: {_classes(loaded, names)}",
         markup=False,
     )
 
@@ -176,6 +177,14 @@ def _print_result(console, result) -> None:
             *(note if notes else []),
         )
     console.print(table)
+
+
+def _classes(loaded, names) -> str:
+    """Which class names are shown and where they come from."""
+    source = loaded.class_names_source if names == loaded.class_names else "given"
+    if not names:
+        return "shown by index"
+    return f"{len(names)} ({source})"
 
 
 def _number(value) -> str:

@@ -358,7 +358,14 @@ def summary_dict(
     return {
         "image": image_path,
         "model": {"arch": loaded.arch, "source": loaded.source, "format": loaded.format},
-        "preset": {"name": preset.name, "size": list(preset.size), "mean": list(preset.mean), "std": list(preset.std)},
+        "preset": {
+            "name": preset.name,
+            "size": list(preset.size),
+            "mean": list(preset.mean),
+            "std": list(preset.std),
+            "resize": preset.resize_description(),
+        },
+        "class_names_source": loaded.class_names_source,
         "prediction": {
             "index": top[0].index,
             "label": top[0].label,
