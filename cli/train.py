@@ -1,4 +1,4 @@
-"""``attnviz train``: train a course architecture with the course's recipe."""
+"""``attnviz train``: train a course architecture, or the user's own, with the course's recipe."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ Examples:
   attnviz train --arch resnet18_cbam --data cifar10 --epochs 50 --out r18.pth --weights resnet18-f37072fd.pth
   attnviz train --arch cnn --data folder:photos --epochs 20 --out cnn.pth
   attnviz train --arch cbam_cnn --epochs 20 --out runs/cbam_shapes.pth --resume runs/cbam_shapes.last.pth
+  attnviz train --arch my_models/net.py:MyNet --arch-args '{"width": 64}' --epochs 10 --out mynet.pth
+  attnviz maps --model mynet.pth --arch my_models/net.py:MyNet cat.png   # name your code again to load it
 
 \b
 The best checkpoint (by test accuracy) is written to OUT, the last one next to it as
@@ -37,7 +39,9 @@ The best checkpoint (by test accuracy) is written to OUT, the last one next to i
     "--arch",
     required=True,
     metavar="NAME",
-    help="Architecture: cnn, se_cnn, cbam_cnn, densenet_se, resnet18_cbam, resnet_se.",
+    help="Architecture: cnn, se_cnn, cbam_cnn, densenet_se, resnet18_cbam, resnet_se; timm:NAME, torchvision:NAME; "
+    "or your own model as path/to/file.py:Class or package.module:Class (it gets the data's num_classes when it "
+    "takes that argument; loading its checkpoint needs --arch again).",
 )
 @arch_args_option
 @click.option(
@@ -128,7 +132,7 @@ def train(
     device,
     no_progress,
 ):
-    """Train ARCH on a data set with the course's recipe and save attnviz checkpoints.
+    """Train an architecture on a data set with the course's recipe and save attnviz checkpoints.
 
     Adam with ReduceLROnPlateau on the test loss (patience 3, factor 0.5) and the notebooks'
     augmentation; resnet18_cbam uses the three-stage fine-tuning (CBAM + fc, then + layer3/4,
@@ -140,7 +144,8 @@ def train(
 
     from attnviz.models.catalog import catalog_entry
 
-    catalog_entry(arch)  # an unknown name is answered before torch loads
+    if ":" not in arch:
+        catalog_entry(arch)  # an unknown name is answered before torch loads
     if weights is not None and not weights.is_file():
         raise UsageError(f"--weights file not found: {weights}")
 
@@ -170,7 +175,7 @@ def train(
         arch_args=arch_args,
     )
     record = result.record
-    Console(highlight=False).print(
+    Console(highlight=False, soft_wrap=True).print(
         f"{arch} on {data}: best test accuracy {record['best_test_acc']:.2f}% (epoch {record['best_epoch']}), "
         f"final {record['final_test_acc']:.2f}% after {record['epochs']} epochs, {record['wall_time_s']:.0f}s\n"
         f"best: {result.best_path}\nlast: {result.last_path}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -44,7 +45,7 @@ from attnviz.models.lookalike import library_lookalike
 from attnviz.models.registry import PLAUSIBLE
 from attnviz.runtime.errors import ArchitectureError, UnsafeCheckpointError, describe, did_you_mean, first_line
 
-__all__ = ["ARCH_FORMS", "build_for", "check_stored_kwargs", "classifier_outputs", "names_code"]
+__all__ = ["ARCH_FORMS", "arch_factory", "build_for", "check_stored_kwargs", "classifier_outputs", "names_code"]
 
 ARCH_FORMS = "a registry name, timm:NAME, torchvision:NAME, path/to/file.py:Class or package.module:Class"
 _MAX_UNSAVED_ELEMENTS = 1 << 26  # elements of buffers a stored architecture adds beyond the state_dict
@@ -504,6 +505,25 @@ def _on_sys_path(folder: str) -> Iterator[None]:
         if added:
             with contextlib.suppress(ValueError):
                 sys.path.remove(folder)
+
+
+def arch_factory(arch: str) -> Callable[..., Any]:
+    """What builds ``arch`` (one of :data:`ARCH_FORMS`) from keyword arguments, with random weights:
+    the registry's :func:`build_model`, timm's or torchvision's factory (never pretrained), or the
+    class or function the caller named, imported now (the caller named that code).
+
+    Raises:
+        ArchitectureError: Unknown name, missing file or module, or no such class in it.
+    """
+    prefix, _, rest = arch.partition(":")
+    if prefix == "timm" and rest:
+        return _timm_factory(rest)
+    if prefix == "torchvision" and rest:
+        return _torchvision_factory(rest)
+    if ":" in arch:
+        return _user_factory(arch)
+    _zoo_recipe(arch, {}, {}, {})  # an unknown name raises here, naming the other forms
+    return functools.partial(build_model, arch)
 
 
 def names_code(arch: str) -> bool:

@@ -1,4 +1,4 @@
-"""``fit``: train a course architecture with the course's recipe and save attnviz checkpoints.
+"""``fit``: train a course architecture, or a user's own, with the course's recipe and save attnviz checkpoints.
 
 Every epoch trains on the training set, evaluates on the test set, steps the recipe's scheduler
 and saves two checkpoints in attnviz's format: the best so far by test accuracy at ``out``, and
@@ -13,7 +13,6 @@ batches as an uninterrupted one. The caller's global torch RNG state is restored
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -34,8 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 import attnviz
 from attnviz.data.specs import make_datasets
-from attnviz.models import build_model, get_spec
+from attnviz.models import build_model
 from attnviz.runtime.errors import CheckpointError, UsageError
+from attnviz.train.architecture import Architecture
 from attnviz.train.loop import EpochStats, evaluate, train_epoch
 from attnviz.train.probe import choose_runtime
 from attnviz.train.recipes import (
@@ -113,7 +113,11 @@ def fit(
     other architecture Adam with ``ReduceLROnPlateau`` on the test loss (seeds 000/001).
 
     Args:
-        arch: Registry name (``cnn``, ``se_cnn``, ``cbam_cnn``, ``densenet_se``, ``resnet18_cbam``, ``resnet_se``).
+        arch: Registry name (``cnn``, ``se_cnn``, ``cbam_cnn``, ``densenet_se``, ``resnet18_cbam``, ``resnet_se``),
+            ``timm:NAME``, ``torchvision:NAME``, or your own model as ``path/to/file.py:Class`` or
+            ``package.module:Class`` (imported: it is your code). It gets the data's ``num_classes``
+            when it takes that argument, else its output width must be the number of classes. The
+            checkpoints store ``arch`` as given; load them with ``load_model(path, arch=arch)``.
         data: ``shapes``, ``cifar10`` or ``folder:PATH`` (see :func:`attnviz.train.make_datasets`).
         epochs: Total number of epochs (a resumed run continues up to this number).
         out: Path of the best checkpoint; the last one goes next to it (``*.last.pth``).
@@ -134,7 +138,8 @@ def fit(
         weights: Local ImageNet ``resnet18`` state_dict for ``resnet18_cbam``'s backbone.
         download: Allow torchvision to download CIFAR-10.
         progress: Show progress bars and a line per epoch on stderr.
-        arch_args: More arguments for the architecture (stored in the checkpoints); ``num_classes`` is the data's.
+        arch_args: More arguments for the architecture (stored in the checkpoints); ``num_classes`` is the data's
+            where the architecture takes it.
 
     Returns:
         A :class:`FitResult`. The record stored in the checkpoints holds the architecture,
@@ -146,11 +151,12 @@ def fit(
 
     Raises:
         UsageError: Bad arguments, data that cannot be found, or a checkpoint that cannot be resumed.
-        ArchitectureError: Unknown architecture.
+        ArchitectureError: Unknown architecture, code that cannot be imported or built, or a model
+            whose output width is not the data's number of classes.
         CheckpointError: Unreadable ``resume`` or ``weights`` file.
     """
     _check_arguments(epochs, batch_size, lr, seed, num_workers)
-    spec = get_spec(arch)
+    architecture = Architecture.named(arch)
     recipe = recipe_for(arch)
     stages = check_stage_epochs(stage_epochs)
     runtime = Runtime.for_device(device, settings)
@@ -160,7 +166,7 @@ def fit(
         raise UsageError(
             f"{resume} already ran {state['epoch']} epochs; pass --epochs larger than {state['epoch']} to continue"
         )
-    if weights is not None and "weights" not in inspect.signature(spec.factory).parameters:
+    if weights is not None and not (architecture.registry and architecture.takes("weights")):
         raise UsageError(f"--weights loads an ImageNet backbone, which {arch} has not; use it with resnet18_cbam")
     if recipe != "staged" and tuple(stage_epochs) != (5, 20):
         warnings.warn(f"stage_epochs applies only to the staged recipe of resnet18_cbam, not to {arch}", stacklevel=2)
@@ -171,7 +177,7 @@ def fit(
     if state is not None:
         _check_resume_matches(state, data, seed, class_names, weights)
     workers = _default_workers() if num_workers is None else num_workers
-    arch_kwargs = {**(arch_args or {}), "num_classes": len(class_names)}  # stored: loading needs no flag
+    arch_kwargs = architecture.kwargs(arch_args, len(class_names))  # stored: loading needs no flag
     run = _Run(
         arch=arch,
         arch_kwargs=arch_kwargs,
@@ -203,10 +209,14 @@ def fit(
     with _forked_rng(runtime), _Progress(progress) as bars:
         torch.manual_seed(seed)
         extra = {"weights": str(weights)} if weights is not None and state is None else {}
-        model = build_model(arch, **arch_kwargs, **extra)
+        kwargs = {**arch_kwargs, **extra}
+        model = build_model(arch, **kwargs) if architecture.registry else architecture.build(kwargs)
+        batch = _probe_batch(test_ds)
+        if batch is not None:
+            architecture.check_outputs(model, batch[0], class_names, data)
         if state is not None:
             model.load_state_dict(state["state_dict"])
-        model = run.settle(model, test_ds)
+        model = run.settle(model, batch)
         generator = torch.Generator()
         train_loader = run.runtime.loader(train_ds, batch_size, shuffle=True, generator=generator, num_workers=workers)
         test_loader = run.runtime.loader(test_ds, batch_size, num_workers=workers)
@@ -251,10 +261,9 @@ class _Run:
     class_names: list[str]
     record: dict[str, Any]
 
-    def settle(self, model: nn.Module, probe_data: Dataset) -> nn.Module:
-        """Keep the runtime's channels-last and autocast only if ``model`` trains with them; record
-        the runtime; return the model on the device in the runtime's memory format."""
-        batch = _probe_batch(probe_data)
+    def settle(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor] | None) -> nn.Module:
+        """Keep the runtime's channels-last and autocast only if ``model`` trains with them on ``batch``;
+        record the runtime; return the model on the device in the runtime's memory format."""
         if batch is not None:
             self.runtime, notice = choose_runtime(model, self.runtime, *batch)
             if notice is not None:
