@@ -200,7 +200,24 @@ def test_bf16_autocast_gives_the_plain_maps_up_to_its_precision(tiny) -> None:
 # --------------------------------------------------------------------------- CUDA
 
 
+@pytest.fixture
+def full_precision() -> object:
+    """No TF32 in convolutions and matrix products for the call, so the GPU's numbers match the CPU's."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def same_everywhere(module: nn.Module) -> None:
+    """A re-initialisation that draws nothing, so the CPU and the GPU randomise alike."""
+    for parameter in module.parameters(recurse=False):
+        ramp = torch.linspace(-0.5, 0.5, parameter.numel(), dtype=parameter.dtype)
+        parameter.copy_(ramp.view_as(parameter).to(parameter.device))
+
+
 @needs_cuda
+@pytest.mark.usefixtures("full_precision")
 @pytest.mark.parametrize("target", [None, [0, 3, 1]])
 def test_gradcam_on_cuda_does_not_synchronise_and_equals_the_cpu(tiny, target) -> None:
     model, x = tiny
@@ -219,17 +236,24 @@ def test_gradcam_on_cuda_does_not_synchronise_and_equals_the_cpu(tiny, target) -
 
 
 @needs_cuda
+@pytest.mark.usefixtures("full_precision")
 def test_metrics_on_cuda_equal_the_cpu(tiny) -> None:
     model, x = tiny
     maps = torch.rand(3, 12, 12, generator=torch.Generator().manual_seed(3))
-    expected = deletion_insertion(model, x, maps, None, steps=8, batch_size=5)
-    sanity = randomisation_sanity(model, x, layer="features.3", steps=2)
+    expected = deletion_insertion(model, x, maps, [0, 1, 2], steps=8, batch_size=5)
+    sanity = randomisation_sanity(model, x, layer="features.3", steps=2, initializer=same_everywhere)
     gpu = model.cuda()
-    result = deletion_insertion(gpu, x.cuda(), maps.cuda(), None, steps=8, batch_size=5)
-    for key in ("deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc", "fractions", "targets"):
-        np.testing.assert_allclose(result[key], expected[key], atol=1e-5)
-    for ours, theirs in zip(randomisation_sanity(gpu, x.cuda(), layer="features.3", steps=2), sanity):
-        np.testing.assert_allclose(ours["maps"], theirs["maps"], atol=1e-4)
+    for given in (maps, maps.cuda()):  # maps from the host, and maps already on the device
+        result = deletion_insertion(gpu, x.cuda(), given, [0, 1, 2], steps=8, batch_size=5)
+        for key in ("deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc", "fractions", "targets"):
+            np.testing.assert_allclose(result[key], expected[key], atol=1e-5)
+    with pytest.raises(UsageError, match="NaN"):
+        deletion_insertion(gpu, x.cuda(), torch.full((3, 12, 12), float("nan"), device="cuda"), 0, steps=2)
+    ours = randomisation_sanity(gpu, x.cuda(), layer="features.3", steps=2, initializer=same_everywhere)
+    assert [r["layers"] for r in ours] == [r["layers"] for r in sanity]
+    for mine, theirs in zip(ours, sanity):
+        np.testing.assert_allclose(mine["maps"], theirs["maps"], atol=1e-4)
+        np.testing.assert_array_equal(mine["targets"], theirs["targets"])
 
 
 # --------------------------------------------------------------------------- repr
