@@ -91,6 +91,21 @@ class LoadedModel:
         if not self.class_names_source:
             self.class_names_source = "checkpoint" if self.class_names else "indices"
 
+    def __repr__(self) -> str:
+        """One line: architecture, file name, format, parameters, device, preset and classes."""
+        parameters = list(self.model.parameters())
+        device = str(parameters[0].device) if parameters else "no parameters"
+        preset = getattr(self.preset, "name", None) or "no preset"
+        if self.class_names:
+            classes = f"{len(self.class_names)} classes ({self.class_names_source})"
+        else:
+            classes = "classes by index"
+        arch = self.arch if len(self.arch) <= 60 else "..." + self.arch[-57:]  # a long path to the user's code
+        return (
+            f"LoadedModel({arch!r} from {os.path.basename(self.source) or '?'!r}, {self.format}, "
+            f"{sum(p.numel() for p in parameters):,} parameters, {device}, preset {preset}, {classes})"
+        )
+
 
 def load_model(
     path: str | os.PathLike[str],

@@ -369,6 +369,38 @@ class InputImage:
     size: tuple[int, int] | None = None
     resize: str | None = None
 
+    def __repr__(self) -> str:
+        """One line: the file, its size, the model's input size and the resize (sizes as width×height)."""
+        height, width = self.size or self.original.shape[:2]
+        in_h, in_w = self.tensor.shape[-2:]
+        resize = f", {self.resize}" if self.resize else ""
+        return f"InputImage({self.path!r}, {width}×{height}, model input {in_w}×{in_h}{resize})"
+
+    def _repr_html_(self) -> str:
+        """The part of the image the model sees as a small inline PNG, with the line of :meth:`__repr__`."""
+        import base64
+        import html
+
+        from attnviz.render.output import png_bytes
+
+        encoded = base64.b64encode(png_bytes(_thumbnail(self.original))).decode("ascii")
+        caption = html.escape(repr(self))
+        return f'<figure><img src="data:image/png;base64,{encoded}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
+
+
+#: Longest side of the picture an :class:`InputImage` shows in a notebook.
+THUMBNAIL_SIDE = 160
+
+
+def _thumbnail(rgb: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
+    """``rgb`` reduced (box filter, aspect ratio kept) so that its longest side is at most ``side``."""
+    height, width = rgb.shape[:2]
+    if max(height, width) <= side:
+        return rgb
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+
 
 def load_input(path: str | os.PathLike[str], preset: str | Preset) -> InputImage:
     """Decode an image file and preprocess it with ``preset``.
