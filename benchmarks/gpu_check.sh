@@ -97,7 +97,7 @@ install_all() {
 
 gpu_tests() {
     local files=() f
-    for f in tests/test_train_device_paths.py tests/test_attention_styles.py tests/test_explain_device.py \
+    for f in tests/test_train_device_paths.py tests/test_attention_styles.py tests/test_explain_device.py tests/test_transfer.py \
         tests/test_capturing.py tests/test_cam.py; do
         if [ -f "$f" ]; then files+=("$f"); else echo "(no $f here)"; fi
     done

@@ -45,6 +45,7 @@ from attnviz.capturing.tracking import Tracker
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import CaptureError
 from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
+from attnviz.runtime.transfer import to_host
 
 __all__ = ["Capture", "Capturer", "Gate", "Prediction", "capture", "compiled_modules", "default_feature_layers"]
 
@@ -119,7 +120,7 @@ class Capturer:
         if self._hidden:
             findings[HIDDEN] = self._hidden
         logits = _logits(output)
-        host = _to_host(
+        host = to_host(
             {
                 "logits": logits.detach().float(),
                 **{f"gate/{name}": gate.values for name, gate in gates.items()},
@@ -224,30 +225,6 @@ def capture(
     """
     capturer = Capturer(model, layers=layers, modules=modules, class_names=class_names, feature_images=feature_images)
     return capturer(images, originals)
-
-
-def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Move tensors to the CPU with one copy per device and dtype, and one wait.
-
-    On CUDA the copy is non-blocking into pinned memory (what ``to("cpu", non_blocking=True)``
-    allocates) followed by a single stream synchronisation; CPU tensors are returned as they are.
-    """
-    moved = dict(tensors)
-    groups: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-    for name, tensor in tensors.items():
-        if tensor.device.type != "cpu":
-            groups.setdefault((tensor.device, tensor.dtype), []).append(name)
-    waits = set()
-    for (device, _), names in groups.items():
-        flat = torch.cat([tensors[name].reshape(-1) for name in names])
-        host = flat.to("cpu", non_blocking=device.type == "cuda")
-        for name, part in zip(names, host.split([tensors[name].numel() for name in names])):
-            moved[name] = part.view(tensors[name].shape)
-        if device.type == "cuda":
-            waits.add(device)
-    for device in waits:
-        torch.cuda.current_stream(device).synchronize()
-    return moved
 
 
 def _module_names(model: nn.Module) -> dict[nn.Module, str]:
