@@ -48,8 +48,10 @@ def start_to_host(tensor: Tensor) -> Tensor:
 def wait_for(devices: Iterable[torch.device]) -> None:
     """Wait once for each CUDA device's current stream (copies started by :func:`start_to_host`)."""
     for device in {torch.device(device) for device in devices}:
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
+        if device.type == "cuda":  # an event: the one wait is explicit, not a synchronising copy
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(device))
+            done.synchronize()
 
 
 def to_device(values: Tensor | Sequence[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
