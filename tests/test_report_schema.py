@@ -225,3 +225,17 @@ def test_a_record_not_shaped_as_attnviz_writes_it_is_refused(folder_report):
         record_from_json({k: v for k, v in failed.items() if k != "reason"})
     with pytest.raises(ValueError):
         record_from_json([ok])
+
+
+def test_each_gates_range_and_constant_flag_are_described(folder_report):
+    results = _results(folder_report)
+    gates = results["summary"]["models"]["cbam_cnn"]
+    facts = {**gates["spatial_gates"], **gates["channel_gates"]}
+    assert {name for name, f in facts.items() if f["constant"]} == {"cbam2.channel_attn"}  # the sample's dead gate
+    assert all(f["min"] <= f["max"] for f in facts.values())
+    for key, value in (("constant", "yes"), ("min", "low")):
+        for kind in ("spatial_gates", "channel_gates"):
+            wrong = copy.deepcopy(results)
+            gate = next(iter(wrong["summary"]["models"]["cbam_cnn"][kind].values()))
+            gate[key] = value
+            assert not _validator().is_valid(wrong), (kind, key)

@@ -3,9 +3,10 @@
 Memory stays bounded: running sums and counts per model (accuracy, confusion matrix, metric means,
 per-class sums of every channel gate) plus the channel-gate vectors of a fixed sample of at most
 ``sample_limit`` images (those whose id hashes lowest, so the sample does not depend on the order
-of the records, on shards or on merges). Gate statistics, class selectivity and the per-class
-excitation figure use that sample (every image when there are no more than ``sample_limit``); the
-per-class means in ``results.json`` are exact over all images.
+of the records, on shards or on merges). Gate statistics and class selectivity use that sample
+(every image when there are no more than ``sample_limit``); the per-class means in ``results.json``
+(and the per-class excitation heat maps drawn from them) are exact over all images, and so is each gate's range (its
+minimum and maximum over every channel or position and image) and whether it is constant.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from attnviz.report.schema import ModelSummary, Record, Summary
 SAMPLE_LIMIT = 2000
 CAM_METRICS = ("prob", "p_target", "deletion_auc", "insertion_auc", "pointing_game", "energy_pointing_game")
 AGREEMENT_METRICS = ("top20_iou", "spearman")
+#: A gate whose maximum and minimum over every channel or position and image differ by less than this is
+#: constant (a dead gate scales everything alike), as :meth:`attnviz.capturing.results.Gate.is_constant`.
+CONSTANT_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -46,6 +50,22 @@ class _Mean:
 
 
 @dataclass
+class _Range:
+    low: float = math.inf
+    high: float = -math.inf
+
+    def add(self, low: Any, high: Any) -> None:
+        if low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+            self.low, self.high = min(self.low, float(low)), max(self.high, float(high))
+
+    def facts(self) -> dict[str, Any]:
+        """``min``, ``max`` and ``constant`` (``None`` each when no finite value was seen)."""
+        if self.low > self.high:
+            return {"min": None, "max": None, "constant": None}
+        return {"min": self.low, "max": self.high, "constant": self.high - self.low < CONSTANT_TOLERANCE}
+
+
+@dataclass
 class _ModelSums:
     images: int = 0
     labelled: int = 0
@@ -55,6 +75,7 @@ class _ModelSums:
     spatial: dict[str, dict[str, _Mean]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Mean)))
     class_sums: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
     class_counts: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
+    ranges: dict[str, _Range] = field(default_factory=lambda: defaultdict(_Range))
     non_finite: int = 0
 
 
@@ -64,7 +85,7 @@ class Aggregator:
     Args:
         models: Model names, the baseline first.
         class_names: Class names (``None``: indices).
-        sample_limit: Images kept for gate statistics and the excitation figure.
+        sample_limit: Images kept for gate statistics and class selectivity.
     """
 
     def __init__(
@@ -154,7 +175,10 @@ class Aggregator:
         for gate, values in entry["spatial_gates"].items():
             for key in ("mean", "pointing_game", "energy_pointing_game"):
                 sums.spatial[gate][key].add(values.get(key))
+            sums.ranges[gate].add(values.get("min"), values.get("max"))
         for gate, vector in _finite_gates(entry["channel_gates"], np.float64).items():
+            if vector.size:
+                sums.ranges[gate].add(vector.min(), vector.max())
             per_class = sums.class_sums[gate]
             per_class[label] = per_class[label] + vector if label in per_class else vector
             sums.class_counts[gate][label] += 1
@@ -181,7 +205,9 @@ class Aggregator:
             "means": {key: mean.value for key, mean in sums.means.items()},
             "counts": {key: mean.count for key, mean in sums.means.items()},
             "spatial_gates": {
-                gate: {key: mean.value for key, mean in values.items()} | {"masked": values["pointing_game"].count}
+                gate: {key: mean.value for key, mean in values.items()}
+                | {"masked": values["pointing_game"].count}
+                | sums.ranges[gate].facts()
                 for gate, values in sums.spatial.items()
             },
             "channel_gates": {gate: self._channel_summary(name, gate) for gate in sums.class_sums},
@@ -232,7 +258,7 @@ class Aggregator:
             "sample": int(len(values)),
             "statistics": statistics,
             "class_selectivity": selectivity,
-        }
+        } | sums.ranges[gate].facts()
 
     def label(self, index: int) -> str:
         if self.class_names is not None and 0 <= index < len(self.class_names):

@@ -17,7 +17,7 @@ from typing import IO, Any
 from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
-from attnviz.report.html import write_page
+from attnviz.report.html import constant_note, write_page
 from attnviz.report.results import (
     write_results_csv,
     write_results_json,
@@ -79,7 +79,7 @@ def build_report(out: str | Path) -> BuildResult:
     seconds["aggregate"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    figures = _figures(out, run, aggregator)
+    figures = _figures(out, run, summary)
     seconds["figures"] = time.perf_counter() - start
     sanity = store.read_json(out / store.SANITY_FILE)
     sanity = sanity if isinstance(sanity, dict) and sanity.get("config") == run["config"] else None
@@ -113,22 +113,21 @@ def _ok_or_failed(out: Path, run: RunInfo) -> Iterator[Record]:
             yield record
 
 
-def _figures(out: Path, run: RunInfo, aggregator: Aggregator) -> dict[str, dict[str, str]]:
-    """One per-class excitation figure per channel gate; model -> gate -> relative path."""
+def _figures(out: Path, run: RunInfo, summary: Summary) -> dict[str, dict[str, str]]:
+    """One per-class excitation heat map per channel gate, from the exact per-class means over
+    every image; model -> gate -> relative path."""
     if not run["options"].get("pictures", True):
         return {}
     figures: dict[str, dict[str, str]] = {}
     for model in run["models"]:
+        channel_gates = summary["models"][model["name"]]["channel_gates"]
         for gate, facts in model["gates"].items():
-            if facts["kind"] != "channel":
+            stats = channel_gates.get(gate)
+            if facts["kind"] != "channel" or not stats or not stats["per_class"]:
                 continue
-            values, labels = aggregator.sample(model["name"], gate)
-            if not len(values):
-                continue
-            safe_gate = file_slug(gate)
-            relative = f"{FIGURES_DIR}/excitation-{model['slug']}-{safe_gate}.png"
-            title = f"{model['name']} · {gate}: per class ({aggregator.label_source()})"
-            write_excitation(out / relative, values, labels, run.get("class_names"), title)
+            relative = f"{FIGURES_DIR}/excitation-{model['slug']}-{file_slug(gate)}.png"
+            title = f"{model['name']} · {gate}, by {stats['grouped_by']}"
+            write_excitation(out / relative, stats["per_class"], title, note=constant_note(stats))
             figures.setdefault(model["name"], {})[gate] = relative
     return figures
 

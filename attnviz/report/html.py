@@ -32,7 +32,12 @@ _NAV = (
 )
 
 DEFINITIONS = (
-    ("P", "the model's softmax probability of its predicted class"),
+    (
+        "P",
+        "the model's softmax probability of the class named under its picture: the class its Grad-CAM explains "
+        "(the true class where known, else the class most models predict); ✓/✗ says whether the model predicted "
+        "the true class, and a wrong prediction is named with its own P",
+    ),
     ("PG", "pointing game: the map's maximum falls on the object's mask (hit ✓ / miss ✗)"),
     ("EPG", "energy pointing game: the share of the map's total value that lies inside the mask"),
     (
@@ -83,17 +88,37 @@ def write_page(
         "legend": legend() if run["options"].get("pictures", True) else "",
     }
     file.write(_fill(head, fields))
+    constant = constant_gates(summary)
     count = 0
     for record in records:
         if isinstance(record, ImageRecord):
-            file.write(card(record, run))
+            file.write(card(record, run, constant))
             count += 1
     file.write(_fill(tail, fields))
     return count
 
 
-def card(record: ImageRecord, run: RunInfo) -> str:
-    """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand."""
+def constant_note(stats: dict[str, Any]) -> str:
+    """What the report says of a gate whose aggregates (``min``, ``max``, ``constant``) show one value
+    everywhere; ``""`` for a gate that varies (or one aggregated before gates' ranges were kept)."""
+    if not stats.get("constant"):
+        return ""
+    return f"constant gate ({(stats['min'] + stats['max']) / 2:.3f} everywhere): it does not select anything"
+
+
+def constant_gates(summary: Summary) -> dict[str, dict[str, str]]:
+    """Model -> gate -> :func:`constant_note` of each constant gate, spatial and channel ones."""
+    found: dict[str, dict[str, str]] = {}
+    for name, stats in summary["models"].items():
+        for gate, facts in [*stats["spatial_gates"].items(), *stats["channel_gates"].items()]:
+            if note := constant_note(facts):
+                found.setdefault(name, {})[gate] = note
+    return found
+
+
+def card(record: ImageRecord, run: RunInfo, constant: dict[str, dict[str, str]] | None = None) -> str:
+    """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand;
+    ``constant`` (:func:`constant_gates`) marks the gates that are constant over the whole report."""
     models = [m["name"] for m in run["models"]]
     entries = record.models
     truth = record.truth_index
@@ -111,12 +136,16 @@ def card(record: ImageRecord, run: RunInfo) -> str:
     height, width = record.thumb_size
     pictures = record.pictures or {"image": None, "models": {name: {"cam": None} for name in models}}
     truth_text = f"truth: {record.truth}" if record.truth else "truth: unknown"
-    figures = [_figure(pictures["image"], width, height, "input", "")]
+    figures = [_figure(pictures["image"], width, height, "input", "", "input")]
     for name in models:
         figures.append(
             _model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"])
         )
-    gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height) for name in models)
+    constant = constant or {}
+    gates = "".join(
+        _gate_panel(name, entries[name], pictures["models"][name], width, height, constant.get(name, {}))
+        for name in models
+    )
     note = f'<p class="note">{html.escape(record.note)}</p>' if record.note else ""
     scale = legend() if any(pictures["models"][name].get("spatial") for name in models) else ""
     details = (
@@ -142,13 +171,13 @@ def card(record: ImageRecord, run: RunInfo) -> str:
 # --------------------------------------------------------------------------- cards
 
 
-def _figure(src: str | None, width: int, height: int, caption: str, css: str) -> str:
-    """A picture with its caption (the caption alone when the report has no pictures)."""
+def _figure(src: str | None, width: int, height: int, caption: str, css: str, alt: str) -> str:
+    """A picture with its caption (HTML) and ``alt`` text (the caption alone when the report has no pictures)."""
     image = (
         ""
         if src is None
         else (
-            f'<img src="{html.escape(src)}" loading="lazy" width="{width}" height="{height}" alt="{html.escape(caption)}">'
+            f'<img src="{html.escape(src)}" loading="lazy" width="{width}" height="{height}" alt="{html.escape(alt)}">'
         )
     )
     return f'<figure class="{css}">{image}<figcaption>{caption}</figcaption></figure>'
@@ -156,39 +185,57 @@ def _figure(src: str | None, width: int, height: int, caption: str, css: str) ->
 
 def _model_figure(name: str, entry: ModelOutcome, src: str | None, width: int, height: int, baseline: bool) -> str:
     cam = entry.cam
-    mark = {True: " ✓", False: " ✗", None: ""}[entry.correct]
     css = {True: "m ok", False: "m bad", None: "m"}[entry.correct]
     numbers = [f"del {_num(cam.deletion_auc)}", f"ins {_num(cam.insertion_auc)}"]
     if cam.localisation is not None:
         numbers += [f"PG {_num(cam.localisation.pointing_game)}", f"EPG {_num(cam.localisation.energy_pointing_game)}"]
     if entry.agreement is not None:
         numbers += [f"IoU {_num(entry.agreement.top20_iou)}", f"ρ {_num(entry.agreement.spearman)}"]
-    target = cam.target_label if cam.target_label is not None else cam.target
+    explained = str(cam.target_label if cam.target_label is not None else cam.target)
     caption = (
         f"<b>{html.escape(name)}</b>{' (baseline)' if baseline else ''}<br>"
-        f'<span class="pred">{html.escape(entry.label)}</span> P {_num(entry.prob)}{mark}'
-        f'<span class="nums">Grad-CAM of {html.escape(str(target))} '
-        f"(P {_num(cam.p_target)})<br>{' · '.join(numbers)}</span>"
+        f'<span class="pred">{_verdict(entry, explained)}</span><span class="nums">{" · ".join(numbers)}</span>'
     )
-    return _figure(src, width, height, caption, css)
+    return _figure(src, width, height, caption, css, f"Grad-CAM of {explained} by {name}")
 
 
-def _gate_panel(name: str, entry: ModelOutcome, pictures: dict[str, Any], width: int, height: int) -> str:
+def _verdict(entry: ModelOutcome, explained: str) -> str:
+    """One line: the explained class and its P, ✓/✗ against the truth, the prediction where it differs."""
+    mark = {True: " ✓", False: " ✗", None: ""}[entry.correct]
+    if entry.cam.target == entry.predicted:
+        return f"{html.escape(entry.label)} P {_num(entry.prob)}{mark}"
+    verb = "predicted" if entry.correct is False else "predicts"
+    return (
+        f"{html.escape(explained)} P {_num(entry.cam.p_target)}{mark} "
+        f"({verb} {html.escape(entry.label)}, P {_num(entry.prob)})"
+    )
+
+
+def _gate_panel(
+    name: str, entry: ModelOutcome, pictures: dict[str, Any], width: int, height: int, constant: dict[str, str]
+) -> str:
     parts = []
     for gate, src in pictures.get("spatial", {}).items():
         values = entry.spatial_gates[gate]
         found = values.localisation
         extra = "" if found is None else f"<br>PG {_num(found.pointing_game)} · EPG {_num(found.energy_pointing_game)}"
+        dead = f'<br><span class="constant">{html.escape(constant[gate])}</span>' if gate in constant else ""
         caption = (
-            f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}{extra}"
+            f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}"
+            f"{extra}{dead}"
         )
         parts.append(
-            f'<figure><img data-src="{html.escape(src)}" width="{width}" height="{height}" alt="{html.escape(gate)}">'
-            f"<figcaption>{caption}</figcaption></figure>"
+            f'<figure class="gate"><img data-src="{html.escape(src)}" width="{width}" height="{height}" '
+            f'alt="{html.escape(gate)}"><figcaption>{caption}</figcaption></figure>'
         )
     bars = pictures.get("bars")
     if bars:
         parts.append(f'<img class="bars" data-src="{html.escape(bars)}" alt="channel gates of {html.escape(name)}">')
+        parts += [
+            f'<p class="constant">{html.escape(f"{gate}: {constant[gate]}")}</p>'
+            for gate in entry.channel_gates
+            if gate in constant
+        ]
     if not parts:
         return ""
     return f'<div class="gatemodel"><b>{html.escape(name)}</b><div class="row">{"".join(parts)}</div></div>'
@@ -366,11 +413,12 @@ def _spatial_section(run: RunInfo, summary: Summary) -> str:
                     _num(stats.get("mean")),
                     _rate(stats.get("pointing_game"), stats.get("masked")),
                     _num(stats.get("energy_pointing_game")),
+                    _range(stats),
                 ]
             )
     if not rows:
         return ""
-    head = ("model", "spatial gate", "size", "mean value", "PG", "EPG")
+    head = ("model", "spatial gate", "size", "mean value", "PG", "EPG", "range over every image")
     note = "Spatial gates are upsampled bilinearly to the mask's size before they are scored."
     return (
         f'<section id="spatial"><h2>Spatial gates</h2>{_table(head, rows, left=3)}<p class="note">{note}</p></section>'
@@ -420,17 +468,22 @@ def _channel_section(run: RunInfo, summary: Summary, figures: dict[str, dict[str
                     str(stats["sample"]),
                     *[_num(statistics.get(key)) for key in keys],
                     _num(stats.get("class_selectivity")),
+                    _range(stats),
                 ]
             )
             src = figures.get(model["name"], {}).get(gate)
             if src:
+                note = constant_note(stats)
+                summary_text = f"{model['name']} · {gate}: mean excitation per class (class × channel heat map)" + (
+                    f" — {note}" if note else ""
+                )
                 blocks.append(
-                    f'<details class="fig"><summary>{html.escape(model["name"])} · {html.escape(gate)}: mean excitation per class'
-                    f'</summary><img data-src="{html.escape(src)}" alt="per-class excitation of {html.escape(gate)}"></details>'
+                    f'<details class="fig"><summary>{html.escape(summary_text)}</summary>'
+                    f'<img data-src="{html.escape(src)}" alt="per-class excitation of {html.escape(gate)}"></details>'
                 )
     if not rows:
         return ""
-    head = ("model", "channel gate", "channels", "images", *keys, "class selectivity")
+    head = ("model", "channel gate", "channels", "images", *keys, "class selectivity", "range over every image")
     sample = summary["gate_sample"]
     note = (
         f"Gate statistics and class selectivity over {sample} image(s)"
@@ -438,7 +491,7 @@ def _channel_section(run: RunInfo, summary: Summary, figures: dict[str, dict[str
             " (every image)."
             if sample == summary["images"]
             else f" (a fixed sample of the {summary['images']}; "
-            "the exact per-class means over every image are in results.json)."
+            "the per-class means in results.json and the heat maps below are exact over every image)."
         )
         + f" Classes: {_grouping(summary, run)}."
     )
@@ -540,6 +593,14 @@ def _num(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{float(value):.3f}"
+
+
+def _range(stats: dict[str, Any]) -> str:
+    """A gate's minimum – maximum over every channel or position and image, or that it is constant."""
+    note = constant_note(stats)
+    if note or stats.get("min") is None:
+        return note or "–"
+    return f"{_num(stats['min'])} – {_num(stats['max'])}"
 
 
 def _rate(value: Any, count: Any) -> str:
