@@ -105,12 +105,7 @@ def compare(
         from attnviz.runtime.errors import InputImageError
 
         raise InputImageError(f"none of the {len(images)} image(s) could be read; nothing to compare")
-    names = next((m.class_names for m in models.values() if m.class_names), None)
-    if names is None:
-        from attnviz.io.inputs import CIFAR10_CLASSES
-
-        if all(getattr(m.preset, "name", None) == "cifar10" for m in models.values()):
-            names = list(CIFAR10_CLASSES)
+    names = _class_names(list(models.values()))
     truth = _read_truth(labels_file, kept, names) if labels_file else _truth_from_folders(kept, names)
     result = run_compare(
         models, originals, labels=[str(p) for p in kept], truth=truth, target=target, class_names=names, method=method
@@ -144,6 +139,15 @@ def compare(
     console.print("wrote " + ", ".join(str(p) for p in written))
     if len(kept) < len(images):
         raise SystemExit(1)
+
+
+def _class_names(models: list) -> list[str] | None:
+    """The first checkpoint's stored class names; else the baseline's as ``settle_class_names`` settles
+    them (CIFAR-10's for a 10-class model of CIFAR-10 input, with one warning that says so, else none)."""
+    from attnviz.io.checkpoints import settle_class_names
+
+    stored = next((m.class_names for m in models if m.class_names), None)
+    return list(stored) if stored else settle_class_names(models[0])
 
 
 def _read_truth(path: Path, images: list[Path], class_names: list[str] | None) -> list[int | None]:
