@@ -133,6 +133,7 @@ def analyse_batch(
     entries: list[dict[str, ModelOutcome]] = [{} for _ in samples]
     arrays: list[dict[str, Any]] = [{"cams": {}, "spatial": {}, "channel": {}} for _ in samples]
     maps: dict[str, torch.Tensor] = {}
+    masks = [sample.mask for sample in samples]
     for run, out in zip(runs, outputs):
         start = time.perf_counter()
         cam = gradcam(
@@ -151,34 +152,15 @@ def analyse_batch(
             baseline=options.deletion_baseline,
             batch_size=perturbed_batch(run.preset),
         )
-        for i, sample in enumerate(samples):
-            entries[i][run.name] = _entry(
-                run,
-                out,
-                i,
-                targets[i],
-                truths[i],
-                float(scores[i]),
-                faithful[i],
-                maps[run.name][i],
-                sample.mask,
-                options.method,
-            )
+        baseline = maps[runs[0].name]
+        agreements = _agreements(baseline, maps[run.name]) if run is not runs[0] else [None] * len(samples)
+        outcomes = _outcomes(run, out, targets, truths, scores, faithful, maps[run.name], masks, options.method)
+        for i, (outcome, agreement) in enumerate(zip(outcomes, agreements)):
+            entries[i][run.name] = outcome if agreement is None else replace(outcome, agreement=agreement)
             arrays[i]["cams"][run.name] = maps[run.name][i].numpy()
             arrays[i]["spatial"][run.name] = {n: v[i] for n, v in out["spatial"].items()}
             arrays[i]["channel"][run.name] = {n: v[i] for n, v in out["channel"].items()}
         timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
-    start = time.perf_counter()
-    baseline = runs[0].name
-    for run in runs[1:]:
-        for i in range(len(samples)):
-            agreement = (
-                Agreement(**measures.agreement(maps[baseline][i], maps[run.name][i]))
-                if _finite(maps[baseline][i], maps[run.name][i])
-                else Agreement(None, None)
-            )
-            entries[i][run.name] = replace(entries[i][run.name], agreement=agreement)
-    timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
     return list(zip(entries, arrays))
 
 
@@ -187,11 +169,12 @@ def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor])
     (ties go to the class with the higher mean probability)."""
     targets = []
     probs = [values.float().softmax(dim=1) for values in logits]
+    predicted = [p.argmax(dim=1).tolist() for p in probs] if any(t is None for t in truths) else []
     for i, truth in enumerate(truths):
         if truth is not None:
             targets.append(int(truth))
             continue
-        votes = Counter(int(p[i].argmax()) for p in probs)
+        votes = Counter(classes[i] for classes in predicted)
         best = max(votes.values())
         tied = [cls for cls, count in votes.items() if count == best]
         targets.append(max(tied, key=lambda cls: (float(sum(p[i, cls] for p in probs)), -cls)))
@@ -213,55 +196,114 @@ def _forward(run: ModelRun, samples: Sequence[Decoded], timings: dict[str, float
     return out
 
 
-def _entry(
+def _outcomes(
     run: ModelRun,
     out: dict[str, Any],
-    i: int,
-    target: int,
-    truth: int | None,
-    p_target: float,
-    faithful: dict[str, float],
-    cam_map: torch.Tensor,
-    mask: np.ndarray | None,
+    targets: Sequence[int],
+    truths: Sequence[int | None],
+    scores: torch.Tensor,
+    faithful: Sequence[dict[str, float]],
+    cam_maps: torch.Tensor,
+    masks: Sequence[np.ndarray | None],
     method: str,
-) -> ModelOutcome:
-    """One model's part of one image's record."""
-    probs = out["probs"][i]
-    top = probs.topk(min(3, probs.numel()))
-    predicted = int(top.indices[0])
-    cam = CamResult(
-        method,
-        run.cam_layer,
-        target,
-        _label(run, target),
-        p_target,
-        faithful["deletion_auc"],
-        faithful["insertion_auc"],
-        None if mask is None else _localisation(cam_map, mask),
-    )
-    spatial = {}
-    for name, values in out["spatial"].items():
-        gate = values[i]
-        spatial[name] = SpatialGate(
-            float(gate.mean()),
-            float(gate.min()),
-            float(gate.max()),
-            None if mask is None else _localisation(gate, mask),
+) -> list[ModelOutcome]:
+    """One model's part of each image's record, computed for the whole batch at once."""
+    probs = out["probs"]
+    top = probs.topk(min(3, probs.shape[1]), dim=1)
+    top_values, top_indices = top.values.tolist(), top.indices.tolist()
+    p_target = scores.tolist()
+    cam_places = localise(cam_maps, masks)
+    spatial = {name: _spatial_gates(values, masks) for name, values in out["spatial"].items()}
+    channel = {name: _channel_gates(values) for name, values in out["channel"].items()}
+    outcomes = []
+    for i, (target, truth) in enumerate(zip(targets, truths)):
+        predicted = top_indices[i][0]
+        cam = CamResult(
+            method,
+            run.cam_layer,
+            target,
+            _label(run, target),
+            p_target[i],
+            faithful[i]["deletion_auc"],
+            faithful[i]["insertion_auc"],
+            cam_places[i],
         )
-    channel = {
-        name: ChannelGate(float(values[i].mean()), tuple(float(f"{v:.9g}") for v in values[i]))
-        for name, values in out["channel"].items()
-    }
-    return ModelOutcome(
-        predicted=predicted,
-        label=_label(run, predicted),
-        prob=float(top.values[0]),
-        top3=tuple((int(c), float(p)) for p, c in zip(top.values, top.indices)),
-        correct=None if truth is None else predicted == truth,
-        cam=cam,
-        spatial_gates=spatial,
-        channel_gates=channel,
-    )
+        outcomes.append(
+            ModelOutcome(
+                predicted=predicted,
+                label=_label(run, predicted),
+                prob=top_values[i][0],
+                top3=tuple(zip(top_indices[i], top_values[i])),
+                correct=None if truth is None else predicted == truth,
+                cam=cam,
+                spatial_gates={name: gates[i] for name, gates in spatial.items()},
+                channel_gates={name: gates[i] for name, gates in channel.items()},
+            )
+        )
+    return outcomes
+
+
+def _spatial_gates(values: np.ndarray, masks: Sequence[np.ndarray | None]) -> list[SpatialGate]:
+    """Mean, minimum, maximum and localisation of each image's ``[h,w]`` gate of a ``[B,h,w]`` batch."""
+    flat = values.reshape(len(values), -1)
+    means, lows, highs = flat.mean(axis=1).tolist(), flat.min(axis=1).tolist(), flat.max(axis=1).tolist()
+    places = localise(torch.from_numpy(values), masks)
+    return [SpatialGate(means[i], lows[i], highs[i], places[i]) for i in range(len(values))]
+
+
+def _channel_gates(values: np.ndarray) -> list[ChannelGate]:
+    """Mean and values (9 significant digits) of each image's ``[C]`` gate of a ``[B,C]`` batch."""
+    means = values.mean(axis=1).tolist()
+    return [ChannelGate(mean, tuple(float(f"{v:.9g}") for v in row)) for mean, row in zip(means, values.tolist())]
+
+
+def localise(saliency: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list[Localisation | None]:
+    """Pointing game and energy pointing game of each ``[h,w]`` map of ``saliency`` ``[B,h,w]``
+    against its image's mask, as :func:`attnviz.report.measures.localisation` gives them one by one:
+    ``None`` without a mask or with an empty one, ``None`` in both numbers for a map with NaN or
+    infinite values. Maps whose masks have the same size are scored in one call."""
+    from attnviz.explain import metrics
+
+    found: list[Localisation | None] = [None] * len(masks)
+    finite = _all_finite(saliency).tolist()
+    groups: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
+    for i, mask in enumerate(masks):
+        if mask is None or not mask.any():
+            continue
+        if finite[i]:
+            groups.setdefault(mask.shape, {})[i] = mask
+        else:
+            found[i] = Localisation(None, None)
+    for group in groups.values():
+        indices = list(group)
+        maps = saliency[indices].float()
+        stacked = np.stack(list(group.values()))
+        hits = metrics.pointing_game_batch(maps, stacked).tolist()
+        shares = metrics.energy_pointing_game_batch(maps, stacked).tolist()
+        for i, hit, share in zip(indices, hits, shares):
+            found[i] = Localisation(bool(hit), float(share))
+    return found
+
+
+def _agreements(baseline: torch.Tensor, maps: torch.Tensor) -> list[Agreement]:
+    """Each image's agreement of ``maps`` with the ``baseline``'s maps (``None`` in both numbers
+    when either map has NaN or infinite values)."""
+    finite = (_all_finite(baseline) & _all_finite(maps)).tolist()
+    found = [Agreement(None, None)] * len(maps)
+    rows = [i for i, ok in enumerate(finite) if ok]
+    if baseline.shape[1:] != maps.shape[1:]:  # maps of another input size: resized one pair at a time
+        for i in rows:
+            found[i] = Agreement(**measures.agreement(baseline[i], maps[i]))
+    elif rows:
+        ious, rhos = agreement_batch(baseline[rows].double().numpy(), maps[rows].double().numpy())
+        for i, iou, rho in zip(rows, ious, rhos):
+            found[i] = Agreement(iou, rho)
+    return found
+
+
+def _all_finite(maps: torch.Tensor) -> torch.Tensor:
+    """``[B]``: whether each map of ``maps`` ``[B,...]`` is finite everywhere."""
+    return torch.isfinite(maps).flatten(1).all(dim=1)
 
 
 def _undefined_where(maps: torch.Tensor, undefined: torch.Tensor) -> torch.Tensor:
@@ -271,19 +313,6 @@ def _undefined_where(maps: torch.Tensor, undefined: torch.Tensor) -> torch.Tenso
         maps = maps.clone()
         maps[undefined] = float("nan")
     return maps
-
-
-def _finite(*maps: Any) -> bool:
-    return all(bool(np.isfinite(np.asarray(m, dtype=np.float64)).all()) for m in maps)
-
-
-def _localisation(saliency: Any, mask: np.ndarray) -> Localisation | None:
-    """Pointing game and energy pointing game (``None`` in both for a map with NaN or infinite
-    values); no localisation at all for an empty mask."""
-    if not mask.any() or _finite(saliency):
-        found = measures.localisation(saliency, mask)
-        return Localisation(found["pointing_game"], found["energy_pointing_game"]) if found else None
-    return Localisation(None, None)
 
 
 def _label(run: ModelRun, index: int) -> str:
@@ -298,3 +327,47 @@ def _unique(slug: str, used: set[str]) -> str:
         candidate = f"{slug}-{count}"
     used.add(candidate)
     return candidate
+
+
+def agreement_batch(first: np.ndarray, second: np.ndarray) -> tuple[list[float], list[float]]:
+    """Top-20% IoU and Spearman correlation of each pair of finite ``[h,w]`` maps of two ``[B,h,w]``
+    float64 batches of the same shape: per row exactly what :func:`attnviz.explain.metrics.map_agreement`
+    gives one pair at a time (the same operations, row by row)."""
+    a, b = first.reshape(len(first), -1), second.reshape(len(second), -1)
+    count = max(1, int(np.ceil(0.2 * a.shape[1])))
+    top_a, top_b = _top_masks(a, count), _top_masks(b, count)
+    ious = (top_a & top_b).sum(axis=1) / (top_a | top_b).sum(axis=1)
+    x, y = _average_ranks(a), _average_ranks(b)
+    x, y = x - x.mean(axis=1, keepdims=True), y - y.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    numerator = (x * y).sum(axis=1)
+    rhos = [float(n / d) if d > 0 else float("nan") for n, d in zip(numerator.tolist(), denominator.tolist())]
+    return [float(v) for v in ious.tolist()], rhos
+
+
+def _top_masks(rows: np.ndarray, count: int) -> np.ndarray:
+    """Per row, the ``count`` highest values (ties: the first in order), as a boolean mask."""
+    chosen = np.argsort(-rows, axis=1, kind="stable")[:, :count]
+    mask = np.zeros(rows.shape, dtype=bool)
+    np.put_along_axis(mask, chosen, True, axis=1)
+    return mask
+
+
+def _average_ranks(rows: np.ndarray) -> np.ndarray:
+    """Per row, ranks 1..n with tied values sharing the mean of the ranks they span."""
+    order = np.argsort(rows, axis=1, kind="stable")
+    ordered = np.take_along_axis(rows, order, axis=1)
+    width = rows.shape[1]
+    starts = np.ones(rows.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    # each sorted position's group: its first position (start) and one past its last (end)
+    positions = np.broadcast_to(np.arange(width), rows.shape)
+    first = np.maximum.accumulate(np.where(starts, positions, 0), axis=1)
+    ends_mark = np.ones(rows.shape, dtype=bool)
+    ends_mark[:, :-1] = starts[:, 1:]
+    last = np.minimum.accumulate(np.where(ends_mark, positions, width - 1)[:, ::-1], axis=1)[:, ::-1]
+    counts = (last - first + 1).astype(np.int64)
+    averages = (last + 1) - (counts - 1) / 2.0
+    ranks = np.empty(rows.shape, dtype=np.float64)
+    np.put_along_axis(ranks, order, averages, axis=1)
+    return ranks
