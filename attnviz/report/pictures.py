@@ -9,6 +9,10 @@ Beside the pictures, ``arrays/<id>.npz`` holds the maps they were drawn from, as
 ``cam/<model>`` (the Grad-CAM ``[h,w]`` at the model's input size, in [0, 1]) and
 ``gate/<model>/<gate>`` (each spatial gate ``[h,w]`` at its own resolution). The channel gates'
 values are in the image's record (``items/<id>.json``) at full precision.
+
+:func:`finish` is what the report's render queue runs per image, in a worker process when there
+are render workers: the pictures (when asked for), then the image's record, so that neither the
+drawing nor the record's JSON holds up the process that runs the models.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +113,39 @@ def write(job: dict[str, Any], out: str) -> tuple[dict[str, Any], float]:
     paths = picture_paths(job["id"], job)
     write_bytes(root / paths["arrays"], npz_bytes(maps(job)))
     return paths, time.perf_counter() - start
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`finish` did for one image.
+
+    Attributes:
+        pictures: The pictures' relative paths (as :func:`picture_paths`), ``None`` when none were asked for.
+        drawing: Seconds spent drawing and writing the pictures.
+        record: Seconds spent writing the record.
+    """
+
+    pictures: dict[str, Any] | None
+    drawing: float
+    record: float
+
+
+def finish(record: Any, job: dict[str, Any] | None, out: str) -> Finished:
+    """Draw and write one image's pictures (``job``; ``None``: none), then write its record
+    (:class:`~attnviz.report.schema.ImageRecord`) with their paths into the report folder ``out``.
+
+    Raises:
+        Exception: What drawing or writing raised; the record is then not written.
+    """
+    from attnviz.report import records
+    from attnviz.report.schema import replace
+
+    paths, drawing = write(job, out) if job is not None else (None, 0.0)
+    if paths is not None:
+        record = replace(record, pictures=paths)
+    start = time.perf_counter()
+    records.write_record(Path(out), record)
+    return Finished(paths, drawing, time.perf_counter() - start)
 
 
 def _finite(values: Any) -> bool:

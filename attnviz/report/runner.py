@@ -32,11 +32,12 @@ from attnviz.report.analysis import (
     prepare_models,
 )
 from attnviz.report.build import build_report
-from attnviz.report.schema import FailedImage, ImageRecord, ModelOutcome, replace
+from attnviz.report.schema import FailedImage, ImageRecord, ModelOutcome
 from attnviz.report.sources import (
     DecodingDataset,
     Item,
     Source,
+    collate_decoded,
     resolve_source,
     shard_items,
     truth_index,
@@ -259,7 +260,7 @@ def _process(
         DecodingDataset(source, pending, presets),
         batch_size=options.batch_size,
         num_workers=options.workers,
-        collate_fn=list,
+        collate_fn=collate_decoded,
         pin_memory=any(_on_cuda(run) for run in runs),
     )
     analysis = AnalysisOptions(options.method, options.steps, options.deletion_baseline)
@@ -269,12 +270,14 @@ def _process(
         stack.push(lambda kind, error, trace: kind is not None and _clean_after(out))
         batches = _timed(iter(loader), timings, "decode")
         advance = stack.enter_context(progress_bar(total, total - len(pending), options.progress, "report"))
-        workers = options.render_workers if options.pictures else 0
+        workers = options.render_workers  # they draw the pictures (if any) and write the records
         writer = _RecordWriter(out, config, timings, advance, in_process=workers == 0)
         # workers ignore Ctrl-C; on any exit, queued drawings are dropped (their images are redone on resume)
         queue: WorkQueue[ImageRecord] = stack.enter_context(
             WorkQueue(workers, _queue_size(options) if workers else 0, writer, ordered=False)
         )
+
+        slugs = {run.name: run.slug for run in runs}
 
         def skip(sample: Any, reason: str) -> None:
             _write_failure(out, pending[sample.position], config, reason)
@@ -288,11 +291,8 @@ def _process(
             truth, (entries, arrays) = analysed
             item = pending[sample.position]
             record = _record(item, sample, truth, class_names, entries, config, stamps[item.id])
-            if not options.pictures:
-                queue.put(record)
-                return
-            job = {"id": item.id, "thumb": sample.thumb, "slugs": {r.name: r.slug for r in runs}, **arrays}
-            queue.put(record, pictures.write, job, str(out))
+            job = {"id": item.id, "thumb": sample.thumb, "slugs": slugs, **arrays} if options.pictures else None
+            queue.put(record, pictures.finish, record, job, str(out))
 
         run_batches(batches, lambda sample: sample.error, skip, analyse, emit)
         queue.drain(0)
@@ -307,8 +307,9 @@ def _queue_size(options: ReportOptions) -> int:
 
 @dataclass
 class _RecordWriter:
-    """Finishes an image of the render queue: writes its record with the pictures drawn (``None``:
-    none asked for), or a failure record when they could not be drawn; then advances the progress."""
+    """Finishes an image of the render queue once :func:`pictures.finish` drew its pictures and wrote
+    its record (here or in a worker process): adds the seconds it took, or writes a failure record
+    when it failed; then advances the progress."""
 
     out: Path
     config: str
@@ -318,18 +319,16 @@ class _RecordWriter:
 
     def __call__(self, record: ImageRecord, drawing: Outcome) -> None:
         try:
-            drawn = drawing.result()
-        except Exception as error:  # noqa: BLE001 - one picture failing must not lose the others
+            finished: pictures.Finished = drawing.result()
+        except Exception as error:  # one picture failing must not lose the others
             logging.getLogger(__name__).debug("drawing the pictures of %s failed", record.source, exc_info=True)
             reason = f"could not draw its pictures: {type(error).__name__}: {error}"
             _write_failure(self.out, _item_of(record), self.config, reason)
         else:
-            if drawn is not None:
-                paths, seconds = drawn
-                record = replace(record, pictures=paths)
-                key = "render" if self.in_process else "render (workers)"
-                self.timings[key] = self.timings.get(key, 0.0) + seconds
-            store.write_record(self.out, record)
+            where = "" if self.in_process else " (workers)"
+            if finished.pictures is not None:
+                self.timings[f"render{where}"] = self.timings.get(f"render{where}", 0.0) + finished.drawing
+            self.timings[f"records{where}"] = self.timings.get(f"records{where}", 0.0) + finished.record
         self.advance(1)
 
 

@@ -287,6 +287,21 @@ class DecodingDataset(Dataset):
         return self._data
 
 
+def collate_decoded(batch: list[Decoded]) -> list[Decoded]:
+    """A ``DataLoader`` batch as a list, each preset's tensors of the decoded images made views of one
+    ``[B,3,H,W]`` tensor, so that a worker hands the batch over in one shared-memory block per preset
+    instead of one per image."""
+    keys = {key for sample in batch for key in sample.tensors}
+    for key in keys:
+        holders = [sample for sample in batch if key in sample.tensors]
+        if len({tuple(sample.tensors[key].shape) for sample in holders}) > 1:
+            continue  # cannot happen for a preset's fixed size; left as they are
+        stacked = torch.stack([sample.tensors[key] for sample in holders])
+        for sample, tensor in zip(holders, stacked):
+            sample.tensors[key] = tensor
+    return batch
+
+
 def load_mask(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a mask file: True where any channel is non-zero (reduced to MASK_MAX_SIDE at most by
     taking the centre pixel of each block).

@@ -1,0 +1,143 @@
+"""The report's pipeline does per batch what it used to do per image, with the same numbers: batched
+localisation and agreement equal the metrics image by image; one capturer per model for the whole
+run; decoded batches travel in one block per preset; render workers draw and write records so the
+process that runs the models does neither; without pictures nothing of the renderers is loaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from support import ROOT
+
+from attnviz.explain import metrics
+from attnviz.io.checkpoints import load_model
+from attnviz.report import ReportOptions, name_models, run_report
+from attnviz.report.analysis import agreement_batch, localise
+from attnviz.report.schema import Localisation
+from attnviz.report.sources import Decoded, collate_decoded
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+MODELS = [ROOT / "samples" / "models" / f"{name}.pth" for name in ("cnn", "cbam_cnn")]
+
+
+def fast(**changes) -> ReportOptions:
+    return ReportOptions(**{"steps": 2, "sanity_images": 0, "batch_size": 3, "progress": False} | changes)
+
+
+def written(folder) -> dict[str, dict]:
+    return {path.stem: json.loads(path.read_text()) for path in (folder / "items").glob("*.json")}
+
+
+def test_batched_localisation_equals_the_metrics_image_by_image(rng):
+    maps = torch.from_numpy(rng.random((7, 8, 8), dtype=np.float32))
+    maps[1] = 0.5  # constant: every pixel a peak
+    maps[2, 3, 3] = float("nan")
+    masks = [rng.random((16, 16)) > 0.6 for _ in range(7)]
+    masks[3] = np.zeros((16, 16), bool)  # empty: no localisation
+    masks[4] = None
+    masks[5] = rng.random((8, 12)) > 0.5  # another size: scored in its own group
+    found = localise(maps, masks)
+    assert found[2] == Localisation(None, None) and found[3] is None and found[4] is None
+    for i in (0, 1, 5, 6):
+        values = maps[i].numpy()
+        expected = Localisation(
+            bool(metrics.pointing_game(values, masks[i])), float(metrics.energy_pointing_game(values, masks[i]))
+        )
+        assert found[i] == expected, i  # exactly: the same operations
+
+
+def test_batched_agreement_equals_the_metric_pair_by_pair(rng):
+    first = rng.random((6, 9, 7))
+    second = np.round(rng.random((6, 9, 7)), 1)  # many ties
+    first[first < 0.5] = 0.0  # ReLU-like zeros: ties at the bottom
+    first[2] = 0.25  # constant: no rank spread, rho is nan
+    ious, rhos = agreement_batch(first, second)
+    for i in range(6):
+        expected = metrics.map_agreement(first[i], second[i])
+        assert ious[i] == expected["top20_iou"], i
+        assert rhos[i] == expected["spearman"] or (np.isnan(rhos[i]) and np.isnan(expected["spearman"])), i
+
+
+def test_a_decoded_batch_is_one_tensor_per_preset_with_the_same_values():
+    tensors = [torch.full((3, 4, 4), float(i)) for i in range(3)]
+    batch = [Decoded(0, tensors={"p": tensors[0]}), Decoded(1, error="broken"), Decoded(2, tensors={"p": tensors[2]})]
+    out = collate_decoded(batch)
+    assert [s.position for s in out] == [0, 1, 2] and out[1].tensors == {}
+    assert torch.equal(out[0].tensors["p"], tensors[0]) and torch.equal(out[2].tensors["p"], tensors[2])
+    storage = {s.tensors["p"].untyped_storage().data_ptr() for s in (out[0], out[2])}
+    assert len(storage) == 1
+
+
+def test_one_capturer_per_model_serves_every_batch_with_the_planned_pass(tmp_path, monkeypatch):
+    from attnviz.report import analysis
+
+    made = []
+
+    class Counted(analysis.Capturer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(analysis, "Capturer", Counted)
+    run_report(name_models([load_model(p) for p in MODELS]), "shapes:7", tmp_path / "out", fast())
+    assert len(made) == len(MODELS)  # 3 batches (3, 3, 1 images) after the probe
+    assert [c.last_pass for c in made] == ["planned"] * len(MODELS)
+
+
+def test_render_workers_draw_and_write_records_so_this_process_does_neither(tmp_path, monkeypatch):
+    from attnviz.report import pictures, records
+
+    models = name_models([load_model(p) for p in MODELS])
+    here = run_report(models, "shapes:5", tmp_path / "here", fast(pictures=False))
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("called in the process that runs the models")
+
+    writes = []
+    write_record = records.write_record
+    monkeypatch.setattr(records, "write_record", lambda out, record: writes.append(record) or write_record(out, record))
+    monkeypatch.setattr(pictures, "write", not_here)
+    for pics in (False, True):
+        out = tmp_path / f"workers-{pics}"
+        result = run_report(models, "shapes:5", out, fast(pictures=pics, render_workers=1))
+        assert result.ok and result.processed == 5 and not writes
+        assert "records (workers)" in result.timings and ("render (workers)" in result.timings) == pics
+        if not pics:  # the same records as in this process
+            assert written(out) == written(here.out)
+    assert {r["pictures"]["image"] for r in written(tmp_path / "workers-True").values()} == {
+        f"images/{key}.png" for key in written(here.out)
+    }
+
+
+def test_without_pictures_nothing_of_the_renderers_is_loaded_while_the_models_run(tmp_path):
+    """(The page's colour bar, built after the models ran, still asks the renderers for its colours.)"""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import torch
+        torch.set_num_threads(1)
+        from attnviz.io.checkpoints import load_model
+        from attnviz.report import ReportOptions, name_models, run_report, runner
+        build, loaded = runner.build_report, []
+
+        def before_the_page(out):
+            loaded.extend(m for m in sys.modules if m.startswith(("attnviz.render", "matplotlib")))
+            return build(out)
+
+        runner.build_report = before_the_page
+        models = name_models([load_model({str(MODELS[1])!r})])
+        options = ReportOptions(steps=1, sanity_images=0, batch_size=2, pictures=False, progress=False)
+        run_report(models, "shapes:2", {str(tmp_path / "out")!r}, options)
+        print(sorted(loaded))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
