@@ -64,7 +64,7 @@ Examples:
     "--render-workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Processes that draw the pictures (0: in this process). Default: one per core, up to 4, for 3 or more images.",
+    help="Processes that draw the pictures (0: in this process). Default: one per core, up to 4, for 50 or more images on 4 or more cores.",
 )
 def maps(
     model_path,
@@ -149,7 +149,8 @@ def _shortfall(results, failures) -> str:
 def _auto_workers(n_images: int) -> int:
     import os
 
-    return min(4, os.cpu_count() or 1) if n_images >= 3 else 0
+    cores = os.cpu_count() or 1  # a worker's start-up costs about 10 images' pictures; on 2 cores it slows the model
+    return min(4, cores) if n_images >= 50 and cores >= 4 else 0
 
 
 def _print_result(console, result) -> None:

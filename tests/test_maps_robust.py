@@ -58,11 +58,11 @@ def _maps(workspace, out: Path, *extra: object):
 
 
 def test_a_picture_that_fails_costs_only_itself(workspace, tmp_path, monkeypatch, quick):
-    monkeypatch.setattr(render, "channel_bars", _broken_bars)
+    monkeypatch.setattr(render, "bars_picture", _broken_bars)  # PNG bars are drawn as pixels
     shown = []
-    real_index = render.index_figure
+    real_index = render.sheet_picture
     monkeypatch.setattr(
-        render, "index_figure", lambda panels, **kw: shown.extend(p[0] for p in panels) or real_index(panels, **kw)
+        render, "sheet_picture", lambda panels, **kw: shown.extend(p[0] for p in panels) or real_index(panels, **kw)
     )
 
     result = _maps(workspace, tmp_path)
@@ -123,7 +123,7 @@ def test_a_drawing_that_fails_as_a_whole_keeps_the_arrays(workspace, tmp_path, m
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_before_or_after_the_command_shows_a_per_image_traceback(workspace, tmp_path, monkeypatch, quick, where):
-    monkeypatch.setattr(render, "channel_bars", _broken_bars)
+    monkeypatch.setattr(render, "bars_picture", _broken_bars)
     args = ["maps", "--model", workspace["cbam_cnn"], workspace["image"], "--out", tmp_path, "--render-workers", 0]
     args = ["--debug", *args] if where == "before" else [args[0], "--debug", *args[1:]]
     result = run(*args)
