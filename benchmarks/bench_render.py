@@ -82,33 +82,6 @@ def overlay_speed(rng: np.random.Generator, repeats: int = 50) -> list[str]:
     return lines
 
 
-def maps_speed() -> list[str]:
-    """Wall time of ``run_maps`` on the bundled sample images, pictures drawn here or in worker processes."""
-    import os
-
-    from attnviz.io.checkpoints import load_model
-    from attnviz.jobs.maps import MapsOptions, run_maps
-
-    root = Path(__file__).resolve().parents[1] / "samples"
-    images = sorted((root / "images").glob("*.png"))
-    loaded = load_model(root / "models" / "cbam_cnn.pth")
-    lines = [
-        "| `attnviz maps`, cbam_cnn, render workers | wall (s) | per image (s) | speed-up |",
-        "| --- | ---: | ---: | ---: |",
-    ]
-    first = None
-    for workers in sorted({0, 2, os.cpu_count() or 1}):
-        with tempfile.TemporaryDirectory() as folder:
-            start = time.perf_counter()
-            results, _ = run_maps(loaded, images, folder, options=MapsOptions(render_workers=workers))
-            wall = time.perf_counter() - start
-        first = first or wall
-        lines.append(
-            f"| {workers} ({len(results)} images) | {wall:.1f} | {wall / len(results):.2f} | {first / wall:.2f}× |"
-        )
-    return lines
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -121,7 +94,6 @@ def main() -> None:
             build_s, draw_s, save_s = measure(build, args.repeats, Path(folder))
             rows.append(f"| {name} | {build_s * 1e3:.0f} | {draw_s * 1e3:.0f} | {save_s * 1e3:.0f} |")
     rows.extend(overlay_speed(rng))
-    maps_rows = maps_speed()
     body = "\n".join(
         [
             SECTION,
@@ -129,15 +101,11 @@ def main() -> None:
             f"Command: `python benchmarks/bench_render.py --repeats {args.repeats}{' --write' if args.write else ''}`  ",
             f"Date: {datetime.date.today().isoformat()}  ",
             f"Machine: {machine(('torch', 'matplotlib'))}; {torch.get_num_threads()} torch threads  ",
-            f"Median of {args.repeats} runs per picture. Each picture is one matplotlib figure; "
-            "`attnviz maps` draws each once to pixels (PNG output reuses those pixels) and composes the index sheet from them.",
+            f"Median of {args.repeats} runs per picture. Each picture is one matplotlib figure: what the Python "
+            "API, notebooks and `attnviz maps --format svg|pdf` draw. The PNG pictures of `attnviz maps` are "
+            "drawn as pixels instead, in a few milliseconds each (see The maps job).",
             "",
             *rows,
-            "",
-            "The whole `attnviz maps` job on the 12 bundled sample images (arrays, about 15 pictures and an index "
-            "sheet per image), once per setting; worker processes include their start-up:",
-            "",
-            *maps_rows,
             "",
         ]
     )

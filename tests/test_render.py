@@ -470,3 +470,142 @@ def test_png_bytes_round_trips_the_pixels(rng):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), rgb)
     with pytest.raises(UsageError):
         png_bytes(np.zeros((4, 4)) + 2.0)
+
+
+# Pictures drawn as pixels (attnviz maps' PNG pictures): read back from the pixels and the recorded layout.
+
+
+def _crop(picture, region):
+    x0, y0, x1, y1 = picture.regions[region]
+    return picture.rgb[y0:y1, x0:x1]
+
+
+def _texts(picture):
+    return [t.text for t in picture.texts]
+
+
+def test_pixel_bars_are_the_gate_values_sorted_with_mean_and_names(rng):
+    from attnviz.render import bars_picture
+
+    values = rng.uniform(0.05, 0.95, 12)
+    picture = bars_picture(values, title="g: channel gate")
+    plot = _crop(picture, "plot")
+    inner = plot[1:-1, 1:-1]
+    blue = np.all(inner == (31, 119, 180), axis=2)
+    expected = np.sort(values)[::-1]
+    step = inner.shape[1] / values.size
+    for position, value in enumerate(expected):
+        column = blue[:, int((position + 0.5) * step)]
+        assert column.sum() / inner.shape[0] == pytest.approx(value, abs=0.02)
+    assert _texts(picture)[0] == "g: channel gate (12 channels, one image)"
+    ticks = [t for t in _texts(picture) if t.isdigit()]
+    assert ticks == [str(c) for c in np.argsort(-values, kind="stable")]  # every bar's channel under it
+    assert f"mean {values.mean():.3f}" in _texts(picture)
+    assert "value axis 0–1" in picture.scales
+
+
+def test_pixel_bars_name_the_extremes_when_bars_are_narrow(rng):
+    from attnviz.render import bars_picture
+
+    values = rng.uniform(0.0, 1.0, 128)
+    picture = bars_picture(values, top_k=3)
+    order = np.argsort(-values, kind="stable")
+    named = {str(c) for c in (*order[:3], *order[-3:])}
+    texts = set(_texts(picture))
+    assert named <= texts
+    assert "rank of the channel by gate value (the highest and lowest named above their bars)" in texts
+
+
+def test_pixel_bars_say_a_constant_gate_is_constant():
+    from attnviz.render import bars_picture
+
+    picture = bars_picture(np.full(64, 0.5))
+    assert "constant gate: 0.500 for every channel" in _texts(picture)
+    assert not any("highest and lowest" in t for t in _texts(picture))
+
+
+def test_pixel_overlay_hot_cell_colour_and_outline():
+    from attnviz.render import colormap_lut, overlay_picture
+
+    gate = np.full((4, 4), 0.1)
+    gate[1, 2] = 0.9
+    image = np.full((32, 32, 3), 128, np.uint8)
+    picture = overlay_picture(image, gate, title="s: spatial gate")
+    cells = _crop(picture, "map")
+    side = cells.shape[0]
+    hot = cells[int(1.5 * side / 4), int(2.5 * side / 4)]
+    lut = colormap_lut("viridis")
+    np.testing.assert_array_equal(hot, lut[int(0.9 * 256)])  # absolute scale: 0.9 is 0.9 of the bar
+    np.testing.assert_array_equal(cells[side // 8, side // 8], lut[int(0.1 * 256)])
+    over = _crop(picture, "overlay").astype(int)
+    brightness = over.sum(axis=2)
+    centre = brightness[int(1.5 * side / 4), int(2.5 * side / 4)]
+    assert centre > brightness[int(3.5 * side / 4), int(0.5 * side / 4)] + 100
+    white = np.all(over == 255, axis=2)
+    rows, cols = np.nonzero(white)  # the outline of the top 20 % surrounds the hot cell
+    assert rows.min() < 1.5 * side / 4 < rows.max() and cols.min() < 2.5 * side / 4 < cols.max()
+    assert rows.max() < 2.6 * side / 4 and cols.min() > 1.4 * side / 4
+    assert any(s.startswith("colour bar 0") for s in picture.scales)
+    assert "gate value (absolute 0–1)" in _texts(picture)
+
+
+def test_pixel_overlay_says_when_values_use_little_of_the_scale_and_minmax_says_its_range():
+    from attnviz.render import overlay_picture
+
+    gate = np.linspace(0.19, 0.52, 16).reshape(4, 4)
+    image = np.zeros((32, 32, 3), np.uint8)
+    narrow = " ".join(_texts(overlay_picture(image, gate)))
+    assert "0.19–0.52" in narrow and "--scale minmax" in narrow
+    stretched = _texts(overlay_picture(image, gate, scale="minmax"))
+    assert "gate value (min–max: 0.19–0.52)" in stretched and "0.190" in stretched and "0.520" in stretched
+    assert not any("--scale minmax" in t for t in stretched)
+
+
+def test_pixel_gradcam_says_it_is_upsampled_from_its_layer():
+    from attnviz.render import overlay_picture
+
+    cam = np.zeros((32, 32))
+    cam[8:16, 8:16] = 1.0
+    texts = " ".join(
+        _texts(overlay_picture(np.zeros((32, 32, 3), np.uint8), cam, quantity="Grad-CAM", source_size=(4, 4)))
+    )
+    assert "Grad-CAM map (32×32, upsampled from 4×4)" in texts and "raw" not in texts
+
+
+def test_pixel_feature_grid_columns_share_a_scale_shown_under_them(rng):
+    from attnviz.render import colormap_lut, features_picture
+
+    before = rng.uniform(0, 2, (6, 4, 4))
+    after = before * rng.uniform(0, 1, (6, 1, 1))
+    weights = rng.uniform(0, 1, 6)
+    order = list(np.argsort(-weights)[:3])
+    picture = features_picture(
+        before,
+        after=after,
+        channels=order,
+        rank_by="given",
+        channel_weights=weights,
+        ranking="with the largest gate values",
+    )
+    texts = _texts(picture)
+    assert [t for t in texts if t.startswith("ch ")] == [f"ch {c}" for c in order]
+    assert any("3 channels with the largest gate values" in t for t in texts)
+    lut = colormap_lut("viridis")
+    for c in order:
+        low, high = min(before[c].min(), after[c].min()), max(before[c].max(), after[c].max())
+        assert f"{low:.2f}" in texts or f"{low:.3f}" in texts
+        for name, maps in (("before", before), ("after", after)):
+            panel = _crop(picture, f"{name} {c}")
+            cell = panel[panel.shape[0] // 8, panel.shape[1] // 8]
+            index = min(int((maps[c, 0, 0] - low) / (high - low) * 256), 255)
+            np.testing.assert_array_equal(cell, lut[index])
+
+
+def test_pixel_sheet_holds_every_picture_unchanged_at_its_own_size(rng):
+    from attnviz.render import sheet_picture
+
+    panels = [(f"p{k}", rng.integers(0, 256, (100 + 20 * k, 300 + 150 * k, 3), dtype=np.uint8)) for k in range(5)]
+    sheet = sheet_picture(panels, title="model: predicted 'cat'", width=1200)
+    for k, (_, pixels) in enumerate(panels):
+        np.testing.assert_array_equal(_crop(sheet, f"panel {k}"), pixels)
+    assert sheet.rgb.shape[1] <= 1200 and _texts(sheet) == ["model: predicted 'cat'"]

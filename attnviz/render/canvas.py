@@ -36,11 +36,13 @@ class TextBox:
 
 @dataclass
 class Picture:
-    """A picture as pixels: uint8 ``[H, W, 3]``, the texts on it and the scales it carries."""
+    """A picture as pixels: uint8 ``[H, W, 3]``, the texts on it, the scales it carries, and the boxes
+    ``(x0, y0, x1, y1)`` of its named parts (``"plot"``, ``"map"``, ``"overlay"``, ``"panel 0"``, …)."""
 
     rgb: np.ndarray
     texts: list[TextBox] = field(default_factory=list)
     scales: list[str] = field(default_factory=list)
+    regions: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def _repr_png_(self) -> bytes:
         from attnviz.render.output import png_bytes
@@ -63,6 +65,7 @@ class Canvas:
         self.draw = ImageDraw.Draw(self.image)
         self.texts: list[TextBox] = []
         self.scales: list[str] = []
+        self.regions: dict[str, tuple[int, int, int, int]] = {}
 
     @property
     def width(self) -> int:
@@ -112,11 +115,13 @@ class Canvas:
             y += line_height(size)
         return y
 
-    def paste(self, rgb: np.ndarray, x: int, y: int) -> None:
-        """Put uint8 ``[h, w, 3]`` pixels with their top-left corner at ``(x, y)``."""
+    def paste(self, rgb: np.ndarray, x: int, y: int, region: str = "") -> None:
+        """Put uint8 ``[h, w, 3]`` pixels with their top-left corner at ``(x, y)`` (recorded as ``region``)."""
         from PIL import Image
 
         self.image.paste(Image.fromarray(np.ascontiguousarray(rgb)), (int(x), int(y)))
+        if region:
+            self.regions[region] = (int(x), int(y), int(x) + rgb.shape[1], int(y) + rgb.shape[0])
 
     def rect(self, box: Sequence[float], fill: Any = None, outline: Any = None, width: int = 1) -> None:
         self.draw.rectangle([float(v) for v in box], fill=fill, outline=outline, width=width)
@@ -172,7 +177,7 @@ class Canvas:
 
     def picture(self) -> Picture:
         """The pixels and what was recorded."""
-        return Picture(np.asarray(self.image).copy(), list(self.texts), list(self.scales))
+        return Picture(np.asarray(self.image).copy(), list(self.texts), list(self.scales), dict(self.regions))
 
     def _rotated(
         self, xy: tuple[float, float], text: str, font: Any, size: int, fill: Any

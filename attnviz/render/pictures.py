@@ -61,6 +61,7 @@ def bars_picture(values: Any, *, title: str = "", order: str = "weight", top_k: 
     plot = (64, y, canvas.width - 96, canvas.height - 58)
     _value_axis(canvas, plot, "gate value" if gates.shape[0] == 1 else "mean gate value")
     x0, top, x1, bottom = plot
+    canvas.regions["plot"] = plot
     step = (x1 - x0) / n
     for i, height in enumerate(heights):
         gap = 1 if step >= 4 else 0
@@ -120,10 +121,10 @@ def overlay_picture(
     )
     headers = [f"input ({height}×{width})", raw, f"over the input (outline: top {HOT_SHARE:.0%})"]
     panels = [_fit(pixels, side), _cells(heat, side, vmin, vmax), _overlay(pixels, heat, side, vmin, vmax)]
-    for k, (header, panel) in enumerate(zip(headers, panels)):
+    for k, (header, panel, region) in enumerate(zip(headers, panels, ("input", "map", "overlay"))):
         x = PAD + k * (side + PAD)
         canvas.paragraph(x, top - 2 * line_height(SMALL) - 4, header, side, size=SMALL)
-        canvas.paste(panel, x, top)
+        canvas.paste(panel, x, top, region)
     bar_x = PAD + 3 * (side + PAD) + 8
     label = f"{quantity} value" + (f" (min–max: {vmin:.2f}–{vmax:.2f})" if scale == "minmax" else " (absolute 0–1)")
     canvas.colorbar((bar_x, top, bar_x + 16, top + side), HEAT_CMAP, vmin, vmax, label=label)
@@ -208,10 +209,12 @@ def sheet_picture(panels: Sequence[tuple[str, Any]], *, title: str = "", width: 
     head = len(probe.wrap(title, width - 2 * PAD, TITLE)) * line_height(TITLE) + PAD if title else 0
     canvas = Canvas(width, PAD + head + sum(max(p.shape[0] for p in row) + PAD for row in rows))
     y = _title(canvas, title) + (PAD if title else 0) if title else PAD
+    placed = 0
     for row in rows:
         x = PAD
         for picture in row:
-            canvas.paste(picture, x, y)
+            canvas.paste(picture, x, y, f"panel {placed}")
+            placed += 1
             canvas.rect((x - 1, y - 1, x + picture.shape[1], y + picture.shape[0]), outline=(200, 200, 200))
             x += picture.shape[1] + PAD
         y += max(p.shape[0] for p in row) + PAD
@@ -422,8 +425,8 @@ def _feature_column(
     if weights is not None:
         canvas.text((x + side / 2, y), f"gate {weights[channel]:.3f}", size=SMALL, anchor="ma", fill=MUTED)
         y += line_height(SMALL)
-    for image in images:
-        canvas.paste(_cells(image, side, vmin, vmax, FEATURE_CMAP), x, y)
+    for (name, _), image in zip(rows, images):
+        canvas.paste(_cells(image, side, vmin, vmax, FEATURE_CMAP), x, y, f"{name or 'channel'} {channel}")
         y += side + 6
     canvas.colorbar((x, y, x + side, y + 10), FEATURE_CMAP, vmin, vmax, ticks=[vmin, vmax], horizontal=True)
 
