@@ -18,7 +18,7 @@ from support import ROOT
 from attnviz.explain import metrics
 from attnviz.io.checkpoints import load_model
 from attnviz.report import ReportOptions, name_models, run_report
-from attnviz.report.analysis import agreement_batch, localise
+from attnviz.report.analysis import agreement_batch, localise, nine_digits
 from attnviz.report.schema import Localisation
 from attnviz.report.sources import Decoded, collate_decoded
 
@@ -63,6 +63,20 @@ def test_batched_agreement_equals_the_metric_pair_by_pair(rng):
         expected = metrics.map_agreement(first[i], second[i])
         assert ious[i] == expected["top20_iou"], i
         assert rhos[i] == expected["spearman"] or (np.isnan(rhos[i]) and np.isnan(expected["spearman"])), i
+
+
+def test_channel_values_keep_nine_significant_digits_exactly_as_formatting_them_does(rng):
+    bits = rng.integers(0, 2**32, (64, 300), dtype=np.uint64).astype(np.uint32).view(np.float32)  # any float32
+    gates = (1 / (1 + np.exp(-rng.normal(0, 8, (64, 300))))).astype(np.float32)  # sigmoid outputs
+    special = np.array([0, -0.0, 1, 0.5, 0.1, np.nan, np.inf, 1e-45, 3.4e38, 0.123456789], np.float32)
+    decades = np.float32(10.0) ** np.arange(-20, 20, dtype=np.float32)
+    edges = np.stack([np.nextafter(decades, 0), decades, np.nextafter(decades, np.inf)])  # log10 near an integer
+    ties = np.float32(2.0) ** -np.arange(1, 60, dtype=np.float32)[None]  # 2**-13 * 10**12 is n + 0.5 exactly
+    for values in (bits, gates, np.tile(special, (2, 1)), edges, ties):
+        expected = [[float(f"{v:.9g}") for v in row] for row in values.tolist()]
+        found = nine_digits(values)
+        assert np.array_equal(np.array(found), np.array(expected), equal_nan=True)
+        assert np.array_equal(np.signbit(found), np.signbit(expected))
 
 
 def test_a_decoded_batch_is_one_tensor_per_preset_with_the_same_values():

@@ -254,7 +254,32 @@ def _spatial_gates(values: np.ndarray, masks: Sequence[np.ndarray | None]) -> li
 def _channel_gates(values: np.ndarray) -> list[ChannelGate]:
     """Mean and values (9 significant digits) of each image's ``[C]`` gate of a ``[B,C]`` batch."""
     means = values.mean(axis=1).tolist()
-    return [ChannelGate(mean, tuple(float(f"{v:.9g}") for v in row)) for mean, row in zip(means, values.tolist())]
+    return [ChannelGate(mean, tuple(row)) for mean, row in zip(means, nine_digits(values))]
+
+
+#: The powers of ten that are exact as float64 (10**22 is the last).
+_POW10 = np.array([float(10**i) for i in range(23)])
+
+
+def nine_digits(values: np.ndarray) -> list[list[float]]:
+    """``float(f"{v:.9g}")`` of every value of a ``[B,C]`` array (what a record keeps of a channel
+    gate), as array arithmetic: the 9-digit integer ``n = rint(v * 10**k)`` divided by the exact
+    ``10**k`` is the correctly rounded value that parsing the 9-digit text gives; values for which
+    that cannot be sure (0, NaN, infinities, |v| >= 1e9 or < 1e-14, or within 1e-6 of a rounding
+    tie) are formatted one by one."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        exact64 = np.asarray(values, dtype=np.float64)
+        scale_digits = 8 - np.floor(np.log10(np.abs(exact64)))
+        usable = np.isfinite(scale_digits) & (scale_digits >= 0) & (scale_digits <= 22)
+        scale = _POW10[np.where(usable, scale_digits, 0).astype(np.int64)]
+        scaled = exact64 * scale
+        size = np.abs(scaled)
+        tie = np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) <= 1e-6
+        sure = usable & (size >= 1e8) & (size < 1e9 - 1) & ~tie
+        rows = (np.rint(scaled) / scale).tolist()
+    for i, j in zip(*np.nonzero(~sure)):
+        rows[i][j] = float(f"{exact64[i, j]:.9g}")
+    return rows
 
 
 def localise(saliency: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list[Localisation | None]:
