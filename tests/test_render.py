@@ -609,3 +609,32 @@ def test_pixel_sheet_holds_every_picture_unchanged_at_its_own_size(rng):
     for k, (_, pixels) in enumerate(panels):
         np.testing.assert_array_equal(_crop(sheet, f"panel {k}"), pixels)
     assert sheet.rgb.shape[1] <= 1200 and _texts(sheet) == ["model: predicted 'cat'"]
+
+
+def test_comparison_figure_says_what_p_is_marks_wrong_predictions_and_has_a_scale(rng):
+    import torch
+    from matplotlib.colors import to_rgb
+
+    from attnviz.jobs.compare import Comparison
+
+    images = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2)]
+    comparison = Comparison(
+        names=["cnn", "se_cnn"],
+        images=images,
+        labels=["a.png", "b.png"],
+        targets=[0, 1],
+        target_source=["truth", "given"],
+        class_names=["circle", "bar", "triangle"],
+        maps={name: torch.rand(2, 16, 16) for name in ("cnn", "se_cnn")},
+        scores={"cnn": torch.tensor([0.9, 0.8]), "se_cnn": torch.tensor([0.075, 0.6])},
+        predicted={"cnn": torch.tensor([0, 1]), "se_cnn": torch.tensor([2, 1])},
+        agreement=[{"se_cnn": {"top20_iou": 0.5, "spearman": 0.5}}] * 2,
+    )
+    fig = comparison.figure()
+    labels = {ax.get_label(): ax for sub in fig.subfigs for ax in sub.axes}
+    wrong, right = labels["panel 0,2"].xaxis.label, labels["panel 0,1"].xaxis.label
+    assert wrong.get_text() == "P(true class) = 0.075\npredicted: triangle"
+    assert to_rgb(wrong.get_color()) == to_rgb("tab:red") and right.get_text() == "P(true class) = 0.900"
+    assert labels["panel 1,1"].xaxis.label.get_text() == "P(target) = 0.800"  # a given target, not the truth
+    assert [labels[f"panel {i},2"].get_title() for i in range(2)] == ["se_cnn"] * 2  # headers on every row
+    assert "colorbar" in labels

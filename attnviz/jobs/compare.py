@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 TOP_FRACTION = 0.2
+CAM_CMAP = "viridis"  # perceptually uniform: equal steps of the map look equally different
 
 
 @dataclass
@@ -120,19 +121,37 @@ class Comparison:
 
         columns: list[list[np.ndarray]] = [list(self.images)]
         captions: list[list[str]] = [["" for _ in self.images]]
+        colours: list[list[str | None]] = [[None for _ in self.images]]
         for name in self.names:
-            overlays, texts = [], []
+            overlays, texts, wrong = [], [], []
             for i, image in enumerate(self.images):
                 cam = self.maps[name][i].numpy()
                 if name in self.crop_boxes:
                     cam = in_image_frame(cam, image.shape[:2], self.crop_boxes[name][i])
-                overlays.append(render.cam_overlay(image, cam, alpha=alpha))
-                texts.append(f"P = {float(self.scores[name][i]):.3f}")
+                overlays.append(render.cam_overlay(image, cam, alpha=alpha, cmap=CAM_CMAP))
+                p = "P(true class)" if self.target_source[i] == "truth" else "P(target)"
+                predicted = int(self.predicted[name][i])
+                missed = predicted != self.targets[i]
+                texts.append(
+                    f"{p} = {float(self.scores[name][i]):.3f}"
+                    + (f"\npredicted: {self.label(predicted)}" if missed else "")
+                )
+                wrong.append("tab:red" if missed else None)
             columns.append(overlays)
             captions.append(texts)
+            colours.append(wrong)
         titles = ["input", f"{self.baseline} (baseline)", *self.names[1:]]
         rows = [f"{self.target_source[i]}: {self.label(t)}" for i, t in enumerate(self.targets)]
-        return render.comparison_grid(self.images, columns, row_titles=rows, column_titles=titles, captions=captions)
+        scale = (CAM_CMAP, 0.0, 1.0, "Grad-CAM of the target class (each map min–max normalised to 0–1)")
+        return render.comparison_grid(
+            self.images,
+            columns,
+            row_titles=rows,
+            column_titles=titles,
+            captions=captions,
+            caption_colors=colours,
+            scale=scale,
+        )
 
     def save(self, path: str | Path, *, format: str | None = None) -> list[Path]:
         """Write the figure (PNG/SVG/PDF by suffix) and ``<stem>.json`` beside it."""

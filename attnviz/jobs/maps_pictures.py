@@ -208,8 +208,7 @@ def _gating_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> 
             kwargs.update(channels=order, rank_by="given", channel_weights=weights)
             ranking = "with the largest gate values"
         title = f"{module}: features before and after gating"
-        if options.format == "png":
-            kwargs["ranking"] = ranking
+        kwargs["ranking"] = ranking
         draw = render.features_picture if options.format == "png" else render.feature_grid
         make = partial(draw, inputs[module], after=outputs[module], title=title, **kwargs)
         path = folder / "features" / f"{file_slug(module)}.gating.{options.format}"
@@ -241,14 +240,11 @@ def _cam_picture(job: PictureJob, folder: Path, options: PictureOptions) -> list
     if cam is None or not _finite(cam):
         return []
     title = f"Grad-CAM at {job.cam_layer} for the predicted class '{job.label}' (P = {job.prob:.3f})"
-    make: Callable[[], Figure | Picture]
-    if options.format == "png":
-        layer = job.group("feature").get(job.cam_layer)
-        size = tuple(layer.shape[-2:]) if layer is not None and layer.ndim == 3 else None
-        raw = size if size is not None and size != tuple(cam.shape) else None
-        make = partial(render.overlay_picture, job.original, cam, title=title, quantity="Grad-CAM", source_size=raw)
-    else:
-        make = partial(render.spatial_overlay, job.original, cam, title=title, scale="absolute", quantity="Grad-CAM")
+    layer = job.group("feature").get(job.cam_layer)
+    size = tuple(layer.shape[-2:]) if layer is not None and layer.ndim == 3 else None
+    raw = size if size is not None and size != tuple(cam.shape) else None
+    overlay = render.overlay_picture if options.format == "png" else render.spatial_overlay
+    make = partial(overlay, job.original, cam, title=title, quantity="Grad-CAM", source_size=raw)
     return [("Grad-CAM", folder / f"gradcam.{options.format}", make)]
 
 

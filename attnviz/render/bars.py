@@ -32,8 +32,10 @@ LABEL_CEILING = 0.9
 BAND_GID = "spread-band"
 # Channel labels are written horizontally up to this many channels, rotated above.
 HORIZONTAL_LABEL_CHANNELS = 16
-# Room taken by the legend outside the axes and the margins, in inches.
-LEGEND_WIDTH_IN = 3.2
+# Room taken by the margins beside the axes (the legend sits above them), in inches.
+LEGEND_WIDTH_IN = 1.4
+# Pixels a rotated 7-pt channel label needs across (its height and a gap).
+ROTATED_LABEL_PX = 14.0
 
 
 def bar_order(values: Any, order: str = "weight") -> np.ndarray:
@@ -97,7 +99,7 @@ def channel_bars(
         axes = fig.subplots(1 if per_class is None else 2, 1, sharex=True, squeeze=False)[:, 0]
         _draw_bars(axes[0], gates, positions, top_k, spread)
         for ax in axes:
-            _style_channel_axis(ax, positions, order)
+            _style_channel_axis(ax, positions, order, _fits_every_label(fig, positions.size, per_class is not None))
         if per_class is not None:
             _draw_class_lines(axes[1], per_class, positions)
         fig.suptitle(_title(title, n_images, n_channels))
@@ -128,14 +130,17 @@ def _draw_bars(ax: Axes, gates: np.ndarray, positions: np.ndarray, top_k: int, s
         low, high, name = _spread(gates, spread)
         tops = np.maximum(heights, high[positions])
         _draw_spread(ax, x, heights, low[positions], high[positions], f"{name} over {gates.shape[0]} images", many)
-    ax.axhline(UNTRAINED_GATE, color="tab:red", linestyle="--", linewidth=1.0, label="0.5 (untrained sigmoid gate)")
     mean = float(means.mean())
-    ax.axhline(mean, color="tab:green", linestyle=":", linewidth=1.5, label=f"mean = {mean:.3f}")
+    # The mean solid and wide under the dashed 0.5 line: both stay visible where they coincide.
+    ax.axhline(mean, color="tab:green", linestyle="-", linewidth=3.0, label=f"mean over channels = {mean:.3f}")
+    ax.axhline(
+        UNTRAINED_GATE, color="tab:red", linestyle="--", linewidth=1.0, label="0.5: a sigmoid gate's neutral value"
+    )
     if float(np.ptp(means)) < CONSTANT_GATE_SPREAD:  # ties: no highest or lowest channels to name
         ax.text(
             0.5,
             0.93,
-            f"constant gate: every channel ≈ {mean:.3f}, so it does not tell channels apart",
+            f"constant gate: {mean:.3f} for every channel",
             transform=ax.transAxes,
             ha="center",
             va="top",
@@ -149,7 +154,11 @@ def _draw_bars(ax: Axes, gates: np.ndarray, positions: np.ndarray, top_k: int, s
     ax.set_ylim(0.0, 1.0)
     ax.set_ylabel("gate value" if gates.shape[0] == 1 else "mean gate value")
     ax.set_label("bars")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    fig = cast("Figure", ax.get_figure())
+    columns = 4 if fig.get_figwidth() >= 10.0 else 2  # the legend above the bars, as wide as they are at most
+    ax.legend(
+        loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=columns, fontsize="small", frameon=False, borderaxespad=0
+    )
 
 
 def _draw_spread(
@@ -211,7 +220,7 @@ def _label_step(ax: Axes, n_bars: int) -> float:
     """Horizontal room one label needs, in bars, estimated from the figure's width (legend outside)."""
     fig = cast("Figure", ax.get_figure())  # axes here come from new_figure(), never a subfigure
     axes_px = max(fig.get_figwidth() - LEGEND_WIDTH_IN, 2.0) * fig.dpi
-    label_px = 22.0 if n_bars <= HORIZONTAL_LABEL_CHANNELS else 11.0  # 3 digits at 7 pt, or rotated
+    label_px = 22.0 if n_bars <= HORIZONTAL_LABEL_CHANNELS else ROTATED_LABEL_PX  # 3 digits at 7 pt, or rotated
     return max(1.0, label_px * n_bars / axes_px)
 
 
@@ -228,10 +237,17 @@ def _spread_positions(xs: np.ndarray, step: float, n_bars: int) -> np.ndarray:
     return spots
 
 
-def _style_channel_axis(ax: Axes, positions: np.ndarray, order: str) -> None:
+def _fits_every_label(fig: Figure, n_bars: int, class_legend: bool) -> bool:
+    """True when every bar can carry its channel index (rotated, 7 pt) without touching the next
+    (a legend of classes beside the axes takes another 2 inches)."""
+    axes_px = max(fig.get_figwidth() - LEGEND_WIDTH_IN - (2.0 if class_legend else 0.0), 2.0) * fig.dpi
+    return n_bars <= MAX_TICKED_CHANNELS and axes_px / n_bars >= ROTATED_LABEL_PX
+
+
+def _style_channel_axis(ax: Axes, positions: np.ndarray, order: str, every: bool) -> None:
     ax.set_xlabel("channel (sorted by gate weight)" if order == "weight" else "channel")
     ax.set_xlim(-0.6, positions.size - 0.4)
-    if positions.size <= MAX_TICKED_CHANNELS:
+    if every:
         ax.set_xticks(np.arange(positions.size), [str(int(c)) for c in positions], fontsize=7, rotation=90)
     elif order == "weight":
         # Bar positions are ranks, not channel indices: show none rather than misleading numbers.

@@ -27,8 +27,12 @@ def comparison_grid(
     row_titles: Sequence[str] | None = None,
     column_titles: Sequence[str] | None = None,
     captions: Sequence[Sequence[str]] | None = None,
+    caption_colors: Sequence[Sequence[str | None]] | None = None,
+    scale: tuple[str, float, float, str] | None = None,
 ) -> Figure:
     """Rows of images, columns of methods/models: the layout of the CBAM paper's Grad-CAM figure.
+
+    Every row repeats the column titles, so that a reader of any row knows its columns.
 
     Args:
         images: The original image of each row (sets the number of rows).
@@ -36,7 +40,11 @@ def comparison_grid(
             usually the input itself (``images``), the others overlays.
         row_titles: One title above each row (e.g. ``"truth: cat"``).
         column_titles: One title per column (e.g. ``"input"``, ``"baseline (cnn)"``, ``"cbam_cnn"``).
-        captions: ``captions[j][i]`` under each panel (e.g. ``"P = 0.873"``).
+        captions: ``captions[j][i]`` under each panel (e.g. ``"P(true class) = 0.873"``).
+        caption_colors: ``caption_colors[j][i]``: a colour for that caption (``None``: the default),
+            e.g. red for a wrong prediction.
+        scale: ``(cmap, vmin, vmax, label)`` of the overlays: adds a colour bar under the grid,
+            its axes labelled ``"colorbar"``.
 
     Returns:
         The figure; the panel in row ``i``, column ``j`` is the axes labelled ``"panel i,j"``.
@@ -54,21 +62,40 @@ def comparison_grid(
         _check_texts(captions, n_cols, "captions", "one list per column")
         for j, column in enumerate(captions):
             _check_texts(column, n_rows, f"captions[{j}]", "one per image")
+    if caption_colors is not None:
+        _check_texts(caption_colors, n_cols, "caption_colors", "one list per column")
     texts = [*(row_titles or ()), *(column_titles or ()), *(c for column in captions or () for c in column)]
+    bar_in = 0.9 if scale is not None else 0.0
     with font_context(texts):
-        fig = new_figure(PANEL_IN * n_cols + 0.4, (PANEL_IN + 0.8) * n_rows)
-        rows = fig.subfigures(n_rows, 1, squeeze=False)[:, 0]
-        for i, row in enumerate(rows):
+        fig = new_figure(PANEL_IN * n_cols + 0.4, (PANEL_IN + 1.3) * n_rows + bar_in)
+        ratios = [PANEL_IN + 1.3] * n_rows + ([bar_in] if scale is not None else [])
+        parts = fig.subfigures(len(ratios), 1, squeeze=False, height_ratios=ratios)[:, 0]
+        for i, row in enumerate(parts[:n_rows]):
             axes = row.subplots(1, n_cols, squeeze=False)[0]
             for j, ax in enumerate(axes):
                 _panel(ax, as_rgb_image(columns[j][i], f"columns[{j}][{i}]"), f"panel {i},{j}")
-                if column_titles is not None and i == 0:
-                    ax.set_title(str(column_titles[j]))
+                if column_titles is not None:
+                    ax.set_title(str(column_titles[j]), fontsize="medium")
                 if captions is not None:
-                    ax.set_xlabel(str(captions[j][i]))
+                    colour = caption_colors[j][i] if caption_colors is not None else None
+                    ax.set_xlabel(str(captions[j][i]), color=colour or "black")
             if row_titles is not None:
-                row.suptitle(str(row_titles[i]))
+                row.suptitle(str(row_titles[i]), fontweight="bold")
+        if scale is not None:
+            _scale_bar(parts[-1], *scale)
     return fig
+
+
+def _scale_bar(part: Any, cmap: str, vmin: float, vmax: float, label: str) -> None:
+    """A horizontal colour bar across the middle of ``part`` (a subfigure), its axes labelled ``"colorbar"``."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    grid = part.add_gridspec(1, 3, width_ratios=[1.0, 3.0, 1.0])
+    cax = part.add_subplot(grid[0, 1])
+    colorbar = part.colorbar(ScalarMappable(Normalize(vmin, vmax), cmap), cax=cax, orientation="horizontal")
+    colorbar.set_label(label)
+    cax.set_label("colorbar")
 
 
 def index_figure(panels: Sequence[tuple[str, Any]], *, columns: int = 3, title: str = "") -> Figure:

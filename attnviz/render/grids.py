@@ -61,6 +61,7 @@ def feature_grid(
     title: str = "",
     after: Any = None,
     channel_weights: Any = None,
+    ranking: str = "",
 ) -> Figure:
     """Small images of the top-N feature channels, optionally before and after the gate.
 
@@ -73,6 +74,8 @@ def feature_grid(
         after: ``[C, H, W]`` features after the gate: adds a second row on a colour scale shared
             with the first, per channel column.
         channel_weights: ``[C]`` gate weight per channel, written in the panel titles.
+        ranking: How the channels were chosen, for the title (e.g. ``"with the largest gate values"``;
+            default: ``"by mean activation"``, or ``"in the order given"``).
 
     Returns:
         The figure; image axes are labelled ``"before <c>"`` / ``"after <c>"`` (or ``"channel <c>"``).
@@ -100,8 +103,8 @@ def feature_grid(
             block, column = divmod(slot, n_cols)
             for ax in axes[block * len(rows) : (block + 1) * len(rows), column]:
                 ax.set_visible(False)
-        ranking = "mean activation" if rank_by == "activation" else "given order"
-        summary = f"top {chosen.size} channels by {ranking}"
+        ranking = ranking or ("by mean activation" if rank_by == "activation" else "in the order given")
+        summary = f"{chosen.size} channels {ranking}"
         fig.suptitle(f"{title} ({summary})" if title else summary)
     return fig
 
@@ -127,7 +130,10 @@ def _draw_column(
     colorbar = fig.colorbar(
         mappable, ax=list(column_axes), orientation="horizontal", fraction=0.08, pad=0.04, aspect=12
     )
-    colorbar.ax.tick_params(labelsize=6)
+    from matplotlib.ticker import MaxNLocator
+
+    colorbar.ax.xaxis.set_major_locator(MaxNLocator(nbins=3))
+    colorbar.ax.tick_params(labelsize=8)
     colorbar.ax.set_label(f"colorbar {channel}")
 
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 SCALES: tuple[str, ...] = ("absolute", "minmax")
+#: On the absolute scale, values spanning less than this much of [0, 1] get a note naming --scale minmax.
+NARROW_SPAN = 0.5
 
 
 def overlay_rgb(
@@ -87,9 +89,10 @@ def spatial_overlay(
     *,
     title: str = "",
     scale: str = "absolute",
-    cmap: Any = "jet",
+    cmap: Any = "viridis",
     alpha: float = 0.5,
     quantity: str = "gate",
+    source_size: tuple[int, int] | None = None,
 ) -> Figure:
     """Three panels: the image, the gate map at its true resolution, and the overlay.
 
@@ -102,6 +105,10 @@ def spatial_overlay(
         cmap: Matplotlib colormap.
         alpha: Weight of the colour layer in the overlay.
         quantity: What the map holds, for the panel title and colour bar ("gate", "Grad-CAM").
+        source_size: The size the map was computed at, when ``gate_map`` was upsampled (Grad-CAM).
+
+    On the absolute scale, a map whose values use less than half of [0, 1] says so in the title and
+    names the min–max scale.
 
     Returns:
         The figure; its axes are labelled ``"input"``, ``"gate map"``, ``"overlay"``, ``"colorbar"``.
@@ -115,11 +122,13 @@ def spatial_overlay(
     vmin, vmax, scale = _colour_range(gate, scale)
     overlay = overlay_rgb(pixels, gate, vmin=vmin, vmax=vmax, cmap=cmap, alpha=alpha)
     full_title = f"{title} (min–max scaled)" if scale == "minmax" else title
+    note = range_note(gate, scale, quantity)
+    full_title = f"{full_title}\n{note}" if note and full_title else full_title or note
     with font_context([full_title]):
         fig = new_figure(12.0, 4.4)
         ax_img, ax_map, ax_over = fig.subplots(1, 3)
         _image_panel(ax_img, pixels, "input", f"input ({pixels.shape[0]}×{pixels.shape[1]})")
-        mappable = _map_panel(ax_map, gate, vmin, vmax, cmap, quantity)
+        mappable = _map_panel(ax_map, gate, vmin, vmax, cmap, quantity, source_size)
         _image_panel(ax_over, overlay, "overlay", f"overlay (bilinear to {pixels.shape[0]}×{pixels.shape[1]})")
         colorbar = fig.colorbar(mappable, ax=[ax_map, ax_over], shrink=0.85, extend=_extend(gate, vmin, vmax))
         colorbar.ax.set_label("colorbar")
@@ -157,15 +166,35 @@ def _image_panel(ax: Any, pixels: np.ndarray, label: str, title: str) -> None:
     ax.set_yticks([])
 
 
-def _map_panel(ax: Any, gate: np.ndarray, vmin: float, vmax: float, cmap: Any, quantity: str = "gate") -> Any:
+def _map_panel(
+    ax: Any,
+    gate: np.ndarray,
+    vmin: float,
+    vmax: float,
+    cmap: Any,
+    quantity: str = "gate",
+    source_size: tuple[int, int] | None = None,
+) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     height, width = gate.shape
     mappable = ax.imshow(gate, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_label("gate map")
-    ax.set_title(f"{quantity} map ({height}×{width}, raw)")
+    raw = "raw" if source_size is None else f"upsampled from {source_size[0]}×{source_size[1]}"
+    ax.set_title(f"{quantity} map ({height}×{width}, {raw})", fontsize="medium")
     ax.set_xlabel(f"x (cell, {width} wide)")
     ax.set_ylabel(f"y (cell, {height} high)")
     ax.xaxis.set_major_locator(MaxNLocator(nbins=min(width, 8), integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=min(height, 8), integer=True))
     return mappable
+
+
+def range_note(heat: np.ndarray, scale: str, quantity: str) -> str:
+    """On the absolute scale, a note when the values use less than :data:`NARROW_SPAN` of [0, 1] (else ``""``)."""
+    low, high = float(heat.min()), float(heat.max())
+    if scale != "absolute" or high - low >= NARROW_SPAN or high - low <= 1e-6:
+        return ""
+    return (
+        f"The {quantity} values span only {low:.2f}–{high:.2f} ({high - low:.0%} of the 0–1 scale), so their "
+        "colours differ little; --scale minmax stretches them over the colour bar."
+    )

@@ -17,15 +17,13 @@ from attnviz.render.bars import UNTRAINED_GATE, _as_gates, bar_order
 from attnviz.render.canvas import BODY, INK, MUTED, SMALL, TITLE, WARN, Canvas, Picture, line_height
 from attnviz.render.colormaps import apply_colormap
 from attnviz.render.grids import FEATURE_CMAP, MAX_COLUMNS, _same_shape, _weights, select_channels
-from attnviz.render.overlays import SCALES, _colour_range, upsample
+from attnviz.render.overlays import NARROW_SPAN, SCALES, _colour_range, range_note, upsample
 from attnviz.runtime.errors import UsageError
 
 #: The colour map of gates and Grad-CAM: perceptually uniform, readable over any image (drawn on grey).
 HEAT_CMAP = "viridis"
 #: The overlay outlines the region holding this share of the highest values.
 HOT_SHARE = 0.2
-#: On the absolute scale, values spanning less than this much of [0, 1] get a note naming --scale minmax.
-NARROW_SPAN = 0.5
 BAR_BLUE, HALF_RED, MEAN_GREEN = (31, 119, 180), (214, 39, 40), (44, 160, 44)
 PAD = 12
 _TICK_GAP = 3
@@ -110,7 +108,7 @@ def overlay_picture(
     side = 240
     canvas = Canvas(3 * side + 4 * PAD + 150, 0)  # height set once the title is wrapped
     lines = canvas.wrap(title, canvas.width - 2 * PAD, TITLE) if title else []
-    note = _range_note(heat, scale, quantity)
+    note = range_note(heat, scale, quantity)
     top = PAD + len(lines) * line_height(TITLE) + 2 * line_height(SMALL) + 6
     canvas = Canvas(canvas.width, top + side + PAD + (2 * line_height(SMALL) + 4 if note else 0))
     _title(canvas, title)
@@ -394,17 +392,6 @@ def _fit_values(values: np.ndarray, side: int) -> np.ndarray:
     return square
 
 
-def _range_note(heat: np.ndarray, scale: str, quantity: str) -> str:
-    """On the absolute scale, a note when the values use only a small part of [0, 1]."""
-    low, high = float(heat.min()), float(heat.max())
-    if scale != "absolute" or high - low >= NARROW_SPAN or high - low <= 1e-6:
-        return ""
-    return (
-        f"The {quantity} values span only {low:.2f}–{high:.2f} ({high - low:.0%} of the 0–1 scale), so their "
-        "colours differ little; --scale minmax stretches them over the colour bar."
-    )
-
-
 def _feature_column(
     canvas: Canvas,
     x: int,
@@ -431,4 +418,4 @@ def _feature_column(
     canvas.colorbar((x, y, x + side, y + 10), FEATURE_CMAP, vmin, vmax, ticks=[vmin, vmax], horizontal=True)
 
 
-__all__ = ["HEAT_CMAP", "INK", "bars_picture", "features_picture", "overlay_picture", "sheet_picture"]
+__all__ = ["HEAT_CMAP", "INK", "NARROW_SPAN", "bars_picture", "features_picture", "overlay_picture", "sheet_picture"]
