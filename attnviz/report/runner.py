@@ -1,8 +1,9 @@
 """``run_report``: stream images through every model, write one record per image, rebuild the report.
 
 Images are decoded in ``DataLoader`` workers and run through the models batch by batch; only the
-per-image numbers (and the small arrays the pictures need) outlive a batch. Pictures are drawn in
-worker processes that receive arrays only. Each image's record is written after its pictures, so
+per-image numbers (and the small arrays the pictures need) outlive a batch. Pictures are drawn, and
+records written, in worker processes that receive arrays only (``render_workers``), so that the
+process that runs the models does neither. Each image's record is written after its pictures, so
 a re-run of the same command skips every finished image; ``--shard K/N`` takes a deterministic
 slice of the input, and :func:`attnviz.report.merge.merge_reports` joins the shards' folders.
 """
@@ -60,7 +61,8 @@ class ReportOptions:
     Attributes:
         batch_size: Images per forward pass.
         workers: ``DataLoader`` worker processes that decode images (0: in this process).
-        render_workers: Processes that draw the pictures (0: in this process).
+        render_workers: Processes that draw the pictures and write each image's record, with or
+            without pictures (0: in this process, between batches).
         shard: ``(K, N)``: process only the K-th of N deterministic slices (1-based).
         method: CAM method (any of :data:`attnviz.explain.cam.METHODS`).
         steps: Steps of the deletion/insertion curves.
