@@ -498,6 +498,32 @@ def test_coordinate_attention_gates_are_axis_gates_with_the_right_features():
     torch.testing.assert_close(cap.outputs["1#0"], x * a_w * a_h)
 
 
+class CoordAttGrouped(CoordAtt):
+    """The same gates applied as one product: ``x * (a_h * a_w)``."""
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        y = self.act(self.bn1(self.conv1(torch.cat([self.pool_h(x), self.pool_w(x).permute(0, 1, 3, 2)], dim=2))))
+        x_h, x_w = torch.split(y, [h, w], dim=2)
+        return x * (self.conv_h(x_h).sigmoid() * self.conv_w(x_w.permute(0, 1, 3, 2)).sigmoid())
+
+
+def test_gates_multiplied_together_before_gating_are_both_gates():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), CoordAttGrouped(8), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model.eval()
+    images = torch.randn(2, 3, 6, 5)
+    seen = run_watched(model, images, ["1"])
+    cap = capture(model, images, layers=[])
+    assert {n: g.kind for n, g in cap.gates.items()} == {"1#0": "axis", "1#1": "axis"}
+    for name in ("1#0", "1#1"):
+        torch.testing.assert_close(cap.inputs[name], seen.inputs["1"][0])
+        torch.testing.assert_close(cap.outputs[name], seen.outputs["1"][0])
+    torch.testing.assert_close(
+        cap.outputs["1#0"], seen.inputs["1"][0] * cap.gates["1#0"].values * cap.gates["1#1"].values
+    )
+
+
 # --- planned passes: later batches hook the attention modules alone ------------------------------
 
 

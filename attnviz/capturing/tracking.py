@@ -109,7 +109,7 @@ class Tracker(TorchFunctionMode):
         self.sink = sink
         self.rows = feature_rows
         self.events: list[CallEvent] = []
-        self._follow: dict[int, tuple[weakref.ref[torch.Tensor], CallEvent]] = {}
+        self._follow: dict[int, tuple[weakref.ref[torch.Tensor], tuple[CallEvent, ...]]] = {}
         self._scalar_of: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], str]] = {}
         self._handlers: dict[object, Callable[..., None]] = {
             **dict.fromkeys(SIGMOID_FUNCTIONS, self._sigmoid),
@@ -160,7 +160,7 @@ class Tracker(TorchFunctionMode):
             event._pending = output
             event.info["version"] = output._version
         if call == "sigmoid":
-            self._follow[id(output)] = (weakref.ref(output), event)
+            self._follow[id(output)] = (weakref.ref(output), (event,))
 
     # --- a hand-written hard sigmoid: relu6(x + 3) / 6 -------------------------------------
 
@@ -244,11 +244,22 @@ class Tracker(TorchFunctionMode):
             self._consume(tensors[0], tensors[1], output, None)
 
     def _consume(self, left: torch.Tensor, right: torch.Tensor, product: torch.Tensor, snapshot: Any) -> None:
-        left_event, right_event = self._followed(left), self._followed(right)
-        if (left_event is None) == (right_event is None):
-            return  # no gate, or two gates multiplied together (not gating features)
-        event, features = (left_event, right) if left_event is not None else (right_event, left)
-        assert event is not None
+        left_events, right_events = self._followed(left), self._followed(right)
+        if left_events is not None and right_events is not None:
+            # gates multiplied together (x * (a_h * a_w)): the product carries both
+            self._follow[id(product)] = (weakref.ref(product), left_events + right_events)
+            return
+        if left_events is None and right_events is None:
+            return
+        events, features = (left_events, right) if left_events is not None else (right_events, left)
+        assert events is not None
+        for event in events:
+            self._apply(event, features, left, product, snapshot)
+
+    def _apply(
+        self, event: CallEvent, features: torch.Tensor, left: torch.Tensor, product: torch.Tensor, snapshot: Any
+    ) -> None:
+        """Note that ``event``'s gate multiplies ``features`` (giving ``product``)."""
         if event.consumer is not None:
             return  # the first multiplication that uses a gate is the one that applies it
         if any(ref() is root for root in self._roots(features) for ref in event._sources):
@@ -272,16 +283,17 @@ class Tracker(TorchFunctionMode):
         """A copy of the features an in-place gating multiplication is about to overwrite."""
         if len(args) < 2 or not isinstance(args[0], torch.Tensor) or not isinstance(args[1], torch.Tensor):
             return None
-        event = self._followed(args[1])
-        if event is None or event.consumer is not None or self._followed(args[0]) is not None:
+        events = self._followed(args[1])
+        if events is None or self._followed(args[0]) is not None:
             return None
-        if not self.sink.copy_features(event) or args[0].dim() != 4:
+        waiting = [event for event in events if event.consumer is None and self.sink.copy_features(event)]
+        if not waiting or args[0].dim() != 4:
             return None
         return args[0][: self.rows].detach().clone()
 
     # --- bookkeeping -----------------------------------------------------------------------
 
-    def _followed(self, tensor: torch.Tensor) -> CallEvent | None:
+    def _followed(self, tensor: torch.Tensor) -> tuple[CallEvent, ...] | None:
         entry = self._follow.get(id(tensor))
         if entry is None or entry[0]() is not tensor:
             return None
