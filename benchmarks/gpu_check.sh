@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared check on a GPU machine (no internet): install the carried wheels and attnviz, run the
-# GPU-relevant tests, train every registry architecture for one epoch on cuda, and run bench_gpu.py.
+# GPU-relevant tests, run bench_gpu.py, (--samples) retrain the sample models, and train every registry
+# architecture for one epoch on cuda (last: the other parts matter more when time runs short).
 #
 #   bash benchmarks/gpu_check.sh [--samples] [--only tests,train,bench,samples] [--budget SECONDS]
 #
@@ -115,15 +116,6 @@ if wanted tests; then
     run tests 90 gpu_tests
 fi
 
-if wanted train; then
-    archs=$(python3 -c "from attnviz.models import list_architectures; print(*list_architectures())" 2>>"$LOG")
-    [ -n "$archs" ] || { echo "train: failed (no architectures: attnviz does not import)" | tee -a "$STATUS"; FAILED=1; }
-    for arch in $archs; do
-        run "train $arch" 25 attnviz_cli train --arch "$arch" --data shapes --epochs 1 --train-size 512 \
-            --test-size 256 --device cuda --no-progress --out "$WORK/t_$arch.pth"
-    done
-fi
-
 if wanted bench; then
     run bench 180 python3 benchmarks/bench_gpu.py --json "$OUT/gpu.json"
 fi
@@ -135,6 +127,15 @@ if wanted samples; then
         run "samples $arch" 100 attnviz_cli train --arch "$arch" --data shapes --epochs 15 --train-size 20000 \
             --test-size 2000 --seed 0 --no-progress --out "$WORK/samples/$arch.pth" &&
             cp "$WORK/samples/$arch.pth" "$OUT/samples/" 2>/dev/null
+    done
+fi
+
+if wanted train; then
+    archs=$(python3 -c "from attnviz.models import list_architectures; print(*list_architectures())" 2>>"$LOG")
+    [ -n "$archs" ] || { echo "train: failed (no architectures: attnviz does not import)" | tee -a "$STATUS"; FAILED=1; }
+    for arch in $archs; do
+        run "train $arch" 25 attnviz_cli train --arch "$arch" --data shapes --epochs 1 --train-size 512 \
+            --test-size 256 --device cuda --no-progress --out "$WORK/t_$arch.pth"
     done
 fi
 

@@ -57,7 +57,6 @@ _CARRIES = {
     torch.Tensor.type_as,
     torch.Tensor.__getitem__,
     torch.Tensor.repeat,
-    torch.Tensor.expand,
 }
 
 
