@@ -27,6 +27,12 @@ from _doc import machine, write_section
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
 SECTION = "## The maps job"
+BEFORE = (
+    "- Before PNG pictures were drawn as pixels (each a matplotlib figure, as `--format svg|pdf` still draws "
+    "them), the same job took 67.4 s on a 2-core Xeon without render workers (5.6 s per image) and 37.0 s with 2 "
+    "(bench_render.py, 2026-11-23); a render worker now costs more to start than it saves on 12 images, so "
+    "`--render-workers` starts them only for 50 or more images on 4 or more cores."
+)
 
 
 def command(out: Path, *extra: str) -> list[str]:
@@ -45,6 +51,16 @@ def wall(extra: tuple[str, ...], repeats: int) -> tuple[float, list[float]]:
             subprocess.run(command(Path(folder) / "maps", *extra), cwd=ROOT, check=True, capture_output=True)
             times.append(time.perf_counter() - start)
     return statistics.median(times), times
+
+
+def import_seconds(repeats: int) -> float:
+    """Median wall seconds of a new Python process that imports what ``attnviz maps`` needs to load a model."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import attnviz.io.checkpoints, attnviz.jobs.maps"], cwd=ROOT, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def picture_job():  # type: ignore[no-untyped-def]
@@ -97,7 +113,7 @@ def picture_times(repeats: int) -> list[tuple[str, int, float, float]]:
         made = make()
         rgb = made.rgb if isinstance(made, render.Picture) else render.figure_to_rgb(made)  # type: ignore[arg-type]
         drawn_at = time.perf_counter()
-        render.png_bytes(rgb, compression=1)
+        render.png_bytes(rgb, fast=True)
         draws.setdefault(kind_of(path), []).append(drawn_at - start)
         encodes.setdefault(kind_of(path), []).append(time.perf_counter() - drawn_at)
         return rgb
@@ -133,6 +149,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     full, full_runs = wall((), args.repeats)
     bare, bare_runs = wall(("--no-pictures",), args.repeats)
+    start_up = import_seconds(args.repeats)
     kinds = picture_times(args.repeats)
     per_image = sum(count * (draw + encode) for _, count, draw, encode in kinds)
     runs = ", ".join(f"{t:.1f}" for t in full_runs)
@@ -141,6 +158,7 @@ def main() -> None:
         "| --- | ---: | --- |",
         f"| pictures (the default) | {full:.1f} | {runs} |",
         f"| `--no-pictures` | {bare:.1f} | {', '.join(f'{t:.1f}' for t in bare_runs)} |",
+        f"| of which: a new Python importing attnviz's model loading (torch, torchvision) | {start_up:.1f} | |",
         "",
         "| picture kind (one image's pictures, one thread) | pictures | draw (ms each) | PNG encode (ms each) |",
         "| --- | ---: | ---: | ---: |",
@@ -163,12 +181,14 @@ def main() -> None:
             "",
             f"- The pictures add {full - bare:.1f} s to the job ({(full - bare) / 12:.2f} s per image, wall); "
             f"drawing and encoding one image's pictures takes {per_image / 1e3:.2f} s of one core. The rest "
-            f"of the {full:.1f} s is the job without pictures: starting Python and importing torch, "
-            "loading the checkpoint, the forward pass, Grad-CAM and `attention.npz`.",
+            f"of the {full:.1f} s is the job without pictures: {start_up:.1f} s starting Python and importing "
+            "torch and torchvision (the model registry imports torchvision for `resnet18_cbam`), then loading "
+            "the checkpoint, the forward pass and Grad-CAM (milliseconds per image) and writing `attention.npz`.",
             "- PNG pictures are drawn as pixels (`attnviz/render/pictures.py`: Pillow's FreeType text, numpy "
-            "and OpenCV for images and colour maps); their largest cost is zlib, in the index sheet "
-            "(every picture at its own size on one sheet). `--format svg|pdf` draws matplotlib figures "
-            "(see Rendering below), 100–400 ms each.",
+            "and OpenCV for images and colour maps, PNG with zlib level 1 and the SUB filter); the largest single "
+            "cost is the index sheet, every picture at its own size on one sheet (about 5 megapixels to compose "
+            "and compress). `--format svg|pdf` draws matplotlib figures instead (see Rendering), 100–400 ms each.",
+            BEFORE,
             "",
         ]
     )
