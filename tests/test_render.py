@@ -638,3 +638,16 @@ def test_comparison_figure_says_what_p_is_marks_wrong_predictions_and_has_a_scal
     assert labels["panel 1,1"].xaxis.label.get_text() == "P(target) = 0.800"  # a given target, not the truth
     assert [labels[f"panel {i},2"].get_title() for i in range(2)] == ["se_cnn"] * 2  # headers on every row
     assert "colorbar" in labels
+
+
+def test_overlays_in_maps_and_compare_are_drawn_on_the_image_in_grey():
+    from attnviz.render import greyscale, overlay_picture
+
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 200
+    grey = greyscale(red)
+    assert np.all(grey == round(0.299 * 200))  # luminance in every channel
+    picture = overlay_picture(red, np.zeros((2, 2)))  # a map of zeros: the darkest colour over the grey image
+    over = _crop(picture, "overlay").astype(int)
+    assert np.ptp(over[over.shape[0] // 2, over.shape[1] // 2] - over[2, 2]) == 0
+    assert abs(over[2, 2, 0] - over[2, 2, 2]) < 30  # no red left: viridis' purple over grey

@@ -8,9 +8,10 @@ import pytest
 from matplotlib.text import Text
 
 from attnviz.render import axis_gate, branch_weights, figure_to_rgb, full_gate, gate_heatmap
+from attnviz.render.gatemaps import GATE_CMAP
 from attnviz.runtime.errors import UsageError
 
-JET = np.asarray(matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256)))[:, :3] * 255.0
+JET = np.asarray(matplotlib.colormaps[GATE_CMAP](np.linspace(0.0, 1.0, 256)))[:, :3] * 255.0  # the gate colours
 
 
 def axes_by_label(fig, label):

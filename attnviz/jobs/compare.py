@@ -128,7 +128,7 @@ class Comparison:
                 cam = self.maps[name][i].numpy()
                 if name in self.crop_boxes:
                     cam = in_image_frame(cam, image.shape[:2], self.crop_boxes[name][i])
-                overlays.append(render.cam_overlay(image, cam, alpha=alpha, cmap=CAM_CMAP))
+                overlays.append(render.cam_overlay(render.greyscale(image), cam, alpha=alpha, cmap=CAM_CMAP))
                 p = "P(true class)" if self.target_source[i] == "truth" else "P(target)"
                 predicted = int(self.predicted[name][i])
                 missed = predicted != self.targets[i]

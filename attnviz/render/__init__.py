@@ -16,7 +16,7 @@ from attnviz.render.fonts import font_context, font_families
 from attnviz.render.gatemaps import axis_gate, branch_weights, full_gate, gate_heatmap
 from attnviz.render.grids import feature_grid, select_channels
 from attnviz.render.output import figure_to_rgb, new_figure, png_bytes, rgb_figure, save_figure, save_rgb
-from attnviz.render.overlays import cam_overlay, overlay_rgb, spatial_overlay
+from attnviz.render.overlays import cam_overlay, greyscale, overlay_rgb, spatial_overlay
 from attnviz.render.pictures import bars_picture, features_picture, overlay_picture, sheet_picture
 from attnviz.render.strips import channel_strip
 
@@ -39,6 +39,7 @@ __all__ = [
     "font_families",
     "full_gate",
     "gate_heatmap",
+    "greyscale",
     "index_figure",
     "index_image",
     "new_figure",

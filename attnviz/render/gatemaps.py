@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-GATE_CMAP = "jet"  # the colormap of the spatial-gate pictures, so that a value reads the same everywhere
+GATE_CMAP = "viridis"  # the colormap of the spatial-gate pictures, so that a value reads the same everywhere
 SPREAD_CMAP = "magma"
 # The largest standard deviation values in [0, 1] can have (half at 0, half at 1).
 MAX_STD = 0.5

@@ -64,6 +64,17 @@ def overlay_rgb(
     return cv2.addWeighted(np.ascontiguousarray(pixels), 1.0 - alpha, colour, alpha, 0.0)
 
 
+def greyscale(image: Any) -> np.ndarray:
+    """The image in grey (its luminance in all three channels), uint8 ``[H, W, 3]``: the ground an overlay's
+    colours read true on, whatever the image's own colours.
+
+    Raises:
+        UsageError: Not an RGB (or grey) image.
+    """
+    pixels = np.ascontiguousarray(as_rgb_image(image))
+    return cv2.cvtColor(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+
+
 def cam_overlay(image: Any, cam: Any, *, alpha: float = 0.5, cmap: Any = "jet") -> np.ndarray:
     """Overlay a normalised class-activation map (values in [0, 1]) on an image.
 

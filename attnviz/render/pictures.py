@@ -17,7 +17,7 @@ from attnviz.render.bars import UNTRAINED_GATE, _as_gates, bar_order
 from attnviz.render.canvas import BODY, INK, MUTED, SMALL, TITLE, WARN, Canvas, Picture, line_height
 from attnviz.render.colormaps import apply_colormap
 from attnviz.render.grids import FEATURE_CMAP, MAX_COLUMNS, _same_shape, _weights, select_channels
-from attnviz.render.overlays import NARROW_SPAN, SCALES, _colour_range, range_note, upsample
+from attnviz.render.overlays import NARROW_SPAN, SCALES, _colour_range, greyscale, range_note, upsample
 from attnviz.runtime.errors import UsageError
 
 #: The colour map of gates and Grad-CAM: perceptually uniform, readable over any image (drawn on grey).
@@ -365,7 +365,7 @@ def _cells(heat: np.ndarray, side: int, vmin: float, vmax: float, cmap: str = HE
 def _overlay(pixels: np.ndarray, heat: np.ndarray, side: int, vmin: float, vmax: float) -> np.ndarray:
     """The map (bilinear to the input's size) coloured over the input in grey, then outlined where
     its highest :data:`HOT_SHARE` of values lie."""
-    grey = cv2.cvtColor(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    grey = greyscale(pixels)
     values = upsample(heat, pixels.shape[:2])
     colours = apply_colormap(values, vmin, vmax, HEAT_CMAP)
     blended = _fit(cv2.addWeighted(grey, 0.4, colours, 0.6, 0.0), side)
