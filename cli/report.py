@@ -90,9 +90,9 @@ time writes it (a second is refused while the lock OUT/.attnviz.lock is held).
 @click.option(
     "--render-workers",
     type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="Processes that draw the pictures.",
+    default=None,
+    help="Processes that draw the pictures and write each image's record, so that the main process only runs "
+    "the models [default: 0 on the CPU, whose cores run the models; on a GPU a quarter of the cores, 1 to 4].",
 )
 @click.option(
     "--shard",
@@ -187,7 +187,7 @@ def report(
     options = ReportOptions(
         batch_size=batch_size,
         workers=workers,
-        render_workers=render_workers,
+        render_workers=_render_workers(render_workers, device),
         shard=shard,
         method=method,
         steps=steps,
@@ -227,3 +227,15 @@ def _finish(
         click.echo(f"wrote {index}: {images} image(s){done}{skipped}{unfinished}")
     if failures or pending or incomplete:
         sys.exit(1)
+
+
+def _render_workers(given: int | None, device: str) -> int:
+    """The render workers asked for, or by default: none on the CPU (its cores run the models), and on
+    a GPU a quarter of the cores (1 to 4), which keep pictures and records off the model loop."""
+    import os
+
+    if given is not None:
+        return given
+    if device.startswith("cpu"):
+        return 0
+    return min(4, max(1, (os.cpu_count() or 1) // 4))

@@ -155,3 +155,14 @@ def test_without_pictures_nothing_of_the_renderers_is_loaded_while_the_models_ru
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_render_workers_default_to_none_on_the_cpu_and_some_on_a_gpu(monkeypatch):
+    from attnviz.cli.report import _render_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert _render_workers(None, "cpu") == 0
+    assert _render_workers(None, "cuda") == 4 and _render_workers(None, "cuda:1") == 4
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert _render_workers(None, "cuda") == 1
+    assert _render_workers(3, "cpu") == 3
