@@ -167,7 +167,8 @@ def features_picture(
     scale_h = 10 + 4 + line_height(SMALL)
     block_h = header + len(rows) * (side + 6) + scale_h + PAD
     ranking = ranking or ("by mean activation" if rank_by == "activation" else "in the order given")
-    subtitle = f"{chosen.size} channels {ranking}; colour scale per column (below it), shared by its rows"
+    shared = ", shared by before and after" if after is not None else ""
+    subtitle = f"{chosen.size} channels {ranking}; colour scale per column (below it){shared}"
     canvas = Canvas(left + n_cols * (side + gap) + PAD, 0)
     head = len(canvas.wrap(title, canvas.width - 2 * PAD, TITLE)) * line_height(TITLE) if title else 0
     head += len(canvas.wrap(subtitle, canvas.width - 2 * PAD, SMALL)) * line_height(SMALL)
