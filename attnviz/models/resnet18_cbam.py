@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision import models
 
 from attnviz.models.cbam import CBAM
 from attnviz.models.statedict import compare_state_dict
@@ -48,6 +47,8 @@ class ResNet18_CBAM(nn.Module):  # noqa: N801 - the notebook's class name
         cbam_kernel: int = 7,
     ) -> None:
         super().__init__()
+        from torchvision import models  # here, not at the top: importing torchvision costs a second or more
+
         self.backbone = models.resnet18(weights=None)
         if weights is not None:
             _load_imagenet_weights(self.backbone, Path(weights))
