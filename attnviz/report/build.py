@@ -1,14 +1,18 @@
 """Rebuild a report folder's outputs from its records: ``results.csv``, ``summary.csv``,
 ``results.json``, the per-class excitation figures and ``index.html``.
 
-Two streaming passes over the records named by the manifest: the first gathers the aggregates,
-the second writes one CSV row, one JSON entry and one card per image.
+One streaming pass over the records named by the manifest reads and parses each record once and
+feeds it to every output: the aggregates, a row of ``results.csv``, and its entry of ``results.json``
+and card of ``index.html``, which wait in temporary files (spools) until the aggregates that head
+those files are known; then the files are written, the spools copied into them without parsing.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -17,12 +21,8 @@ from typing import IO, Any
 from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
-from attnviz.report.html import constant_note, write_page
-from attnviz.report.results import (
-    write_results_csv,
-    write_results_json,
-    write_summary_csv,
-)
+from attnviz.report.html import Cards, constant_note
+from attnviz.report.results import ResultsCsv, ResultsJson, write_summary_csv
 from attnviz.report.schema import FailedImage, Record, RunInfo, Summary
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.text import file_slug
@@ -31,6 +31,8 @@ FIGURES_DIR = "figures"
 #: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.
 METRICS_DOC = "METRICS.md"
 METRICS_PAGE = "metrics.html"
+#: Characters of a results.json's entries or a page's cards kept in memory before they go to a temporary file.
+SPOOL_MEMORY = 16 << 20
 
 
 @dataclass
@@ -43,7 +45,8 @@ class BuildResult:
         failures: ``{"id", "source", "reason"}`` of every skipped input.
         pending: Manifest items that have no record yet (an interrupted run).
         summary: The aggregates written to ``results.json``.
-        seconds: Time per output (``aggregate``, ``figures``, ``csv``, ``json``, ``html``).
+        seconds: Time spent reading and parsing the records (``read``) and per output (``aggregate``,
+            ``figures``, ``csv``, ``json``, ``html``).
     """
 
     index: Path
@@ -62,55 +65,76 @@ def build_report(out: str | Path) -> BuildResult:
     """
     out = Path(out)
     run = store.read_run(out)
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
+    seconds: dict[str, float] = dict.fromkeys(("read", "aggregate", "csv", "json", "html"), 0.0)
+    with ExitStack() as stack:
+        table = ResultsCsv(stack.enter_context(atomic_file(out / "results.csv", "w")), run)
+        entries = ResultsJson(stack.enter_context(_spool(out)))
+        cards = Cards(run, stack.enter_context(_spool(out)))
+        summary, failures = _read_once(out, run, {"csv": table.add, "json": entries.add, "html": cards.add}, seconds)
+
+        start = time.perf_counter()
+        figures = _figures(out, run, summary)
+        seconds["figures"] = time.perf_counter() - start
+        sanity = store.read_json(out / store.SANITY_FILE)
+        sanity = sanity if isinstance(sanity, dict) and sanity.get("config") == run["config"] else None
+        links = _links(out)
+
+        start = time.perf_counter()
+        _write_text(out / "summary.csv", lambda f: write_summary_csv(f, summary, sanity))
+        seconds["csv"] += time.perf_counter() - start
+        start = time.perf_counter()
+        head = {"report": _report_head(run), "summary": summary, "sanity": sanity, "failed": failures}
+        _write_text(out / "results.json", lambda f: entries.write(f, head))
+        seconds["json"] += time.perf_counter() - start
+        start = time.perf_counter()
+        _write_text(out / "index.html", lambda f: cards.write_page(f, summary, sanity, figures, failures, links))
+        seconds["html"] += time.perf_counter() - start
+    return BuildResult(out / "index.html", summary["images"], failures, summary["pending"], summary, seconds)
+
+
+def _read_once(
+    out: Path, run: RunInfo, outputs: dict[str, Callable[[Record], None]], seconds: dict[str, float]
+) -> tuple[Summary, list[dict[str, Any]]]:
+    """Read every record once, feeding it to the aggregates and to ``outputs`` (key in ``seconds`` ->
+    what takes the record); returns the aggregates and the failures (``{"id", "source", "reason"}``)."""
     aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
+    takers = [("aggregate", aggregator.add), *outputs.items()]
     failures, pending = [], 0
-    for _row, record in _records(out, run):
+    for record in _timed_records(out, run, seconds):
         if record is None:
             pending += 1
             continue
-        aggregator.add(record)
+        for key, take in takers:
+            start = time.perf_counter()
+            take(record)
+            seconds[key] += time.perf_counter() - start
         if isinstance(record, FailedImage):
             failures.append({"id": record.id, "source": record.source, "reason": record.reason})
+    start = time.perf_counter()
     summary = aggregator.summary()
     summary["pending"] = pending
     aggregator.warn_non_finite()
-    seconds["aggregate"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    figures = _figures(out, run, summary)
-    seconds["figures"] = time.perf_counter() - start
-    sanity = store.read_json(out / store.SANITY_FILE)
-    sanity = sanity if isinstance(sanity, dict) and sanity.get("config") == run["config"] else None
-    links = _links(out)
-
-    start = time.perf_counter()
-    _write_text(out / "results.csv", lambda f: write_results_csv(f, _ok_or_failed(out, run), run))
-    _write_text(out / "summary.csv", lambda f: write_summary_csv(f, summary, sanity))
-    seconds["csv"] = time.perf_counter() - start
-    start = time.perf_counter()
-    head = {"report": _report_head(run), "summary": summary, "sanity": sanity, "failed": failures}
-    _write_text(out / "results.json", lambda f: write_results_json(f, head, _ok_or_failed(out, run)))
-    seconds["json"] = time.perf_counter() - start
-    start = time.perf_counter()
-    _write_text(
-        out / "index.html",
-        lambda f: write_page(f, run, summary, sanity, _ok_or_failed(out, run), figures, failures, links),
-    )
-    seconds["html"] = time.perf_counter() - start
-    return BuildResult(out / "index.html", summary["images"], failures, pending, summary, seconds)
+    seconds["aggregate"] += time.perf_counter() - start
+    return summary, failures
 
 
-def _records(out: Path, run: RunInfo) -> Iterator[tuple[dict[str, Any], Record | None]]:
-    for row in store.read_manifest(out):
-        yield row, store.read_record(out, row["id"], run["config"])
+def _timed_records(out: Path, run: RunInfo, seconds: dict[str, float]) -> Iterator[Record | None]:
+    """Each manifest row's record (``None``: none yet), adding the time spent reading to ``seconds["read"]``."""
+    rows = store.read_manifest(out)
+    while True:
+        start = time.perf_counter()
+        row = next(rows, None)
+        record = store.read_record(out, row["id"], run["config"]) if row is not None else None
+        seconds["read"] += time.perf_counter() - start
+        if row is None:
+            return
+        yield record
 
 
-def _ok_or_failed(out: Path, run: RunInfo) -> Iterator[Record]:
-    for _, record in _records(out, run):
-        if record is not None:
-            yield record
+def _spool(out: Path) -> IO[str]:
+    """A temporary text file for what waits to be copied into an output: in memory up to
+    :data:`SPOOL_MEMORY`, then an unnamed file in ``out``."""
+    return tempfile.SpooledTemporaryFile(SPOOL_MEMORY, mode="w+", encoding="utf-8", newline="", dir=str(out))
 
 
 def _figures(out: Path, run: RunInfo, summary: Summary) -> dict[str, dict[str, str]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Iterable
+import secrets
+import shutil
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -60,6 +62,65 @@ def write_page(
     links: dict[str, str],
 ) -> int:
     """Write the whole page to ``file``; returns the number of cards written."""
+    head, tail = _page(run, summary, sanity, figures, failures, links)
+    file.write(head)
+    constant = constant_gates(summary)
+    count = 0
+    for record in records:
+        if isinstance(record, ImageRecord):
+            file.write(card(record, run, constant))
+            count += 1
+    file.write(tail)
+    return count
+
+
+class Cards:
+    """The page's cards written as the records come, before the report's aggregates are known.
+
+    :meth:`add` writes each card to ``spool`` (a file open for reading and writing) with a mark where
+    a gate's constant note may go; :meth:`write_page` writes the page around the cards (as
+    :func:`write_page`), each mark replaced by the note of a gate that the aggregates found constant.
+    """
+
+    def __init__(self, run: RunInfo, spool: IO[str]) -> None:
+        self.run = run
+        self.spool = spool
+        self.count = 0
+        self._marks = _PendingMarks()
+
+    def add(self, record: Record) -> None:
+        """Write the card of an analysed image (a failed one has none)."""
+        if isinstance(record, ImageRecord):
+            self.spool.write(_card(record, self.run, self._marks))
+            self.count += 1
+
+    def write_page(
+        self,
+        file: IO[str],
+        summary: Summary,
+        sanity: dict[str, Any] | None,
+        figures: dict[str, dict[str, str]],
+        failures: list[dict[str, Any]],
+        links: dict[str, str],
+    ) -> int:
+        """Write the whole page to ``file``; returns the number of cards written."""
+        head, tail = _page(self.run, summary, sanity, figures, failures, links)
+        file.write(head)
+        self.spool.seek(0)
+        self._marks.copy(self.spool, file, constant_gates(summary))
+        file.write(tail)
+        return self.count
+
+
+def _page(
+    run: RunInfo,
+    summary: Summary,
+    sanity: dict[str, Any] | None,
+    figures: dict[str, dict[str, str]],
+    failures: list[dict[str, Any]],
+    links: dict[str, str],
+) -> tuple[str, str]:
+    """The page before its cards and after them."""
     head, tail = _template().split(CARDS_MARK)
     fields = {
         "version": __version__,
@@ -87,15 +148,7 @@ def write_page(
         "colorbar_css": colorbar_css(),
         "legend": legend() if run["options"].get("pictures", True) else "",
     }
-    file.write(_fill(head, fields))
-    constant = constant_gates(summary)
-    count = 0
-    for record in records:
-        if isinstance(record, ImageRecord):
-            file.write(card(record, run, constant))
-            count += 1
-    file.write(_fill(tail, fields))
-    return count
+    return _fill(head, fields), _fill(tail, fields)
 
 
 def constant_note(stats: dict[str, Any]) -> str:
@@ -119,6 +172,57 @@ def constant_gates(summary: Summary) -> dict[str, dict[str, str]]:
 def card(record: ImageRecord, run: RunInfo, constant: dict[str, dict[str, str]] | None = None) -> str:
     """One image's card: the image, each model's prediction and Grad-CAM, the gates on demand;
     ``constant`` (:func:`constant_gates`) marks the gates that are constant over the whole report."""
+    return _card(record, run, _known_marks(constant or {}))
+
+
+#: The HTML that marks a gate as constant: ``(model, gate, inline)`` -> ``""`` or the note (``inline``:
+#: under a spatial gate's picture; else a paragraph under the channel bars).
+ConstantMarks = Callable[[str, str, bool], str]
+
+
+def _known_marks(constant: dict[str, dict[str, str]]) -> ConstantMarks:
+    """The marks of the constant gates ``constant`` (:func:`constant_gates`)."""
+
+    def mark(model: str, gate: str, inline: bool) -> str:
+        notes = constant.get(model, {})
+        return _constant_mark(gate, notes[gate], inline) if gate in notes else ""
+
+    return mark
+
+
+def _constant_mark(gate: str, note: str, inline: bool) -> str:
+    if inline:
+        return f'<br><span class="constant">{html.escape(note)}</span>'
+    return f'<p class="constant">{html.escape(f"{gate}: {note}")}</p>'
+
+
+class _PendingMarks:
+    """Marks of gates whose constancy is not known yet: each ``(model, gate, inline)`` gets a place
+    holder (NUL, a random token of this build, a number, NUL: no record's text can forge one), which
+    :meth:`copy` replaces once the constant gates are known."""
+
+    def __init__(self) -> None:
+        self._token = secrets.token_hex(8)
+        self._pattern = re.compile(f"\x00{self._token}:(\\d+)\x00")
+        self._keys: dict[tuple[str, str, bool], int] = {}
+
+    def __call__(self, model: str, gate: str, inline: bool) -> str:
+        index = self._keys.setdefault((model, gate, inline), len(self._keys))
+        return f"\x00{self._token}:{index}\x00"
+
+    def copy(self, source: IO[str], target: IO[str], constant: dict[str, dict[str, str]]) -> None:
+        """Copy ``source`` to ``target``, each place holder replaced by its mark under ``constant``."""
+        if not self._keys:
+            shutil.copyfileobj(source, target, 1 << 20)
+            return
+        known = _known_marks(constant)
+        marks = [known(*key) for key in self._keys]
+        for line in source:
+            target.write(self._pattern.sub(lambda found: marks[int(found.group(1))], line) if "\x00" in line else line)
+
+
+def _card(record: ImageRecord, run: RunInfo, marks: ConstantMarks) -> str:
+    """:func:`card`, with the constant gates' marks from ``marks``."""
     models = [m["name"] for m in run["models"]]
     entries = record.models
     truth = record.truth_index
@@ -141,11 +245,7 @@ def card(record: ImageRecord, run: RunInfo, constant: dict[str, dict[str, str]] 
         figures.append(
             _model_figure(name, entries[name], pictures["models"][name]["cam"], width, height, name == run["baseline"])
         )
-    constant = constant or {}
-    gates = "".join(
-        _gate_panel(name, entries[name], pictures["models"][name], width, height, constant.get(name, {}))
-        for name in models
-    )
+    gates = "".join(_gate_panel(name, entries[name], pictures["models"][name], width, height, marks) for name in models)
     note = f'<p class="note">{html.escape(record.note)}</p>' if record.note else ""
     scale = legend() if any(pictures["models"][name].get("spatial") for name in models) else ""
     details = (
@@ -212,14 +312,14 @@ def _verdict(entry: ModelOutcome, explained: str) -> str:
 
 
 def _gate_panel(
-    name: str, entry: ModelOutcome, pictures: dict[str, Any], width: int, height: int, constant: dict[str, str]
+    name: str, entry: ModelOutcome, pictures: dict[str, Any], width: int, height: int, marks: ConstantMarks
 ) -> str:
     parts = []
     for gate, src in pictures.get("spatial", {}).items():
         values = entry.spatial_gates[gate]
         found = values.localisation
         extra = "" if found is None else f"<br>PG {_num(found.pointing_game)} · EPG {_num(found.energy_pointing_game)}"
-        dead = f'<br><span class="constant">{html.escape(constant[gate])}</span>' if gate in constant else ""
+        dead = marks(name, gate, True)
         caption = (
             f"{html.escape(gate)}<br>min {_num(values.min)} · mean {_num(values.mean)} · max {_num(values.max)}"
             f"{extra}{dead}"
@@ -231,11 +331,7 @@ def _gate_panel(
     bars = pictures.get("bars")
     if bars:
         parts.append(f'<img class="bars" data-src="{html.escape(bars)}" alt="channel gates of {html.escape(name)}">')
-        parts += [
-            f'<p class="constant">{html.escape(f"{gate}: {constant[gate]}")}</p>'
-            for gate in entry.channel_gates
-            if gate in constant
-        ]
+        parts += [marks(name, gate, False) for gate in entry.channel_gates]
     if not parts:
         return ""
     return f'<div class="gatemodel"><b>{html.escape(name)}</b><div class="row">{"".join(parts)}</div></div>'
@@ -305,17 +401,35 @@ def _sort_options(run: RunInfo, summary: Summary) -> str:
     )
 
 
+#: The colours of :data:`OVERLAY_CMAP` (matplotlib's ``jet``) at its 256 stops, as
+#: :func:`attnviz.render.colormap_lut` gives them (``rrggbb`` each): written out, so that the page needs
+#: no matplotlib (``tests/test_report_build_once.py`` checks them against matplotlib's colour map).
+OVERLAY_COLOURS = (
+    "00008000008400008900008d00009200009600009b00009f0000a40000a80000ad0000b20000b60000bb0000bf0000c4"
+    "0000c80000cd0000d10000d60000da0000df0000e30000e80000ed0000f10000f60000fa0000ff0000ff0000ff0000ff"
+    "0000ff0004ff0008ff000cff0010ff0014ff0018ff001cff0020ff0024ff0028ff002cff0030ff0034ff0038ff003cff"
+    "0040ff0044ff0048ff004cff0050ff0054ff0058ff005cff0060ff0064ff0068ff006cff0070ff0074ff0078ff007cff"
+    "0080ff0084ff0088ff008cff0090ff0094ff0098ff009cff00a0ff00a4ff00a8ff00acff00b0ff00b4ff00b8ff00bcff"
+    "00c0ff00c4ff00c8ff00ccff00d0ff00d4ff00d8ff00dcfe00e0fb00e4f802e8f406ecf109f0ee0cf4eb0ff8e713fce4"
+    "16ffe119ffde1cffdb1fffd723ffd426ffd129ffce2cffca30ffc733ffc436ffc139ffbe3cffba40ffb743ffb446ffb1"
+    "49ffad4dffaa50ffa753ffa456ffa05aff9d5dff9a60ff9763ff9466ff906aff8d6dff8a70ff8773ff8377ff807aff7d"
+    "7dff7a80ff7783ff7387ff708aff6d8dff6a90ff6694ff6397ff609aff5d9dff5aa0ff56a4ff53a7ff50aaff4dadff49"
+    "b1ff46b4ff43b7ff40baff3cbeff39c1ff36c4ff33c7ff30caff2cceff29d1ff26d4ff23d7ff1fdbff1cdeff19e1ff16"
+    "e4ff13e7ff0febff0ceeff09f1fc06f4f802f8f500fbf100feed00ffea00ffe600ffe200ffde00ffdb00ffd700ffd300"
+    "ffd000ffcc00ffc800ffc400ffc100ffbd00ffb900ffb600ffb200ffae00ffab00ffa700ffa300ff9f00ff9c00ff9800"
+    "ff9400ff9100ff8d00ff8900ff8600ff8200ff7e00ff7a00ff7700ff7300ff6f00ff6c00ff6800ff6400ff6000ff5d00"
+    "ff5900ff5500ff5200ff4e00ff4a00ff4700ff4300ff3f00ff3b00ff3800ff3400ff3000ff2d00ff2900ff2500ff2200"
+    "ff1e00ff1a00ff1600ff1300fa0f00f60b00f10800ed0400e80000e40000df0000da0000d60000d10000cd0000c80000"
+    "c40000bf0000bb0000b60000b20000ad0000a80000a400009f00009b00009600009200008d0000890000840000800000"
+)
+
+
 def colorbar_css() -> str:
     """The page's one colour bar: the overlays' colormap as a CSS gradient, one hard-edged band per
     entry of its lookup table (value ``v`` is drawn with entry ``floor(v·N)``, as the overlays do)."""
-    from attnviz.render import colormap_lut
-
-    lut = colormap_lut(OVERLAY_CMAP)
-    size = len(lut)
-    stops = ",".join(
-        f"#{r:02x}{g:02x}{b:02x} {100 * i / size:.4g}% {100 * (i + 1) / size:.4g}%"
-        for i, (r, g, b) in enumerate(lut.tolist())
-    )
+    colours = [OVERLAY_COLOURS[i : i + 6] for i in range(0, len(OVERLAY_COLOURS), 6)]
+    size = len(colours)
+    stops = ",".join(f"#{colour} {100 * i / size:.4g}% {100 * (i + 1) / size:.4g}%" for i, colour in enumerate(colours))
     return f".colorbar {{ background: linear-gradient(to right,{stops}); }}"
 
 

@@ -88,15 +88,20 @@ def read_json(path: Path) -> Any | None:
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
-    """True when lists and dicts are nested in ``value`` more than ``limit`` levels deep (no recursion)."""
-    stack = [(value, 0)]
+    """True when lists and dicts are nested in ``value`` (as :func:`json.loads` gives it) more than
+    ``limit`` levels deep (no recursion)."""
+    stack = [(value, 0)] if type(value) in _CONTAINERS else []
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth >= limit:
-                return True
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+        if depth >= limit:
+            return True
+        children = item.values() if type(item) is dict else item
+        if not _CONTAINERS.isdisjoint(map(type, children)):  # a list of numbers is looked at in C only
+            stack.extend((child, depth + 1) for child in children if type(child) in _CONTAINERS)
     return False
+
+
+_CONTAINERS = frozenset({dict, list})
 
 
 def safe_name(value: Any, what: str) -> str:
@@ -141,9 +146,22 @@ def record_path(out: Path, item_id: str) -> Path:
     return out / ITEMS_DIR / f"{safe_name(item_id, 'item id')}.json"
 
 
+#: The note added to an exception raised while writing a record, so that whoever catches it (in
+#: another process too: notes are pickled with the exception) can say that the record failed.
+WRITING_RECORD = "while writing the image's record"
+
+
 def write_record(out: Path, record: Record) -> Path:
-    """Write one image's record (its :meth:`~attnviz.report.schema.ImageRecord.to_json`)."""
-    return write_json(record_path(out, record.id), record.to_json())
+    """Write one image's record (its :meth:`~attnviz.report.schema.ImageRecord.to_json`).
+
+    Raises:
+        Exception: What writing raised, with the note :data:`WRITING_RECORD`.
+    """
+    try:
+        return write_json(record_path(out, record.id), record.to_json())
+    except Exception as error:
+        error.add_note(WRITING_RECORD)
+        raise
 
 
 def read_record(out: Path, item_id: str, config: str | None = None) -> Record | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections.abc import Iterable
 from typing import IO, Any
 
@@ -73,12 +74,24 @@ def csv_row(record: Record, run: RunInfo) -> dict[str, Any]:
     return {csv_cell(key): csv_cell(value) for key, value in finite(row).items()}
 
 
+class ResultsCsv:
+    """``results.csv`` written one record at a time: the header at once, then a row per :meth:`add`."""
+
+    def __init__(self, file: IO[str], run: RunInfo) -> None:
+        self.run = run
+        self.writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
+        self.writer.writeheader()
+
+    def add(self, record: Record) -> None:
+        """Write the record's row."""
+        self.writer.writerow(csv_row(record, self.run))
+
+
 def write_results_csv(file: IO[str], records: Iterable[Record], run: RunInfo) -> None:
     """Stream ``results.csv``."""
-    writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    table = ResultsCsv(file, run)
     for record in records:
-        writer.writerow(csv_row(record, run))
+        table.add(record)
 
 
 def write_summary_csv(file: IO[str], summary: Summary, sanity: dict[str, Any] | None = None) -> None:
@@ -121,11 +134,47 @@ def write_results_json(
 ) -> None:
     """Stream ``results.json``: ``head``'s keys, then ``images`` (one entry per record, without
     the channel-gate vectors; ``docs/results.schema.json`` describes the whole)."""
+    _write_head(file, head)
+    for index, record in enumerate(records):
+        file.write(_image_entry(index, record))
+    file.write(_JSON_END)
+
+
+class ResultsJson:
+    """``results.json`` built before its head is known: :meth:`add` writes each record's entry to
+    ``spool`` (a file open for reading and writing), :meth:`write` the file, head first (as
+    :func:`write_results_json`)."""
+
+    def __init__(self, spool: IO[str]) -> None:
+        self.spool = spool
+        self.count = 0
+
+    def add(self, record: Record) -> None:
+        """Keep the record's entry of ``images``."""
+        self.spool.write(_image_entry(self.count, record))
+        self.count += 1
+
+    def write(self, file: IO[str], head: dict[str, Any]) -> None:
+        """Write ``results.json`` to ``file``: ``head``'s keys, then every entry kept."""
+        _write_head(file, head)
+        self.spool.seek(0)
+        shutil.copyfileobj(self.spool, file, COPY_CHUNK)
+        file.write(_JSON_END)
+
+
+#: Characters copied at a time from a spool to its file.
+COPY_CHUNK = 1 << 20
+_JSON_END = "\n]}\n"
+
+
+def _write_head(file: IO[str], head: dict[str, Any]) -> None:
     file.write("{\n")
     for key, value in head.items():
         file.write(f"{json.dumps(key)}: {json.dumps(finite(value), ensure_ascii=False, allow_nan=False)},\n")
     file.write('"images": [')
-    for index, record in enumerate(records):
-        file.write(",\n" if index else "\n")
-        file.write(json.dumps(finite(slim(record).to_json()), ensure_ascii=False, allow_nan=False))
-    file.write("\n]}\n")
+
+
+def _image_entry(index: int, record: Record) -> str:
+    """The record's entry of ``images``, after a comma unless it is the first (``index`` 0)."""
+    entry = json.dumps(finite(slim(record).to_json()), ensure_ascii=False, allow_nan=False)
+    return (",\n" if index else "\n") + entry

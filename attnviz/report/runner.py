@@ -323,8 +323,10 @@ class _RecordWriter:
         try:
             finished: pictures.Finished = drawing.result()
         except Exception as error:  # one picture failing must not lose the others
-            logging.getLogger(__name__).debug("drawing the pictures of %s failed", record.source, exc_info=True)
-            reason = f"could not draw its pictures: {type(error).__name__}: {error}"
+            notes = getattr(error, "__notes__", ())
+            what = "write its record" if store.WRITING_RECORD in notes else "draw its pictures"
+            logging.getLogger(__name__).debug("%s: could not %s", record.source, what, exc_info=True)
+            reason = f"could not {what}: {type(error).__name__}: {error}"
             _write_failure(self.out, _item_of(record), self.config, reason)
         else:
             where = "" if self.in_process else " (workers)"
