@@ -16,7 +16,7 @@ Stages (seconds of the run's wall time, measured in the main process):
     sanity      the randomisation sanity check (ReportOptions' default number of images, once per report)
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
-    aggregates, CSV, JSON   per-model and per-gate aggregates, results.csv, summary.csv, results.json
+    aggregates, CSV, JSON   reading the records once, per-model and per-gate aggregates, results.csv, summary.csv, results.json
     excitation figures      the per-class channel-excitation figures
     HTML                    index.html from the records
     other       the rest: reading the input, probing the models, the resume scan, writing records
@@ -95,7 +95,7 @@ def run_config(images: int, config: str, steps: int, threads: int | None, random
 def stages(result: dict) -> list[tuple[str, float, str]]:
     """(stage, seconds, note) rows of one run."""
     t = result["timings"]
-    tables = sum(t.get(f"build {k}", 0.0) for k in ("aggregate", "csv", "json"))
+    tables = sum(t.get(f"build {k}", 0.0) for k in ("read", "aggregate", "csv", "json"))
     if "render" in t:
         render, note = t["render"], ""
     else:

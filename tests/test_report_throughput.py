@@ -131,7 +131,7 @@ def test_render_workers_draw_and_write_records_so_this_process_does_neither(tmp_
 
 
 def test_without_pictures_nothing_of_the_renderers_is_loaded_while_the_models_run(tmp_path):
-    """(The page's colour bar, built after the models ran, still asks the renderers for its colours.)"""
+    """(Nothing of them is loaded after the models either: the page's colour bar has its colours as constants.)"""
     script = textwrap.dedent(
         f"""
         import sys
