@@ -117,7 +117,7 @@ if wanted tests; then
 fi
 
 if wanted bench; then
-    run bench 180 python3 benchmarks/bench_gpu.py --json "$OUT/gpu.json"
+    run bench 220 python3 benchmarks/bench_gpu.py --json "$OUT/gpu.json"
 fi
 
 if wanted samples; then
