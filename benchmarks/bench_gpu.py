@@ -12,8 +12,8 @@ end with the copies to the CPU). Warm-up rounds first, then the median of the ti
     python benchmarks/bench_gpu.py --device cpu --quick    # tiny sizes: proves the code paths
 
 Parts:
-    capture   forward (no_grad) against attnviz.Capturer(model) reused: gates only (layers=[]),
-              defaults, and the features of every image (feature_images=None where Capturer has it);
+    capture   forward (no_grad) against attnviz.Capturer(model) reused: gates only (feature_images=0),
+              defaults (features of the first 8 images), and the features of every image (feature_images=None);
               the bytes a capture copies and bytes / time
     gradcam   forward+backward (predicted-class scores backpropagated to the parameters) against
               attnviz.gradcam(model, x, layer=L) (predicted class, upsampled), pytorch-grad-cam's GradCAM,
@@ -224,11 +224,10 @@ def capturers(model: nn.Module) -> dict[str, Any]:
     """The capture rows' reusable ``Capturer`` objects."""
     from attnviz.capturing.capturer import Capturer
 
-    every: dict[str, Any] = {"feature_images": None} if feature_images_supported() else {}
     return {
-        "capture: gates only (layers=[])": Capturer(model, layers=[]),
-        "capture: defaults": Capturer(model),
-        "capture: features of every image": Capturer(model, **every),
+        "capture: gates only (feature_images=0)": Capturer(model, feature_images=0),
+        "capture: defaults (features of the first 8 images)": Capturer(model),
+        "capture: features of every image": Capturer(model, feature_images=None),
     }
 
 

@@ -10,9 +10,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from attnviz.capturing.capturer import Capturer, capture
+from attnviz.models import build_model
 
 timm = pytest.importorskip("timm")
 
@@ -571,6 +573,44 @@ def test_the_plan_hooks_only_the_attention_modules_of_a_timm_cbam_resnet():
     _same_capture(planned, capture(model, images, layers=[]))
 
 
+GATES_ONLY_MODELS = {  # (model, input side)
+    "timm:resnet26-cbam": (
+        lambda: timm.create_model("resnet26", num_classes=10, block_args=dict(attn_layer="cbam")),
+        64,
+    ),
+    "torchvision:efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), 64),
+    "se_cnn": (lambda: build_model("se_cnn"), 32),
+}
+
+
+@pytest.mark.parametrize("key", list(GATES_ONLY_MODELS))
+def test_gates_only_batches_hook_the_sigmoid_modules_alone(key):
+    torch.manual_seed(0)
+    factory, side = GATES_ONLY_MODELS[key]
+    model = factory().eval()
+    capturer = Capturer(model, feature_images=0)
+    capturer(torch.randn(1, 3, side, side))
+    sigmoids = {n for n, m in model.named_modules() if type(m).__name__ in ("Sigmoid", "Hardsigmoid")}
+    assert set(capturer._plan.leaf_calls) == sigmoids
+    images = torch.randn(3, 3, side, side)
+    fast = capturer(images)
+    assert capturer.last_pass == "gates"
+    assert not fast.inputs and not fast.features
+    _same_capture(fast, capture(model, images, feature_images=0))
+
+
+def test_gates_only_falls_back_when_a_gate_has_no_sigmoid_module():
+    torch.manual_seed(0)
+    model = HardNet().eval()
+    capturer = Capturer(model, feature_images=0)
+    capturer(torch.randn(1, 3, 9, 9))
+    assert capturer._plan.leaf_calls is None
+    images = torch.randn(2, 3, 9, 9)
+    cap = capturer(images)
+    assert capturer.last_pass == "planned"
+    _same_capture(cap, capture(model, images, feature_images=0))
+
+
 class Branchy(nn.Module):
     """Data-dependent control flow: a second gate only for batches of more than two images."""
 
@@ -588,15 +628,16 @@ class Branchy(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def test_a_pass_that_differs_from_the_plan_is_captured_by_discovery():
+@pytest.mark.parametrize("feature_images", [8, 0])
+def test_a_pass_that_differs_from_the_plan_is_captured_by_discovery(feature_images):
     model = Branchy().eval()
-    capturer = Capturer(model, layers=[])
+    capturer = Capturer(model, layers=[], feature_images=feature_images)
     assert list(capturer(torch.randn(2, 3, 6, 6)).gates) == ["se"]
     images = torch.randn(3, 3, 6, 6)
     cap = capturer(images)
     assert capturer.last_pass == "discovery"
     assert list(cap.gates) == ["se#0", "se#1"]
-    _same_capture(cap, capture(model, images, layers=[]))
+    _same_capture(cap, capture(model, images, layers=[], feature_images=feature_images))
 
 
 def test_features_are_recorded_for_the_first_images_and_gates_for_all():
@@ -648,13 +689,14 @@ def test_bfloat16_autocast_capture_holds_what_the_model_computed():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the device check runs it)")
-def test_cuda_capture_waits_for_the_device_at_most_once():
+@pytest.mark.parametrize("feature_images", [8, 0])
+def test_cuda_capture_waits_for_the_device_at_most_once(feature_images):
     import warnings
 
     torch.manual_seed(0)
     model = timm.create_model("resnet26", num_classes=10, block_args=dict(attn_layer="cbam")).cuda().eval()
     images = torch.randn(4, 3, 64, 64, device="cuda")
-    capturer = Capturer(model)
+    capturer = Capturer(model, feature_images=feature_images)
     reference = capturer(images)  # discovery (finds the stage outputs with a probe forward)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
@@ -666,5 +708,5 @@ def test_cuda_capture_waits_for_the_device_at_most_once():
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) <= 1, [str(w.message) for w in syncs]  # one wait for the one transfer, none per gate
-    assert capturer.last_pass == "planned"
+    assert capturer.last_pass == ("planned" if feature_images else "gates")
     _same_capture(planned, reference)

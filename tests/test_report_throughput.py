@@ -102,7 +102,9 @@ def test_one_capturer_per_model_serves_every_batch_with_the_planned_pass(tmp_pat
     monkeypatch.setattr(analysis, "Capturer", Counted)
     run_report(name_models([load_model(p) for p in MODELS]), "shapes:7", tmp_path / "out", fast())
     assert len(made) == len(MODELS)  # 3 batches (3, 3, 1 images) after the probe
-    assert [c.last_pass for c in made] == ["planned"] * len(MODELS)
+    # gates only (the report records no feature maps): later batches hook the sigmoid modules alone
+    assert [c.last_pass for c in made] == ["gates"] * len(MODELS)
+    assert all(c.feature_images == 0 for c in made)
 
 
 def test_render_workers_draw_and_write_records_so_this_process_does_neither(tmp_path, monkeypatch):

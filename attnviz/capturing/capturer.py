@@ -35,6 +35,7 @@ from attnviz.capturing.layers import ROOT_NAME, check_layer, compiled_modules, d
 from attnviz.capturing.passes import (
     Discovery,
     LayerRecorder,
+    LeafRecorder,
     Plan,
     Planned,
     make_gates,
@@ -96,15 +97,16 @@ class Capturer:
         self._modules_filter = tuple(modules) if modules is not None else None
         self._layers = None if layers is None else [check_layer(model, name) for name in layers]
         self._plan: Plan | None = None
-        #: ``"discovery"`` or ``"planned"``: how the last batch was captured.
+        #: ``"discovery"``, ``"planned"`` or ``"gates"`` (gates only, from hooks on the sigmoid
+        #: modules): how the last batch was captured.
         self.last_pass = ""
 
     def __call__(self, images: torch.Tensor, originals: Sequence[np.ndarray] | None = None) -> Capture:
         """Run one forward pass on ``images`` (``[B,3,H,W]`` or ``[3,H,W]``) and capture it."""
         batch = as_image_batch(images)
         images = to_model(batch, self.model)
-        if self._layers is None:
-            self._layers = default_feature_layers(self.model, images[:1])
+        if self._layers is None:  # no feature maps are recorded without images to record them for
+            self._layers = [] if self.feature_images == 0 else default_feature_layers(self.model, images[:1])
         if self.model.training:
             warnings.warn(
                 "the model was in training mode; attnviz captures in eval mode and restores every module's mode afterwards",
@@ -113,7 +115,10 @@ class Capturer:
         with eval_mode(self.model), torch.no_grad():
             found = None
             if self._plan is not None and self._plan.input_shape == tuple(images.shape[1:]):
-                found = self._planned_pass(images, self._plan)
+                if self.feature_images == 0 and self._plan.leaf_calls is not None:
+                    found = self._leaf_pass(images, self._plan)
+                if found is None:
+                    found = self._planned_pass(images, self._plan)
             if found is None:
                 found = self._discovery_pass(images)
         output, gates, inputs, outputs, features, findings = found
@@ -172,6 +177,20 @@ class Capturer:
         self._plan = sink.plan(tuple(images.shape[1:]), gate_events)
         gates, inputs, outputs = make_gates(gate_events)
         return output, gates, inputs, outputs, layers.features(self._layers or []), dict(findings)
+
+    def _leaf_pass(self, images: torch.Tensor, plan: Plan) -> tuple | None:
+        """Gates only, for gates that sigmoid modules compute: forward hooks on those modules and
+        nothing else (no function mode); ``None`` when a module ran a different number of times."""
+        leaves = LeafRecorder(plan)
+        hooks: list[tuple[nn.Module, Any, Any]] = [
+            (self._by_name[name], None, leaves.hook(name)) for name in plan.leaf_calls or {}
+        ]
+        with _hooked(hooks):
+            output = run_forward(self.model, images)
+        if not leaves.matches():
+            return None
+        self.last_pass = "gates"
+        return output, leaves.gates(), {}, {}, {}, dict(plan.findings)
 
     def _planned_pass(self, images: torch.Tensor, plan: Plan) -> tuple | None:
         """Hooks on the plan's roots and the feature layers only; ``None`` when the calls seen

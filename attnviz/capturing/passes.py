@@ -72,6 +72,10 @@ class Plan:
     roots: list[str]
     entries: list[PlanEntry]
     findings: dict[str, int]
+    #: For gates-only capture: how often each sigmoid module runs per forward, and which of its calls
+    #: are kept gates (with their details); ``None`` when a kept gate comes from no sigmoid module.
+    leaf_calls: dict[str, int] | None = None
+    leaf_gates: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
 
 
 class _Copies:
@@ -102,12 +106,15 @@ class Discovery(_Copies):
         self.stack: list[_Frame] = []
         self.calls: list[tuple[Signature, tuple[str, ...], CallEvent | None]] = []
         self.findings: Counter[str] = Counter()
+        self.leaf_calls: Counter[str] = Counter()
 
     def pre_hook(self, name: str) -> Callable[[nn.Module, tuple], None]:
         def hook(module: nn.Module, args: tuple) -> None:
             tensor = first_tensor(args)
             positions = (int(tensor.shape[-2]), int(tensor.shape[-1])) if is_spatial_map(tensor) else None
             self.stack.append(_Frame(name, module, positions))
+            if is_sigmoid_leaf(module):
+                self.leaf_calls[name] += 1
 
         return hook
 
@@ -131,6 +138,8 @@ class Discovery(_Copies):
         innermost = self.stack[-1].module
         if event.call == "sigmoid" and function != HARD_SIGMOID and is_sigmoid_leaf(innermost):
             function = _qualified_type(innermost)
+            leaf = self.stack[-1].name
+            event.info["leaf"] = (leaf, self.leaf_calls[leaf] - 1)
         event.info.update(owner=owner.name, kind=kind, positions=owner.positions, path=path, keep=self.keep(owner.name))
         event.info["function"] = function
         self.calls[-1] = (self.calls[-1][0], path, event)
@@ -176,7 +185,15 @@ class Discovery(_Copies):
             seen_at = recorded.info.get("consumer_path")
             visible = seen_at is not None and any(root in seen_at for root in roots)
             entries.append(PlanEntry(signature, True, dict(recorded.info), recorded.consumer if visible else None))
-        return Plan(input_shape, roots, entries, dict(self.findings))
+        plan = Plan(input_shape, roots, entries, dict(self.findings))
+        kept = [event for event in gates if event.info["keep"]]
+        if all("leaf" in event.info for event in kept):
+            plan.leaf_calls = {leaf: self.leaf_calls[leaf] for leaf, _ in (event.info["leaf"] for event in kept)}
+            plan.leaf_gates = {
+                event.info["leaf"]: {**event.info, "shape": event.shape[1:], "order": order}
+                for order, event in enumerate(kept)
+            }
+        return plan
 
 
 def _outermost(roots: list[str], paths: list[tuple[str, ...]]) -> list[str]:
@@ -274,6 +291,8 @@ class LayerRecorder:
     calls: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)
 
     def record(self, name: str, output: Any) -> None:
+        if self.rows == 0:
+            return  # features of no image
         tensor = first_tensor(output)
         copy = tensor[: self.rows].detach().clone() if isinstance(tensor, torch.Tensor) else None
         self.calls.setdefault(name, []).append(copy)
@@ -300,3 +319,38 @@ def _qualified_type(module: nn.Module) -> str:
     if cls.__module__.startswith("torch.nn"):
         return f"nn.{cls.__name__}"
     return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+
+
+class LeafRecorder:
+    """Gates-only capture from forward hooks on the sigmoid modules a plan names: no function mode.
+
+    Each module's calls are counted; the calls the plan marks as kept gates are copied (on the
+    device). :meth:`matches` says whether every module ran as often as in the discovery pass.
+    """
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.counts: Counter[str] = Counter()
+        self.values: dict[tuple[str, int], torch.Tensor] = {}
+
+    def hook(self, name: str) -> Callable[[nn.Module, tuple, Any], None]:
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            call = (name, self.counts[name])
+            self.counts[name] += 1
+            if call in self.plan.leaf_gates and isinstance(output, torch.Tensor):
+                self.values[call] = output.detach().clone()
+
+        return hook
+
+    def matches(self) -> bool:
+        return dict(self.counts) == self.plan.leaf_calls and len(self.values) == len(self.plan.leaf_gates)
+
+    def gates(self) -> dict[str, Gate]:
+        gates: dict[str, Gate] = {}
+        for call, info in sorted(self.plan.leaf_gates.items(), key=lambda item: item[1]["order"]):
+            values = self.values[call]
+            kind: GateKind = info["kind"]
+            canonical = canonical_values(values, kind, info["positions"] if kind == "spatial" else None)
+            shape = (values.shape[0], *info["shape"])
+            gates[info["name"]] = Gate(info["name"], info["owner"], kind, canonical, shape, info["function"], None)
+        return gates

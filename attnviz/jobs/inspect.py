@@ -80,7 +80,7 @@ def summarize(model: nn.Module, input_size: tuple[int, int], *, depth: int = 2, 
         for name, module in selected:
             if not isinstance(module, torch.jit.ScriptModule):
                 handles.append(module.register_forward_hook(record(name)))
-        cap: Capture = capture(model, probe, layers=[])
+        cap: Capture = capture(model, probe, layers=[], feature_images=0)
     finally:
         for handle in handles:
             handle.remove()

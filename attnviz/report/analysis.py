@@ -99,7 +99,7 @@ def prepare_models(
     runs, slugs = [], set[str]()
     for name, loaded in models.items():
         preset = get_preset(loaded.preset or "imagenet")
-        capturer = Capturer(loaded.model, layers=[], class_names=class_names, model_name=name)
+        capturer = Capturer(loaded.model, layers=[], class_names=class_names, model_name=name, feature_images=0)
         probe = torch.zeros(1, 3, *preset.size)
         cap = capturer(probe)
         gates = {g.name: {"kind": g.kind, "shape": list(g.values.shape[1:])} for g in cap.gates.values()}

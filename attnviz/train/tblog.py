@@ -71,7 +71,7 @@ class TensorBoardLog:
     def log_attention(self, model: nn.Module, epoch: int, class_names: Sequence[str] | None = None) -> list[str]:
         """Capture the gates of the fixed images and log them; returns the tags written."""
         with eval_mode(model):
-            gates = capture(model, self.images, layers=[], class_names=class_names).gates
+            gates = capture(model, self.images, layers=[], class_names=class_names, feature_images=0).gates
         tags: list[str] = []
         for name, gate in gates.items():
             values = gate.values.float()
