@@ -125,8 +125,10 @@ class Capturer:
         if self._hidden:
             findings[HIDDEN] = self._hidden
         logits = _logits(output)
+        on_device = {} if batch.device.type == "cpu" else {"images": batch}  # a CPU batch is already there
         host = to_host(
             {
+                **on_device,
                 "logits": logits.detach().float(),
                 **{f"gate/{name}": gate.values for name, gate in gates.items()},
                 **{f"in/{name}": tensor for name, tensor in inputs.items()},
@@ -137,7 +139,7 @@ class Capturer:
         for name, gate in gates.items():
             gate.values = host[f"gate/{name}"]
         return Capture(
-            images=batch.detach().cpu(),
+            images=host.get("images", batch),
             logits=host["logits"],
             gates=gates,
             inputs={name: host[f"in/{name}"] for name in inputs},
