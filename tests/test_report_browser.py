@@ -66,7 +66,8 @@ class _Page(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
-    """Six shapes images in class folders with masks, one broken file; cnn against cbam_cnn."""
+    """Six shapes images in class folders with masks (one of them the object's complement), one broken
+    file; cnn against cbam_cnn."""
     root = tmp_path_factory.mktemp("browser")
     folder = root / "images"
     for i in range(6):
@@ -74,7 +75,8 @@ def report(tmp_path_factory) -> Path:
         target = folder / CLASSES[i % 3]
         target.mkdir(parents=True, exist_ok=True)
         Image.fromarray(sample.image).save(target / f"img{i}.png")
-        Image.fromarray(sample.mask.astype(np.uint8) * 255).save(target / f"img{i}.mask.png")
+        mask = ~sample.mask if i == 5 else sample.mask  # one mask off the object: a pointing-game miss
+        Image.fromarray(mask.astype(np.uint8) * 255).save(target / f"img{i}.mask.png")
     (folder / "broken.png").write_text("not an image")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

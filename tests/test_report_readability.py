@@ -20,32 +20,54 @@ from support import ROOT, run
 from attnviz.data.shapes import SHAPES_CLASSES, make_sample
 from attnviz.io.checkpoints import load_model
 from attnviz.io.inputs import preprocess
+from attnviz.io.save import save_checkpoint
 from attnviz.report.aggregate import Aggregator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CBAM = ROOT / "samples" / "models" / "cbam_cnn.pth"
+BUNDLED = ROOT / "samples" / "models" / "cbam_cnn.pth"
 COUNT = 6
 NOTE = "constant gate (0.500 everywhere): it does not select anything"
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    """The bundled cbam_cnn (its cbam2.channel_attn is dead: 0.5 everywhere) on six shapes images."""
+def dead_cbam(tmp_path_factory) -> Path:
+    """The bundled cbam_cnn with cbam2.channel_attn made dead (its MLP's output weights zero:
+    sigmoid(0) = 0.5 everywhere), as a model trained too briefly can come out."""
+    loaded = load_model(BUNDLED)
+    torch.nn.init.zeros_(loaded.model.cbam2.channel_attn.fc[2].weight)
+    path = tmp_path_factory.mktemp("dead") / "cbam_cnn.pth"
+    save_checkpoint(path, loaded.model, "cbam_cnn", preset=loaded.preset, class_names=loaded.class_names)
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, dead_cbam) -> Path:
+    """That model on six shapes images."""
     out = tmp_path_factory.mktemp("readable") / "report"
     result = run(
-        "report", "--baseline", CBAM, f"shapes:{COUNT}", "--out", out, "--steps", 1, "--sanity-images", 0, "--quiet"
+        "report",
+        "--baseline",
+        dead_cbam,
+        f"shapes:{COUNT}",
+        "--out",
+        out,
+        "--steps",
+        1,
+        "--sanity-images",
+        0,
+        "--quiet",
     )
     assert result.exit_code == 0, result.output
     return out
 
 
 @pytest.fixture(scope="module")
-def gates() -> dict[str, np.ndarray]:
+def gates(dead_cbam) -> dict[str, np.ndarray]:
     """Every gate of cbam_cnn on the report's images, ``[N, C]`` or ``[N, H, W]``, read by hooks."""
     samples = [make_sample(i, seed=0, split="test") for i in range(COUNT)]
     images = torch.stack([preprocess(s.image, "cifar10") for s in samples])
-    model = load_model(CBAM).model.eval()
+    model = load_model(dead_cbam).model.eval()
     seen: dict[str, np.ndarray] = {}
     handles = [
         model.get_submodule(f"cbam{k}.{part}.sigmoid").register_forward_hook(
@@ -197,7 +219,7 @@ def test_each_model_line_on_a_card_says_class_and_p_once(report):
 
 def test_a_constant_gate_is_marked_and_a_live_one_is_not(report, gates):
     constant = {name for name, v in gates.items() if name != "labels" and np.ptp(v) < 1e-3}
-    assert constant == {"cbam2.channel_attn"}  # the bundled model's dead gate, seen here by the hooks
+    assert constant == {"cbam2.channel_attn"}  # the dead gate, seen here by the hooks
     live = {name for name in gates if name != "labels"} - constant
 
     summary = json.loads((report / "results.json").read_text(encoding="utf-8"))["summary"]["models"]["cbam_cnn"]

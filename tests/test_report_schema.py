@@ -231,8 +231,8 @@ def test_each_gates_range_and_constant_flag_are_described(folder_report):
     results = _results(folder_report)
     gates = results["summary"]["models"]["cbam_cnn"]
     facts = {**gates["spatial_gates"], **gates["channel_gates"]}
-    assert {name for name, f in facts.items() if f["constant"]} == {"cbam2.channel_attn"}  # the sample's dead gate
     assert all(f["min"] <= f["max"] for f in facts.values())
+    assert all(f["constant"] is (f["max"] - f["min"] < 1e-3) for f in facts.values())
     for key, value in (("constant", "yes"), ("min", "low")):
         for kind in ("spatial_gates", "channel_gates"):
             wrong = copy.deepcopy(results)
