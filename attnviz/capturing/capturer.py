@@ -165,7 +165,7 @@ class Capturer:
 
         def post_hook(name: str) -> Callable[[nn.Module, tuple, Any], None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                sink.post_hook()
+                sink.post_hook(output)
                 if name in layers.layers:
                     layers.record(name, output)
 
@@ -202,7 +202,7 @@ class Capturer:
         layers = LayerRecorder(set(self._layers or ()), self.feature_images)
         depth = [0]
 
-        def enter(module: nn.Module, args: tuple) -> None:
+        def enter(module: nn.Module, args: tuple, kwargs: dict) -> None:
             if depth[0] == 0:
                 tracker.__enter__()
             depth[0] += 1
@@ -258,12 +258,13 @@ def _module_names(model: nn.Module) -> dict[nn.Module, str]:
 
 @contextlib.contextmanager
 def _hooked(hooks: Sequence[tuple[nn.Module, Any, Any]]) -> Iterator[None]:
-    """Forward pre-hooks and hooks on modules for a ``with`` block; all removed afterwards (also on error)."""
+    """Forward pre-hooks (given the keyword arguments too) and hooks on modules for a ``with`` block;
+    all removed afterwards (also on error)."""
     handles = []
     try:
         for module, pre_hook, post_hook in hooks:
             if pre_hook is not None:
-                handles.append(module.register_forward_pre_hook(pre_hook))
+                handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
             if post_hook is not None:
                 handles.append(module.register_forward_hook(post_hook))
         yield

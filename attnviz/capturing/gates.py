@@ -57,6 +57,9 @@ HARD_SIGMOID = "hard sigmoid: relu6(x + 3) / 6"
 
 Consumer = Literal["gating", "self"] | None
 
+#: Most branches a softmax over dim 1 may weigh to count as branch attention (SK uses 2-3, ResNeSt 2-4).
+MAX_BRANCHES = 8
+
 
 def sigmoid_kind(shape: tuple[int, ...]) -> GateKind | None:
     """The kind of a sigmoid's output by its shape (batch first); ``None`` when it cannot gate a
@@ -85,8 +88,9 @@ def softmax_kind(shape: tuple[int, ...], dim: int, positions: tuple[int, int] | 
 
     ``spatial``: one distribution per image over the ``H*W`` positions of the feature map
     entering the module (``positions`` = ``(H, W)``), as global-context blocks compute it.
-    ``branch``: weights over ``M`` branches per channel, softmax over dim 1 of ``[B,M,C(,1,1)]``,
-    as selective-kernel blocks compute them.
+    ``branch``: weights over ``M`` (2 to :data:`MAX_BRANCHES`) branches per channel, softmax over
+    dim 1 of ``[B,M,C(,1,1)]`` (selective-kernel blocks) or ``[B,M,groups,C/groups]`` (ResNeSt's
+    split attention); not over the channels of a feature map.
     """
     ndim = len(shape)
     dim = dim % ndim if ndim else 0
@@ -95,7 +99,8 @@ def softmax_kind(shape: tuple[int, ...], dim: int, positions: tuple[int, int] | 
     others = math.prod(size for axis, size in enumerate(shape[1:], 1) if axis != dim)
     if positions is not None and shape[dim] == positions[0] * positions[1] > 1 and others == 1:
         return "spatial"
-    if ndim >= 3 and dim == 1 and shape[1] >= 2 and shape[2] > 1 and math.prod(shape[3:]) == 1:
+    spatial = ndim >= 4 and shape[-1] > 1 and shape[-2] > 1
+    if ndim >= 3 and dim == 1 and 2 <= shape[1] <= MAX_BRANCHES and math.prod(shape[2:]) > 1 and not spatial:
         return "branch"
     return None
 
@@ -122,7 +127,7 @@ def canonical_values(values: torch.Tensor, kind: GateKind, positions: tuple[int,
         height, width = positions if positions is not None else values.shape[-2:]
         return values.reshape(batch, height, width)
     if kind == "branch":
-        return values.reshape(batch, values.shape[1], values.shape[2])
+        return values.reshape(batch, values.shape[1], -1)
     return values
 
 
@@ -133,7 +138,8 @@ def is_sigmoid_leaf(module: nn.Module) -> bool:
     if next(module.children(), None) is not None or next(module.parameters(recurse=False), None) is not None:
         return False
     name = type(module).__name__.lower()
-    return "sigmoid" in name or name in ("h_sigmoid", "hsigmoid")
+    # Sigmoid, HardSigmoid, timm's HardSigmoidJit/HardSigmoidMe, h_sigmoid; not SigmoidAttention
+    return name.endswith(("sigmoid", "sigmoidjit", "sigmoidme")) or name in ("h_sigmoid", "hsigmoid")
 
 
 def is_spatial_map(value: object) -> TypeGuard[torch.Tensor]:

@@ -52,6 +52,7 @@ class _Frame:
     name: str
     module: nn.Module
     positions: tuple[int, int] | None  # (H, W) of its input when that is a feature map
+    leaf_events: list[tuple[CallEvent, torch.Tensor]] = field(default_factory=list)
 
 
 @dataclass
@@ -108,9 +109,9 @@ class Discovery(_Copies):
         self.findings: Counter[str] = Counter()
         self.leaf_calls: Counter[str] = Counter()
 
-    def pre_hook(self, name: str) -> Callable[[nn.Module, tuple], None]:
-        def hook(module: nn.Module, args: tuple) -> None:
-            tensor = first_tensor(args)
+    def pre_hook(self, name: str) -> Callable[[nn.Module, tuple, dict], None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            tensor = first_tensor(args) if args else first_tensor(kwargs)
             positions = (int(tensor.shape[-2]), int(tensor.shape[-1])) if is_spatial_map(tensor) else None
             self.stack.append(_Frame(name, module, positions))
             if is_sigmoid_leaf(module):
@@ -118,8 +119,12 @@ class Discovery(_Copies):
 
         return hook
 
-    def post_hook(self) -> None:
-        self.stack.pop()
+    def post_hook(self, output: Any) -> None:
+        frame = self.stack.pop()
+        for event, sigmoid_output in frame.leaf_events:
+            # a sigmoid module's calls can stand for its gates only if it returns the sigmoid's output
+            if output is not sigmoid_output:
+                event.info.pop("leaf", None)
 
     def on_call(self, event: CallEvent, output: torch.Tensor) -> bool:
         path = tuple(frame.name for frame in self.stack)
@@ -140,6 +145,7 @@ class Discovery(_Copies):
             function = _qualified_type(innermost)
             leaf = self.stack[-1].name
             event.info["leaf"] = (leaf, self.leaf_calls[leaf] - 1)
+            self.stack[-1].leaf_events.append((event, output))
         event.info.update(owner=owner.name, kind=kind, positions=owner.positions, path=path, keep=self.keep(owner.name))
         event.info["function"] = function
         self.calls[-1] = (self.calls[-1][0], path, event)
@@ -273,7 +279,7 @@ def make_gates(
             )
             continue
         kind: GateKind = info["kind"]
-        values = canonical_values(event.values, kind, info["positions"] if kind == "spatial" else None)
+        values = canonical_values(event.values, kind, info["positions"] if event.call == "softmax" else None)
         gated = None
         if event.consumer == "gating" and event.before is not None and event.after is not None:
             inputs[name], outputs[name], gated = event.before, event.after, name
@@ -350,7 +356,7 @@ class LeafRecorder:
         for call, info in sorted(self.plan.leaf_gates.items(), key=lambda item: item[1]["order"]):
             values = self.values[call]
             kind: GateKind = info["kind"]
-            canonical = canonical_values(values, kind, info["positions"] if kind == "spatial" else None)
+            canonical = canonical_values(values, kind)  # sigmoid modules: spatial gates as computed
             shape = (values.shape[0], *info["shape"])
             gates[info["name"]] = Gate(info["name"], info["owner"], kind, canonical, shape, info["function"], None)
         return gates

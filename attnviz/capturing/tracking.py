@@ -109,7 +109,7 @@ class Tracker(TorchFunctionMode):
         self.rows = feature_rows
         self.events: list[CallEvent] = []
         self._follow: dict[int, tuple[weakref.ref[torch.Tensor], tuple[CallEvent, ...]]] = {}
-        self._scalar_of: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor], str]] = {}
+        self._scalar_of: dict[int, tuple[weakref.ref[torch.Tensor], weakref.ref[torch.Tensor] | None, str]] = {}
         self._handlers: dict[object, Callable[..., None]] = {
             **dict.fromkeys(SIGMOID_FUNCTIONS, self._sigmoid),
             **dict.fromkeys(SOFTMAX_FUNCTIONS, self._softmax),
@@ -191,7 +191,7 @@ class Tracker(TorchFunctionMode):
     def _after_plus3(self, tensor: Any, output: torch.Tensor) -> None:
         note = self._scalar_note(tensor)
         if note is not None and note[2] == "plus3":
-            self._note_scalar(output, note[1], "relu6")
+            self._mark(output, note[1], "relu6")
 
     def _divide(self, func, args, kwargs, output, snapshot) -> None:
         if len(args) < 2 or not isinstance(args[0], torch.Tensor) or not _is_number(args[1]):
@@ -220,7 +220,7 @@ class Tracker(TorchFunctionMode):
             self._follow[id(output)] = (weakref.ref(output), followed)
         note = self._scalar_note(args[0])
         if note is not None and func is not torch.Tensor.__getitem__:
-            self._note_scalar(output, note[1], note[2])
+            self._mark(output, note[1], note[2])
 
     def _multiply(self, func, args, kwargs, output, snapshot) -> None:
         left, right = (args[0], args[1]) if len(args) >= 2 else (args[0] if args else None, kwargs.get("other"))
@@ -233,6 +233,11 @@ class Tracker(TorchFunctionMode):
         if isinstance(right, torch.Tensor) and _is_number(left):
             self._note_scalar(output, right, "scaled")
             return
+        for factor, tensor in ((left, right), (right, left)):  # a one-element tensor (Swish's learnable beta)
+            if isinstance(factor, torch.Tensor) and isinstance(tensor, torch.Tensor):
+                if _is_scalar_tensor(factor) and not _is_scalar_tensor(tensor) and self._followed(factor) is None:
+                    self._note_scalar(output, tensor, "scaled")
+                    return
         if not isinstance(left, torch.Tensor) or not isinstance(right, torch.Tensor):
             return
         self._consume(left, right, output, snapshot)
@@ -299,14 +304,18 @@ class Tracker(TorchFunctionMode):
         return entry[1]
 
     def _note_scalar(self, output: torch.Tensor, source: torch.Tensor | None, what: str) -> None:
+        """Note that ``output`` was computed from ``source`` by numbers alone (``what``: ``plus3``,
+        ``relu6``, ``scaled``); in place (``x.add_(3)``), from what ``source`` came from, if known."""
         if source is None:
             return
-        if output is source:  # in place: keep what it was computed from before
+        origin: torch.Tensor | None = source
+        if output is source:
             note = self._scalar_note(source)
-            source = note[1] if note is not None else None
-            if source is None:
-                return
-        self._scalar_of[id(output)] = (weakref.ref(output), weakref.ref(source), what)
+            origin = note[1] if note is not None else None
+        self._mark(output, origin, what)
+
+    def _mark(self, output: torch.Tensor, origin: torch.Tensor | None, what: str) -> None:
+        self._scalar_of[id(output)] = (weakref.ref(output), None if origin is None else weakref.ref(origin), what)
 
     def _scalar_note(self, tensor: Any) -> tuple[torch.Tensor, torch.Tensor | None, str] | None:
         """``(tensor, source, what)`` when ``tensor`` was computed from ``source`` by numbers alone."""
@@ -315,7 +324,7 @@ class Tracker(TorchFunctionMode):
         entry = self._scalar_of.get(id(tensor))
         if entry is None or entry[0]() is not tensor:
             return None
-        return tensor, entry[1](), entry[2]
+        return tensor, None if entry[1] is None else entry[1](), entry[2]
 
     def _roots(self, tensor: torch.Tensor | None) -> list[torch.Tensor]:
         """A tensor and what it was computed from by numbers alone (``1.702 * x`` has root
@@ -328,6 +337,10 @@ class Tracker(TorchFunctionMode):
                 break
             tensor = note[1]
         return roots
+
+
+def _is_scalar_tensor(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
 def _is_number(value: Any) -> bool:
