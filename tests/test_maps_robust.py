@@ -224,3 +224,25 @@ def test_report_debug_shows_the_traceback_of_an_image_it_skipped(tmp_path, monke
     assert result.exit_code == 1, result.output
     assert "Traceback (most recent call last)" in result.stderr and "in broken" in result.stderr
     assert "attnviz: skipped" in result.stderr and "cannot draw this one" in result.stderr
+
+
+def test_ctrl_c_after_the_pictures_are_stored_leaves_the_arrays_only(workspace, tmp_path, monkeypatch, quick):
+    """A Ctrl-C between storing an image's pictures and writing its summary.json: the image keeps
+    attention.npz only (pictures listed nowhere must not stay)."""
+    from attnviz.io.checkpoints import load_model
+    from attnviz.jobs import maps as maps_job
+
+    real_write = maps_job.write_bytes
+
+    def interrupted(path, data):
+        if Path(path).name == "summary.json":
+            raise KeyboardInterrupt
+        return real_write(path, data)
+
+    monkeypatch.setattr(maps_job, "write_bytes", interrupted)
+    out = tmp_path / "out"
+    options = maps_job.MapsOptions(render_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        maps_job.run_maps(load_model(workspace["cbam_cnn"]), [workspace["image"]], out, options=options)
+    folder = out / "shape"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["attention.npz"]

@@ -53,6 +53,10 @@ from attnviz.runtime.workqueue import Outcome, WorkQueue
 logger = logging.getLogger(__name__)
 
 
+#: The file of every image's arrays (what an interrupted image keeps).
+ARRAYS = "attention.npz"
+
+
 @dataclass
 class MapsOptions:
     """What ``run_maps`` draws and how.
@@ -335,7 +339,9 @@ def _remove_unfinished(outcome: ImageResult, keep_arrays: bool = True) -> None:
     """Leave an abandoned image's folder with its ``attention.npz`` only (``keep_arrays``, after a
     Ctrl-C), or remove it: pictures of a worker stopped while drawing may be cut short, and no
     ``summary.json`` lists them."""
-    keep = {Path(path) for path in outcome.files} if keep_arrays else set()
+    # the arrays only: pictures already stored for the image (a Ctrl-C between storing them and
+    # writing summary.json) would otherwise stay, listed nowhere
+    keep = {Path(path) for path in outcome.files if Path(path).name == ARRAYS} if keep_arrays else set()
     for path in sorted(outcome.out_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir():
             with contextlib.suppress(OSError):
@@ -395,9 +401,9 @@ def _write_arrays(
         summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
     summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
     result = ImageResult(str(item.path), folder, finite(summary), nothing_found=cap.nothing_found())
-    with atomic_file(folder / "attention.npz") as file:
+    with atomic_file(folder / ARRAYS) as file:
         np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
-    result.files.append(folder / "attention.npz")
+    result.files.append(folder / ARRAYS)
     return result, PictureJob.from_capture(cap, index, item.original, arrays)
 
 
