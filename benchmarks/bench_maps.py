@@ -158,7 +158,7 @@ def main() -> None:
         "| --- | ---: | --- |",
         f"| pictures (the default) | {full:.1f} | {runs} |",
         f"| `--no-pictures` | {bare:.1f} | {', '.join(f'{t:.1f}' for t in bare_runs)} |",
-        f"| of which: a new Python importing attnviz's model loading (torch, torchvision) | {start_up:.1f} | |",
+        f"| of which: a new Python importing attnviz's model loading (torch) | {start_up:.1f} | |",
         "",
         "| picture kind (one image's pictures, one thread) | pictures | draw (ms each) | PNG encode (ms each) |",
         "| --- | ---: | ---: | ---: |",
@@ -182,7 +182,7 @@ def main() -> None:
             f"- The pictures add {full - bare:.1f} s to the job ({(full - bare) / 12:.2f} s per image, wall); "
             f"drawing and encoding one image's pictures takes {per_image / 1e3:.2f} s of one core. The rest "
             f"of the {full:.1f} s is the job without pictures: {start_up:.1f} s starting Python and importing "
-            "torch and torchvision (the model registry imports torchvision for `resnet18_cbam`), then loading "
+            "torch (torchvision is imported only when a `resnet18_cbam` is built), then loading "
             "the checkpoint, the forward pass and Grad-CAM (milliseconds per image) and writing `attention.npz`.",
             "- PNG pictures are drawn as pixels (`attnviz/render/pictures.py`: Pillow's FreeType text, numpy "
             "and OpenCV for images and colour maps, PNG with zlib level 1 and the SUB filter); the largest single "
