@@ -246,3 +246,17 @@ def test_ctrl_c_after_the_pictures_are_stored_leaves_the_arrays_only(workspace, 
         maps_job.run_maps(load_model(workspace["cbam_cnn"]), [workspace["image"]], out, options=options)
     folder = out / "shape"
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == ["attention.npz"]
+
+
+def test_ctrl_c_while_the_arrays_are_written_leaves_no_empty_folder(workspace, tmp_path, monkeypatch):
+    from attnviz.io.checkpoints import load_model
+    from attnviz.jobs import maps as maps_job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(maps_job.np, "savez_compressed", interrupted)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        maps_job.run_maps(load_model(workspace["cbam_cnn"]), [workspace["image"]], out, options=maps_job.MapsOptions())
+    assert not (out / "shape").exists()

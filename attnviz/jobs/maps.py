@@ -394,15 +394,19 @@ def _write_arrays(
     """Write one image's ``attention.npz`` into ``folder`` (made here, inside the output folder);
     return its result (summary not yet written) and picture job."""
     folder.mkdir(exist_ok=True)
-    summary = summary_dict(loaded, preset, cap, index, item.path)
-    arrays = cap.arrays(index)
-    if cams is not None:
-        arrays["cam/gradcam"] = cams[index].numpy()
-        summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
-    summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
-    result = ImageResult(str(item.path), folder, finite(summary), nothing_found=cap.nothing_found())
-    with atomic_file(folder / ARRAYS) as file:
-        np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
+    try:
+        summary = summary_dict(loaded, preset, cap, index, item.path)
+        arrays = cap.arrays(index)
+        if cams is not None:
+            arrays["cam/gradcam"] = cams[index].numpy()
+            summary["gradcam"] = {"layer": cap.metadata.get("cam_layer"), "target": summary["prediction"]["index"]}
+        summary["non_finite"] = sorted(key for key, values in arrays.items() if not np.isfinite(values).all())
+        result = ImageResult(str(item.path), folder, finite(summary), nothing_found=cap.nothing_found())
+        with atomic_file(folder / ARRAYS) as file:
+            np.savez_compressed(file, **arrays)  # type: ignore[arg-type]  # numpy's stub takes **kwds as allow_pickle
+    except BaseException:  # a Ctrl-C or a full disk before the arrays exist: no empty folder stays
+        _remove_folder_if_empty(folder)
+        raise
     result.files.append(folder / ARRAYS)
     return result, PictureJob.from_capture(cap, index, item.original, arrays)
 
