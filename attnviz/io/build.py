@@ -45,7 +45,15 @@ from attnviz.models.lookalike import library_lookalike
 from attnviz.models.registry import PLAUSIBLE
 from attnviz.runtime.errors import ArchitectureError, UnsafeCheckpointError, describe, did_you_mean, first_line
 
-__all__ = ["ARCH_FORMS", "arch_factory", "build_for", "check_stored_kwargs", "classifier_outputs", "names_code"]
+__all__ = [
+    "ARCH_FORMS",
+    "arch_factory",
+    "build_for",
+    "call_factory",
+    "check_stored_kwargs",
+    "classifier_outputs",
+    "names_code",
+]
 
 ARCH_FORMS = "a registry name, timm:NAME, torchvision:NAME, path/to/file.py:Class or package.module:Class"
 _MAX_UNSAVED_ELEMENTS = 1 << 26  # elements of buffers a stored architecture adds beyond the state_dict
@@ -62,7 +70,7 @@ class _Recipe:
 
     def build(self) -> nn.Module:
         """The model with random weights; failures as :class:`ArchitectureError`."""
-        return build_model(self.arch, **self.kwargs) if self.zoo else _call(self.arch, self.factory, self.kwargs)
+        return build_model(self.arch, **self.kwargs) if self.zoo else call_factory(self.arch, self.factory, self.kwargs)
 
     def shell(self) -> Any:
         """The model on the ``meta`` device (shapes only, no memory); the factory's own exceptions."""
@@ -255,7 +263,7 @@ def _library_recipe(
     recipe = _Recipe(arch, factory, dict(explicit))
     model = None if real else _probe(factory, explicit)
     if model is None:
-        model = _call(arch, factory, explicit)
+        model = call_factory(arch, factory, explicit)
     num_classes = _stored_num_classes(model, state_dict)
     if num_classes is not None and "num_classes" not in explicit and _accepts(factory, "num_classes"):
         return _Recipe(arch, factory, {**explicit, "num_classes": num_classes}), None
@@ -273,7 +281,9 @@ def _probe(factory: Any, kwargs: Mapping[str, Any]) -> nn.Module | None:
     return model if isinstance(model, nn.Module) else None
 
 
-def _call(arch: str, factory: Any, kwargs: Mapping[str, Any]) -> nn.Module:
+def call_factory(arch: str, factory: Any, kwargs: Mapping[str, Any]) -> nn.Module:
+    """``factory(**kwargs)`` as an ``nn.Module``; the named code's failure, or anything else than a
+    module, is one :class:`ArchitectureError` line naming ``arch``."""
     try:
         model = factory(**kwargs)
     except ArchitectureError:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnviz.io.build import arch_factory, names_code
+from attnviz.io.build import arch_factory, call_factory, names_code
 from attnviz.models import get_spec, list_architectures
 from attnviz.runtime.errors import ArchitectureError, describe
 
@@ -77,15 +77,7 @@ class Architecture:
         Raises:
             ArchitectureError: The factory fails or builds something else than an ``nn.Module``.
         """
-        try:
-            model = self.factory(**kwargs)
-        except ArchitectureError:
-            raise
-        except Exception as exc:  # the named code's own failure, reported with its reason
-            raise ArchitectureError(f"cannot build {self.name} with {dict(kwargs)}: {describe(exc)}") from exc
-        if not isinstance(model, nn.Module):
-            raise ArchitectureError(f"{self.name} built a {type(model).__name__}, not a torch.nn.Module")
-        return model
+        return call_factory(self.name, self.factory, kwargs)
 
     def check_outputs(self, model: nn.Module, images: torch.Tensor, class_names: Sequence[str], data: str) -> None:
         """Run ``model`` on ``images`` (eval mode, no gradients) and require logits ``[batch, classes]``.
