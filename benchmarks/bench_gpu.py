@@ -114,8 +114,8 @@ class Scale:
     max_size: int
     capture_batch: Callable[[int], int]
     gradcam_batches: tuple[int, ...]
-    # (input, pictures, batch size, decode workers, render workers)
-    reports: tuple[tuple[str, bool, int, int, int], ...]
+    # (input, pictures, batch size, decode workers, render workers; None: the CLI's default)
+    reports: tuple[tuple[str, bool, int, int, int | None], ...]
     report_steps: int
     sanity_images: int
     maps_images: int | None  # None: all bundled samples, with pictures
@@ -125,7 +125,7 @@ FULL = Scale(
     max_size=1024,
     capture_batch=lambda size: 64 if size >= 224 else 256,
     gradcam_batches=(8, 64),
-    reports=(("shapes:5000", False, 256, 4, 0), ("shapes:1000", True, 256, 4, 8)),
+    reports=(("shapes:5000", False, 256, 4, None), ("shapes:1000", True, 256, 4, 8)),
     report_steps=10,
     sanity_images=16,
     maps_images=None,
@@ -134,7 +134,7 @@ QUICK = Scale(
     max_size=32,
     capture_batch=lambda size: 2,
     gradcam_batches=(2,),
-    reports=(("shapes:4", False, 4, 0, 0),),
+    reports=(("shapes:4", False, 4, 0, None),),
     report_steps=1,
     sanity_images=1,
     maps_images=1,
@@ -333,18 +333,22 @@ def _model_and_input(spec: Model, device: torch.device, scale: Scale, batch: int
 # The report and the main job --------------------------------------------------------------------------
 
 
-def report_run(spec: str, pictures: bool, batch: int, workers: int, render: int, device: str, scale: Scale) -> Result:
-    """``attnviz report`` with the three sample models, in this process (the stage timers are the report's)."""
+def report_run(
+    spec: str, pictures: bool, batch: int, workers: int, render: int | None, device: str, scale: Scale
+) -> Result:
+    """``attnviz report`` with the three sample models, in this process (the stage timers are the report's;
+    ``render`` None: as many render workers as the CLI starts by default on ``device``)."""
     from bench_report import stages
 
     from attnviz.io.checkpoints import load_model
     from attnviz.report import ReportOptions, name_models, run_report
+    from cli.report import _render_workers
 
     models = name_models([load_model(path, device=device) for path in SAMPLE_MODELS])
     options = ReportOptions(
         batch_size=batch,
         workers=workers,
-        render_workers=render,
+        render_workers=_render_workers(render, device),
         steps=scale.report_steps,
         sanity_images=scale.sanity_images,
         pictures=pictures,
@@ -366,12 +370,14 @@ def report_run(spec: str, pictures: bool, batch: int, workers: int, render: int,
     }
 
 
-def _report_command(spec: str, pictures: bool, batch: int, workers: int, render: int, device: str, scale: Scale) -> str:
+def _report_command(
+    spec: str, pictures: bool, batch: int, workers: int, render: int | None, device: str, scale: Scale
+) -> str:
     models = [str(path.relative_to(ROOT)) for path in SAMPLE_MODELS]
     words = ["attnviz report --baseline", models[0], *(f"--model {m}" for m in models[1:]), spec]
     words += [] if pictures else ["--no-pictures"]
     words += [f"--batch-size {batch}", f"--workers {workers}"]
-    words += [f"--render-workers {render}"] if render else []
+    words += [f"--render-workers {render}"] if render is not None else []
     words += [] if scale is FULL else [f"--steps {scale.report_steps}", f"--sanity-images {scale.sanity_images}"]
     return " ".join([*words, f"--device {device}", "--out DIR"])
 

@@ -16,10 +16,11 @@ Stages (seconds of the run's wall time, measured in the main process):
     sanity      the randomisation sanity check (ReportOptions' default number of images, once per report)
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
+    records     writing each image's record (in the main process; render workers write them otherwise)
     aggregates, CSV, JSON   reading the records once, per-model and per-gate aggregates, results.csv, summary.csv, results.json
     excitation figures      the per-class channel-excitation figures
     HTML                    index.html from the records
-    other       the rest: reading the input, probing the models, the resume scan, writing records
+    other       the rest: reading the input, probing the models, the resume scan, starting workers
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def stages(result: dict) -> list[tuple[str, float, str]]:
         ("metrics", t.get("metrics", 0.0), ""),
         ("sanity", t.get("sanity", 0.0), ""),
         ("rendering", render, note),
+        ("records", t.get("records", 0.0), ""),
         ("aggregates, CSV, JSON", tables, ""),
         ("excitation figures", t.get("build figures", 0.0), ""),
         ("HTML", t.get("build html", 0.0), ""),

@@ -412,3 +412,21 @@ def test_a_deeply_nested_run_json_is_not_a_report_folder(shard, tmp_path):
 def test_strict_json_never_writes_nan():
     text = strict_json({"p": float("nan"), "q": [float("inf"), np.float32(-np.inf), 1.5], "n": np.int64(3)})
     assert _strict(text) == {"p": None, "q": [None, None, 1.5], "n": 3}
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [0.1, 2, None, True, "x"], "b": {"c": (1.5, [2.5])}},  # plain: the C encoder's fast path
+        {"a": [0.1, float("nan")], "b": {"c": float("-inf")}},  # NaN below the top level
+        {"a": np.arange(3), "b": [np.float32(0.1), torch.tensor(2.5)]},  # numpy and torch values
+        {1: "int key", "s": {True: 1, None: 2, 2.5: 3}},  # keys json writes differently from str()
+        [[{"deep": [float("inf")]}]],
+    ],
+)
+@pytest.mark.parametrize("options", [{}, {"indent": 1}, {"separators": (",", ":")}, {"sort_keys": True}])
+def test_strict_json_gives_the_text_of_the_cleaned_value_on_every_path(value, options):
+    from attnviz.runtime.text import finite
+
+    expected = json.dumps(finite(value), ensure_ascii=False, allow_nan=False, **options)
+    assert strict_json(value, **options) == expected

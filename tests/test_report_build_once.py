@@ -162,7 +162,7 @@ def test_a_record_that_cannot_be_written_is_named_in_the_reason(tmp_path, monkey
     write_bytes, calls = store.write_bytes, []
 
     def failing_second_record(path, data):
-        if path.parent.name == store.ITEMS_DIR and b'"status": "ok"' in data:
+        if path.parent.name == store.ITEMS_DIR and json.loads(data)["status"] == "ok":
             calls.append(path.name)
             if len(calls) == 2:
                 raise OSError(13, "Permission denied")

@@ -58,11 +58,20 @@ def test_batched_agreement_equals_the_metric_pair_by_pair(rng):
     second = np.round(rng.random((6, 9, 7)), 1)  # many ties
     first[first < 0.5] = 0.0  # ReLU-like zeros: ties at the bottom
     first[2] = 0.25  # constant: no rank spread, rho is nan
-    ious, rhos = agreement_batch(first, second)
+    ious, rhos = agreement_batch(torch.from_numpy(first), torch.from_numpy(second))
     for i in range(6):
         expected = metrics.map_agreement(first[i], second[i])
-        assert ious[i] == expected["top20_iou"], i
-        assert rhos[i] == expected["spearman"] or (np.isnan(rhos[i]) and np.isnan(expected["spearman"])), i
+        assert ious[i] == expected["top20_iou"], i  # exactly: counts of pixels
+        assert rhos[i] == pytest.approx(expected["spearman"], rel=1e-12, abs=1e-15, nan_ok=True), i
+
+
+def test_batched_agreement_of_grad_cam_sized_float32_maps_equals_the_metric(rng):
+    first = torch.from_numpy(rng.random((5, 32, 32), dtype=np.float32))
+    second = torch.relu(torch.from_numpy(rng.normal(0, 1, (5, 32, 32)).astype(np.float32)))  # half zeros
+    ious, rhos = agreement_batch(first, second)
+    for i in range(5):
+        expected = metrics.map_agreement(first[i].numpy(), second[i].numpy())
+        assert ious[i] == expected["top20_iou"] and rhos[i] == pytest.approx(expected["spearman"], rel=1e-12), i
 
 
 def test_channel_values_keep_nine_significant_digits_exactly_as_formatting_them_does(rng):
@@ -168,3 +177,13 @@ def test_render_workers_default_to_none_on_the_cpu_and_some_on_a_gpu(monkeypatch
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert _render_workers(None, "cuda") == 1
     assert _render_workers(3, "cpu") == 3
+
+
+def test_deletion_insertion_batches_are_larger_on_a_gpu_than_on_the_cpu():
+    from attnviz.io.inputs import get_preset
+    from attnviz.report.analysis import GPU_FACTOR, PERTURBED_PIXELS, perturbed_batch
+
+    small, large = get_preset("cifar10"), get_preset("imagenet")
+    assert perturbed_batch(small) == perturbed_batch(small, "cpu") == PERTURBED_PIXELS // (32 * 32) == 256
+    assert perturbed_batch(small, "cuda:0") == GPU_FACTOR * 256
+    assert perturbed_batch(large) == 8 and perturbed_batch(large, torch.device("cuda")) == 8 * GPU_FACTOR

@@ -29,7 +29,7 @@ from typing import Any, cast
 from attnviz.report.schema import ImageRecord, Record, RunInfo, record_from_json
 from attnviz.runtime.errors import UsageError
 from attnviz.runtime.files import remove_temporaries, write_bytes
-from attnviz.runtime.text import finite
+from attnviz.runtime.text import finite, strict_json
 
 FORMAT = "attnviz-report"
 VERSION = 1
@@ -66,9 +66,10 @@ PICTURE_DIRS = ("images", "arrays", *MODEL_DIRS)
 _SAFE_NAME = re.compile(r"[\w-][\w.-]*")
 
 
-def write_json(path: Path, value: Any) -> Path:
-    """Write ``value`` as UTF-8 JSON atomically (NaN and infinities become ``null``)."""
-    text = json.dumps(finite(value), ensure_ascii=False, indent=1, allow_nan=False)
+def write_json(path: Path, value: Any, *, compact: bool = False) -> Path:
+    """Write ``value`` as UTF-8 JSON atomically (NaN and infinities become ``null``); ``compact``:
+    on one line (what each image's record is: a third of the time and size of the indented text)."""
+    text = strict_json(value, separators=(",", ":")) if compact else strict_json(value, indent=1)
     return write_bytes(path, text.encode("utf-8"))
 
 
@@ -158,7 +159,7 @@ def write_record(out: Path, record: Record) -> Path:
         Exception: What writing raised, with the note :data:`WRITING_RECORD`.
     """
     try:
-        return write_json(record_path(out, record.id), record.to_json())
+        return write_json(record_path(out, record.id), record.to_json(), compact=True)
     except Exception as error:
         error.add_note(WRITING_RECORD)
         raise
@@ -244,7 +245,7 @@ def read_run(out: Path, role: str = "report folder") -> RunInfo:
 
 def fingerprint(value: Any) -> str:
     """A short hash of a JSON-able value (the configuration that every record depends on)."""
-    text = json.dumps(finite(value), sort_keys=True, ensure_ascii=False)
+    text = strict_json(value, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from attnviz.report.schema import ImageRecord, Record, RunInfo, Summary, slim
-from attnviz.runtime.text import csv_cell, finite
+from attnviz.runtime.text import csv_cell, finite, strict_json
 
 IMAGE_COLUMNS = ("id", "name", "source", "status", "reason", "truth", "truth_index")
 MODEL_COLUMNS = (
@@ -170,11 +170,11 @@ _JSON_END = "\n]}\n"
 def _write_head(file: IO[str], head: dict[str, Any]) -> None:
     file.write("{\n")
     for key, value in head.items():
-        file.write(f"{json.dumps(key)}: {json.dumps(finite(value), ensure_ascii=False, allow_nan=False)},\n")
+        file.write(f"{json.dumps(key)}: {strict_json(value)},\n")
     file.write('"images": [')
 
 
 def _image_entry(index: int, record: Record) -> str:
     """The record's entry of ``images``, after a comma unless it is the first (``index`` 0)."""
-    entry = json.dumps(finite(slim(record).to_json()), ensure_ascii=False, allow_nan=False)
+    entry = strict_json(slim(record).to_json())
     return (",\n" if index else "\n") + entry

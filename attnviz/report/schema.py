@@ -50,6 +50,9 @@ def _number(value: Any, what: str) -> float | None:
     return float(value)
 
 
+_FLOATS = frozenset({float})
+
+
 def _integer(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} is not an integer: {value!r}")
@@ -171,7 +174,12 @@ class ChannelGate:
         values = data.get("values")
         if values is not None and not isinstance(values, list):
             raise ValueError(f"channel gate values are not a list: {values!r}")
-        vector = None if values is None else tuple(_number(v, "channel gate value") for v in values)
+        if values is None:
+            vector = None
+        elif _FLOATS.issuperset(map(type, values)):  # what attnviz writes: checked in C
+            vector = tuple(values)
+        else:
+            vector = tuple(_number(v, "channel gate value") for v in values)
         return cls(_number(data["mean"], "gate mean"), vector)
 
 

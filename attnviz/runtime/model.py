@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from attnviz.runtime.errors import AttnvizError, CaptureError, UsageError, describe, did_you_mean
+from attnviz.runtime.transfer import to_device
 
 __all__ = [
     "eval_mode",
@@ -58,12 +59,13 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def to_model(images: Tensor, model: nn.Module) -> Tensor:
-    """``images`` on the model's device, in its floating dtype (unchanged for a model without tensors)."""
+    """``images`` on the model's device, in its floating dtype (unchanged for a model without tensors);
+    from the host to a GPU through pinned memory, without making the host wait."""
     reference = _reference_tensor(model)
     if reference is None:
         return images
     dtype = reference.dtype if reference.is_floating_point() else images.dtype
-    return images.to(device=reference.device, dtype=dtype)
+    return to_device(images, reference.device, dtype)
 
 
 @contextlib.contextmanager

@@ -30,8 +30,45 @@ def finite(value: Any) -> Any:
 
 def strict_json(value: Any, **kwargs: Any) -> str:
     """``value`` as JSON that every parser accepts: non-finite numbers become ``null``, and
-    ``allow_nan=False`` makes sure a bare ``NaN`` can never be written."""
-    return json.dumps(finite(value), allow_nan=False, **{"ensure_ascii": False, **kwargs})
+    ``allow_nan=False`` makes sure a bare ``NaN`` can never be written.
+
+    Plain values (dicts with string keys, lists, tuples, strings, finite numbers) are encoded as
+    they are, by the json module's C encoder when there is no ``indent``; anything else (NaN,
+    numpy or torch values, non-string keys) goes through :func:`finite` first. Both give the same
+    text for a plain value.
+    """
+    options = {"ensure_ascii": False, **kwargs, "allow_nan": False}
+    if _plain_keys(value):
+        try:
+            return json.dumps(value, **options)
+        except (ValueError, TypeError):  # NaN or infinity, or a value json cannot encode: cleaned first
+            pass
+    return json.dumps(finite(value), **options)
+
+
+def _plain_keys(value: Any) -> bool:
+    """True when every dict in ``value`` has string keys (which :func:`finite` would leave as they
+    are; ``json`` writes ``True`` and ``None`` keys differently from ``str``)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            if not _STR_ONLY.issuperset(map(type, item)):
+                return False
+            children = item.values()
+        elif type(item) in (list, tuple):
+            children = item
+        else:
+            continue
+        if not _CONTAINERS.isdisjoint(map(type, children)):  # a list of numbers is looked at in C only
+            stack.extend(child for child in children if type(child) in _CONTAINERS)
+    return True
+
+
+_STR_ONLY = frozenset({str})
+
+
+_CONTAINERS = frozenset({dict, list, tuple})
 
 
 def csv_cell(value: Any) -> Any:
