@@ -38,3 +38,18 @@ def test_cuda_round_trip_keeps_values_shapes_and_dtypes() -> None:
     late = start_to_host(on_device["f"] * 2)
     wait_for([device])
     assert torch.equal(late, tensors["f"] * 2)
+
+
+@needs_cuda
+def test_cuda_batch_for_a_model_and_agreements_on_the_device_equal_the_cpu() -> None:
+    from attnviz.report.analysis import agreement_batch
+    from attnviz.runtime.model import to_model
+
+    model = torch.nn.Conv2d(3, 2, 1).cuda().half()
+    images = torch.rand(4, 3, 8, 8)
+    moved = to_model(images, model)
+    assert moved.is_cuda and moved.dtype == torch.float16 and torch.equal(moved.cpu(), images.half())
+    first, second = torch.rand(6, 16, 16), torch.relu(torch.randn(6, 16, 16))
+    on_cpu = agreement_batch(first, second)
+    on_gpu = agreement_batch(first.cuda(), second.cuda())
+    assert on_gpu[0] == on_cpu[0] and on_gpu[1] == pytest.approx(on_cpu[1], rel=1e-12)
