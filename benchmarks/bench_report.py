@@ -43,7 +43,7 @@ SECTION = "## Report"
 ARCHS = ("cnn", "se_cnn", "cbam_cnn")
 
 
-def child(images: int, workers: int, render_workers: int, steps: int, threads: int | None, random: bool) -> dict:
+def child(args: argparse.Namespace, workers: int, render_workers: int) -> dict:
     """One report run in this process; returns its timings, wall time and peak memory."""
     import torch
 
@@ -52,19 +52,26 @@ def child(images: int, workers: int, render_workers: int, steps: int, threads: i
     from attnviz.models import build_model
     from attnviz.report import ReportOptions, name_models, run_report
 
-    if threads:
-        torch.set_num_threads(threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     samples = [ROOT / "samples" / "models" / f"{arch}.pth" for arch in ARCHS]
-    if not random and all(path.is_file() for path in samples):
+    if not args.random and all(path.is_file() for path in samples):
         models, weights = name_models([load_model(path) for path in samples]), "trained samples"
     else:
         torch.manual_seed(0)
         models = {a: LoadedModel(build_model(a).eval(), a, preset=get_preset("cifar10")) for a in ARCHS}
         weights = "random weights"
     with tempfile.TemporaryDirectory() as folder:
-        options = ReportOptions(workers=workers, render_workers=render_workers, steps=steps, progress=False)
+        options = ReportOptions(
+            batch_size=args.batch_size,
+            workers=workers,
+            render_workers=render_workers,
+            steps=args.steps,
+            pictures=not args.no_pictures,
+            progress=False,
+        )
         start = time.perf_counter()
-        result = run_report(models, f"shapes:{images}", Path(folder) / "report", options)
+        result = run_report(models, f"shapes:{args.images}", Path(folder) / "report", options)
         wall = time.perf_counter() - start
         files = sum(len(names) for _, _, names in os.walk(folder))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -80,13 +87,14 @@ def child(images: int, workers: int, render_workers: int, steps: int, threads: i
     }
 
 
-def run_config(images: int, config: str, steps: int, threads: int | None, random: bool) -> dict:
+def run_config(args: argparse.Namespace, config: str, images: int) -> dict:
+    """One configuration (``WORKERS/RENDER_WORKERS``) on ``images`` images, in a new process."""
     workers, render = (int(v) for v in config.split("/"))
-    command = [sys.executable, __file__, "--child", "--images", str(images), "--configs", config, "--steps", str(steps)]
-    if threads:
-        command += ["--threads", str(threads)]
-    if random:
-        command.append("--random")
+    command = [sys.executable, __file__, "--child", "--images", str(images), "--configs", config]
+    command += ["--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--random"] if args.random else []
+    command += ["--no-pictures"] if args.no_pictures else []
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result.update(workers=workers, render_workers=render)
@@ -140,7 +148,7 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def section(results: list[dict], small: dict | None, command: str, images: int, steps: int) -> str:
+def section(results: list[dict], small: dict | None, command: str, args: argparse.Namespace) -> str:
     first = results[0]
     inline = next((r for r in results if r["render_workers"] == 0), first)
     t = inline["timings"]
@@ -157,9 +165,10 @@ def section(results: list[dict], small: dict | None, command: str, images: int, 
         f"Command: `{command}`  \n"
         f"Date: {datetime.date.today().isoformat()}  \n"
         f"Machine: {machine()}, torch threads {first['threads']}  \n"
-        f"`attnviz report` on `shapes:{images}` with `cnn` (baseline), `se_cnn` and `cbam_cnn` ({first['weights']}), "
-        f"deletion/insertion with {steps} steps, sanity check on {first['sanity_images']} images, batch size 32, pictures on "
-        f"({first['files']} files written). Each configuration ran once, in its own process, into a fresh folder; "
+        f"`attnviz report` on `shapes:{args.images}` with `cnn` (baseline), `se_cnn` and `cbam_cnn` ({first['weights']}), "
+        f"deletion/insertion with {args.steps} steps, sanity check on {first['sanity_images']} images, batch size "
+        f"{args.batch_size}, pictures {'off' if args.no_pictures else 'on'} ({first['files']} files written). "
+        "Each configuration ran once, in its own process, into a fresh folder; "
         "the CPU was shared with other work, so expect some noise. Seconds are the main process's wall "
         "time per stage (see the script's docstring).\n\n"
         f"{table(results)}\n\n"
@@ -179,6 +188,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--configs", default="0/0,1/1", help="comma-separated WORKERS/RENDER_WORKERS")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-pictures", action="store_true", help="numbers only, as `attnviz report --no-pictures`")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--random", action="store_true", help="random weights even when the samples exist")
     parser.add_argument(
@@ -192,13 +203,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         workers, render = (int(v) for v in args.configs.split("/"))
-        print(json.dumps(child(args.images, workers, render, args.steps, args.threads, args.random)))
+        print(json.dumps(child(args, workers, render)))
         return
     configs = args.configs.split(",")
-    results = [run_config(args.images, config, args.steps, args.threads, args.random) for config in configs]
-    small = run_config(args.small, configs[0], args.steps, args.threads, args.random) if args.small else None
+    results = [run_config(args, config, args.images) for config in configs]
+    small = run_config(args, configs[0], args.small) if args.small else None
     command = "python benchmarks/bench_report.py " + " ".join(sys.argv[1:])
-    body = section(results, small, command.strip(), args.images, args.steps)
+    body = section(results, small, command.strip(), args)
     print(body)
     if args.write:
         write_section(SECTION, body)

@@ -4,7 +4,9 @@ injection, a full disk, --out below a file, unreadable images, deeply nested rec
 from __future__ import annotations
 
 import builtins
+import collections
 import csv
+import enum
 import errno
 import json
 import os
@@ -414,6 +416,16 @@ def test_strict_json_never_writes_nan():
     assert _strict(text) == {"p": None, "q": [None, None, 1.5], "n": 3}
 
 
+class _Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class _Tagged(float):
+    def tolist(self):
+        return "tagged"
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -422,6 +434,9 @@ def test_strict_json_never_writes_nan():
         {"a": np.arange(3), "b": [np.float32(0.1), torch.tensor(2.5)]},  # numpy and torch values
         {1: "int key", "s": {True: 1, None: 2, 2.5: 3}},  # keys json writes differently from str()
         [[{"deep": [float("inf")]}]],
+        collections.OrderedDict({True: 1, None: 2, "s": collections.Counter({2: 1, 10: 2})}),  # subclasses
+        {"e": [_Level.HIGH], _Level.LOW: _Tagged(2.5)},  # enum values and keys, a float with its own tolist
+        json.loads("[" * 200 + "]" * 200),  # deeper than the plain path looks
     ],
 )
 @pytest.mark.parametrize("options", [{}, {"indent": 1}, {"separators": (",", ":")}, {"sort_keys": True}])
@@ -430,3 +445,10 @@ def test_strict_json_gives_the_text_of_the_cleaned_value_on_every_path(value, op
 
     expected = json.dumps(finite(value), ensure_ascii=False, allow_nan=False, **options)
     assert strict_json(value, **options) == expected
+
+
+def test_strict_json_of_a_value_that_contains_itself_fails_at_once():
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises((RecursionError, ValueError)):
+        strict_json({"loop": loop})

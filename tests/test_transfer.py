@@ -42,7 +42,7 @@ def test_cuda_round_trip_keeps_values_shapes_and_dtypes() -> None:
 
 @needs_cuda
 def test_cuda_batch_for_a_model_and_agreements_on_the_device_equal_the_cpu() -> None:
-    from attnviz.report.analysis import agreement_batch
+    from attnviz.report.analysis import _agreements, agreement_batch
     from attnviz.runtime.model import to_model
 
     model = torch.nn.Conv2d(3, 2, 1).cuda().half()
@@ -53,3 +53,7 @@ def test_cuda_batch_for_a_model_and_agreements_on_the_device_equal_the_cpu() -> 
     on_cpu = agreement_batch(first, second)
     on_gpu = agreement_batch(first.cuda(), second.cuda())
     assert on_gpu[0] == on_cpu[0] and on_gpu[1] == pytest.approx(on_cpu[1], rel=1e-12)
+    big = torch.rand(3, 224, 224), torch.relu(torch.randn(3, 224, 224))  # the sort at Grad-CAM's full size
+    assert agreement_batch(*(m.cuda() for m in big))[0] == agreement_batch(*big)[0]
+    mixed = _agreements(first.cuda(), second)  # a report's models on different devices
+    assert [a.top20_iou for a in mixed] == on_cpu[0]

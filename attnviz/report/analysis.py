@@ -323,7 +323,8 @@ def localise(saliency: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list
 
 def _agreements(baseline: torch.Tensor, maps: torch.Tensor) -> list[Agreement]:
     """Each image's agreement of ``maps`` with the ``baseline``'s maps (``None`` in both numbers
-    when either map has NaN or infinite values)."""
+    when either map has NaN or infinite values); computed on the baseline's device."""
+    maps = maps.to(baseline.device)  # models of one report may live on different devices
     finite = (_all_finite(baseline) & _all_finite(maps)).tolist()
     found = [Agreement(None, None)] * len(maps)
     rows = [i for i, ok in enumerate(finite) if ok]

@@ -38,37 +38,46 @@ def strict_json(value: Any, **kwargs: Any) -> str:
     text for a plain value.
     """
     options = {"ensure_ascii": False, **kwargs, "allow_nan": False}
-    if _plain_keys(value):
+    if _plain(value):
         try:
             return json.dumps(value, **options)
-        except (ValueError, TypeError):  # NaN or infinity, or a value json cannot encode: cleaned first
+        except ValueError:  # NaN or infinity: cleaned first
             pass
     return json.dumps(finite(value), **options)
 
 
-def _plain_keys(value: Any) -> bool:
-    """True when every dict in ``value`` has string keys (which :func:`finite` would leave as they
-    are; ``json`` writes ``True`` and ``None`` keys differently from ``str``)."""
-    stack = [value]
+def _plain(value: Any) -> bool:
+    """True when ``value`` is made of exact dicts with string keys, lists, tuples, strings, ints, floats,
+    booleans and ``None`` only, nested at most :data:`_PLAIN_DEPTH` deep: what the json module writes as
+    :func:`finite` would leave it (NaN aside). Subclasses (enums, ``OrderedDict``, numpy scalars) and
+    deeper values take the cleaning path."""
+    stack = [(value, 0)]
     while stack:
-        item = stack.pop()
-        if type(item) is dict:
-            if not _STR_ONLY.issuperset(map(type, item)):
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind not in _CONTAINERS:
+            if kind not in _SCALARS:
                 return False
-            children = item.values()
-        elif type(item) in (list, tuple):
-            children = item
-        else:
             continue
-        if not _CONTAINERS.isdisjoint(map(type, children)):  # a list of numbers is looked at in C only
-            stack.extend(child for child in children if type(child) in _CONTAINERS)
+        if depth >= _PLAIN_DEPTH:
+            return False
+        if kind is dict:
+            if not _STRINGS.issuperset(map(type, item)):
+                return False
+            item = item.values()
+        kinds = set(map(type, item))  # a list of numbers is looked at in C only
+        if not _PLAIN_TYPES.issuperset(kinds):
+            return False
+        if not _CONTAINERS.isdisjoint(kinds):
+            stack.extend((child, depth + 1) for child in item if type(child) in _CONTAINERS)
     return True
 
 
-_STR_ONLY = frozenset({str})
-
-
+_PLAIN_DEPTH = 64
+_STRINGS = frozenset({str})
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 _CONTAINERS = frozenset({dict, list, tuple})
+_PLAIN_TYPES = _SCALARS | _CONTAINERS
 
 
 def csv_cell(value: Any) -> Any:
