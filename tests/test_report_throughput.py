@@ -187,3 +187,27 @@ def test_deletion_insertion_batches_are_larger_on_a_gpu_than_on_the_cpu():
     assert perturbed_batch(small) == perturbed_batch(small, "cpu") == PERTURBED_PIXELS // (32 * 32) == 256
     assert perturbed_batch(small, "cuda:0") == GPU_FACTOR * 256
     assert perturbed_batch(large) == 8 and perturbed_batch(large, torch.device("cuda")) == 8 * GPU_FACTOR
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_report_on_cuda_gives_the_numbers_of_the_cpu(tmp_path, monkeypatch):
+    """The report's device paths (the batch moved once, Grad-CAM agreements on the device, 8× larger
+    deletion/insertion batches), also with the models on different devices, against the CPU's report."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the GPU's numbers as the CPU's
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    on_cpu = name_models([load_model(p) for p in MODELS])
+    mixed = name_models([load_model(MODELS[0], device="cuda"), load_model(MODELS[1])])  # baseline on the GPU
+    on_gpu = name_models([load_model(p, device="cuda") for p in MODELS])
+    expected = written(run_report(on_cpu, "shapes:6", tmp_path / "cpu", fast()).out)
+    for name, models in (("gpu", on_gpu), ("mixed", mixed)):
+        found = written(run_report(models, "shapes:6", tmp_path / name, fast()).out)
+        assert found.keys() == expected.keys()
+        for key, record in found.items():
+            for model, outcome in record["models"].items():
+                reference = expected[key]["models"][model]
+                assert outcome["predicted"] == reference["predicted"]
+                for number in ("p_target", "deletion_auc", "insertion_auc", "energy_pointing_game"):
+                    assert outcome["cam"][number] == pytest.approx(reference["cam"][number], abs=1e-4), number
+                agreement = outcome.get("agreement") or {}
+                for number, value in agreement.items():
+                    assert value == pytest.approx(reference["agreement"][number], abs=1e-3), number
