@@ -15,7 +15,7 @@ Rows:
     attnviz capture (new Capturer)   attnviz.capture(model, x): the same, finding the layers anew
     attnviz gradcam      attnviz.explain.cam.gradcam: predicted class, maps upsampled to the input and normalised
     pytorch-grad-cam     ``with GradCAM(model, [layer]) as cam: cam(x, None)`` (predicted class, upsampled)
-    captum LayerGradCam  attribute(target=precomputed predictions) + LayerAttribution.interpolate
+    captum LayerGradCam + upsample   attribute(target=precomputed predictions) + LayerAttribution.interpolate
     torchcam GradCAM     ``with GradCAM(model, layer) as e``: forward, e(predictions, scores), upsampling
 """
 
@@ -30,13 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from _doc import DOC, machine, write_section
+from _peers import gradcam_calls
 from torch import nn
 
 from attnviz.capturing.capturer import Capturer, capture
-from attnviz.explain.cam import gradcam
 from attnviz.models import build_model
 
 SECTION = "## Capture and Grad-CAM"
@@ -60,14 +59,6 @@ CASES = (
 
 def runners(case: Case, model: nn.Module, x: torch.Tensor) -> dict[str, Callable[[], object]]:
     """One callable per row. Each library's object is built inside its call, as in its README."""
-    from captum.attr import LayerAttribution, LayerGradCam
-    from pytorch_grad_cam import GradCAM as LibraryGradCAM
-    from torchcam.methods import GradCAM as TorchcamGradCAM
-
-    layer = model.get_submodule(case.layer)
-    size = tuple(x.shape[-2:])
-    with torch.no_grad():
-        predicted = model(x).argmax(1)
 
     def forward_no_grad() -> object:
         with torch.no_grad():
@@ -84,32 +75,12 @@ def runners(case: Case, model: nn.Module, x: torch.Tensor) -> dict[str, Callable
     def attnviz_capture_new() -> object:
         return capture(model, x)
 
-    def attnviz_gradcam() -> object:
-        return gradcam(model, x, layer=case.layer).maps
-
-    def library_gradcam() -> object:
-        with LibraryGradCAM(model=model, target_layers=[layer]) as cam:
-            return cam(input_tensor=x, targets=None)
-
-    def captum_gradcam() -> object:
-        raw = LayerGradCam(model, layer).attribute(x, target=predicted, relu_attributions=True)
-        return LayerAttribution.interpolate(raw, size, interpolate_mode="bilinear")
-
-    def torchcam_gradcam() -> object:
-        with TorchcamGradCAM(model, target_layer=case.layer) as extractor:
-            scores = model(x)
-            (cams,) = extractor(scores.argmax(1).tolist(), scores)
-        return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)
-
     return {
         "forward (no_grad)": forward_no_grad,
         "forward (grad)": forward_grad,
         "attnviz capture": attnviz_capture,
         "attnviz capture (new Capturer)": attnviz_capture_new,
-        "attnviz gradcam": attnviz_gradcam,
-        "pytorch-grad-cam GradCAM": library_gradcam,
-        "captum LayerGradCam": captum_gradcam,
-        "torchcam GradCAM": torchcam_gradcam,
+        **gradcam_calls(model, x, case.layer),
     }
 
 
@@ -175,7 +146,7 @@ def table(results: list[tuple[Case, str, dict[str, list[float]]]]) -> str:
             f"{ours / medians['forward (no_grad)']:.2f}× a no_grad forward and "
             f"{ours / medians['forward (grad)']:.2f}× a forward with grad; throughput "
             f"{medians['pytorch-grad-cam GradCAM'] / ours:.2f}× pytorch-grad-cam's, "
-            f"{medians['captum LayerGradCam'] / ours:.2f}× captum's, "
+            f"{medians['captum LayerGradCam + upsample'] / ours:.2f}× captum's, "
             f"{medians['torchcam GradCAM'] / ours:.2f}× torchcam's."
         )
     return "\n".join(lines)

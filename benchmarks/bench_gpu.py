@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from _doc import DOC, machine, write_section
+from _peers import gradcam_calls as peer_gradcam_calls
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -266,13 +266,7 @@ def _recording(capturer: Any, x: torch.Tensor, copied: dict[str, int], name: str
 
 
 def gradcam_calls(model: nn.Module, x: torch.Tensor, layer: str) -> Calls:
-    """One callable per Grad-CAM row, each library's object built inside its call, as in its README."""
-    from attnviz.explain.cam import gradcam
-
-    module = model.get_submodule(layer)
-    size = tuple(x.shape[-2:])
-    with torch.no_grad():
-        predicted = model(x).argmax(1)
+    """One callable per Grad-CAM row: a forward+backward pass, then attnviz and each peer (``_peers``)."""
 
     def forward_backward() -> object:
         scores = model(x)
@@ -280,36 +274,7 @@ def gradcam_calls(model: nn.Module, x: torch.Tensor, layer: str) -> Calls:
         model.zero_grad(set_to_none=True)
         return scores
 
-    def attnviz_gradcam() -> object:
-        return gradcam(model, x, layer=layer).maps
-
-    def library_gradcam() -> object:
-        from pytorch_grad_cam import GradCAM
-
-        with GradCAM(model=model, target_layers=[module]) as cam:
-            return cam(input_tensor=x, targets=None)
-
-    def captum_gradcam() -> object:
-        from captum.attr import LayerAttribution, LayerGradCam
-
-        raw = LayerGradCam(model, module).attribute(x, target=predicted, relu_attributions=True)
-        return LayerAttribution.interpolate(raw, size, interpolate_mode="bilinear")
-
-    def torchcam_gradcam() -> object:
-        from torchcam.methods import GradCAM
-
-        with GradCAM(model, target_layer=layer) as extractor:
-            scores = model(x)
-            (cams,) = extractor(scores.argmax(1).tolist(), scores)
-        return F.interpolate(cams[:, None], size=size, mode="bilinear", align_corners=False)
-
-    return {
-        "forward+backward": forward_backward,
-        "attnviz gradcam": attnviz_gradcam,
-        "pytorch-grad-cam GradCAM": library_gradcam,
-        "captum LayerGradCam + upsample": captum_gradcam,
-        "torchcam GradCAM": torchcam_gradcam,
-    }
+    return {"forward+backward": forward_backward, **peer_gradcam_calls(model, x, layer)}
 
 
 def gradcam_case(spec: Model, batch: int, device: torch.device, scale: Scale, warmup: int, repeats: int) -> Result:
