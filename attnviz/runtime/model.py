@@ -65,9 +65,7 @@ def to_model(images: Tensor, model: nn.Module) -> Tensor:
     if reference is None:
         return images
     dtype = reference.dtype if reference.is_floating_point() else images.dtype
-    if images.device.type == "cpu" and reference.device.type == "cuda":
-        return to_device(images, reference.device, dtype)
-    return images.to(device=reference.device, dtype=dtype)
+    return to_device(images, reference.device, dtype)
 
 
 @contextlib.contextmanager

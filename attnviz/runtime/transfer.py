@@ -55,16 +55,14 @@ def wait_for(devices: Iterable[torch.device]) -> None:
 
 
 def to_device(values: Tensor | Sequence[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
-    """``values`` (a CPU tensor or a list of numbers) on ``device`` without making the host wait.
+    """``values`` (a tensor or a list of numbers) on ``device``, in ``dtype`` when given, without
+    making the host wait.
 
-    On CUDA the data goes through pinned memory with a non-blocking copy (a plain copy from
-    pageable memory would synchronise); elsewhere it is an ordinary copy.
+    From the host to CUDA the data goes through pinned memory with a non-blocking copy (a plain copy
+    from pageable memory would synchronise), converted to ``dtype`` on the host first; anything else
+    is one ordinary ``.to(device, dtype)`` (the tensor itself when nothing changes).
     """
     tensor = values if isinstance(values, Tensor) else torch.tensor(values, dtype=dtype)
-    if dtype is not None:
-        tensor = tensor.to(dtype)
-    if tensor.device == device:
-        return tensor
     if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+        return (tensor if dtype is None else tensor.to(dtype)).pin_memory().to(device, non_blocking=True)
+    return tensor.to(device=device, dtype=dtype)
