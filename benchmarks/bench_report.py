@@ -17,7 +17,8 @@ Stages (seconds of the run's wall time, measured in the main process):
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
     records     writing each image's record (in the main process; render workers write them otherwise)
-    aggregates, CSV, JSON   reading the records once, per-model and per-gate aggregates, results.csv, summary.csv, results.json
+    aggregates, CSV, JSON   the pass over the records (reading them once, in worker processes when there are
+                            several chunks), per-model and per-gate aggregates, results.csv, summary.csv, results.json
     excitation figures      the per-class channel-excitation figures
     HTML                    index.html from the records
     other       the rest: reading the input, probing the models, the resume scan, starting workers
@@ -104,7 +105,7 @@ def run_config(args: argparse.Namespace, config: str, images: int) -> dict:
 def stages(result: dict) -> list[tuple[str, float, str]]:
     """(stage, seconds, note) rows of one run."""
     t = result["timings"]
-    tables = sum(t.get(f"build {k}", 0.0) for k in ("read", "aggregate", "csv", "json"))
+    tables = sum(t.get(f"build {k}", 0.0) for k in ("pass", "summary", "csv", "json"))
     if "render" in t:
         render, note = t["render"], ""
     else:

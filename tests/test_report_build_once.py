@@ -88,7 +88,40 @@ def test_the_build_reads_and_parses_each_record_once(folder, tmp_path, monkeypat
     built = build_report(out)
     assert built.images == 3 and len(built.failures) == 1
     assert sorted(reads) == sorted(p.name for p in (out / "items").glob("*.json")) and set(reads.values()) == {1}
-    assert {"read", "aggregate", "csv", "json", "html"} <= set(built.seconds)
+    assert {f"pass {job}" for job in ("read", "aggregate", "csv", "json", "html")} <= set(built.seconds)
+    assert built.workers == 0  # one chunk: read here
+
+
+def test_worker_processes_write_what_one_process_writes(folder, tmp_path, monkeypatch):
+    """Chunks of one record each, read by two worker processes, give the same files byte for byte
+    (the constant gates' marks of cards written in other processes included)."""
+    import shutil
+
+    from attnviz.report import build
+
+    monkeypatch.setattr(build, "CHUNK_RECORDS", 1)
+    written = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers-{workers}"
+        shutil.copytree(folder, out)
+        built = build_report(out, workers=workers)
+        assert built.workers == workers and built.images == 3 and built.pending == 0
+        written[workers] = {
+            name: re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "DATE", (out / name).read_text(encoding="utf-8"))
+            for name in ("results.csv", "summary.csv", "results.json", "index.html")
+        }
+    assert written[0] == written[2]
+    page = written[2]["index.html"]
+    assert page.count('class="constant"') >= 6 and "\x00" not in page and page.count('<article class="card') == 3
+    assert json.loads(written[2]["results.json"])["summary"]["images"] == 3
+
+
+def test_the_processes_that_read_records_do_not_load_torch():
+    """A worker of the build imports the module of its job: it must start in a fraction of torch's import."""
+    script = "import sys, attnviz.report.build; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_cards_are_each_records_card_with_the_constant_gates_of_the_whole_report(folder):

@@ -18,11 +18,11 @@ import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from attnviz.explain import metrics
 from attnviz.report.schema import ModelSummary, Record, Summary
 
 SAMPLE_LIMIT = 2000
@@ -43,6 +43,10 @@ class _Mean:
             return
         self.total += float(value)
         self.count += 1
+
+    def merge(self, other: _Mean) -> None:
+        self.total += other.total
+        self.count += other.count
 
     @property
     def value(self) -> float | None:
@@ -65,18 +69,51 @@ class _Range:
         return {"min": self.low, "max": self.high, "constant": self.high - self.low < CONSTANT_TOLERANCE}
 
 
+def _counts() -> defaultdict[Any, int]:
+    return defaultdict(int)
+
+
+def _means() -> defaultdict[str, _Mean]:
+    return defaultdict(_Mean)
+
+
 @dataclass
 class _ModelSums:
+    """One model's running sums (module-level factories only: a chunk's sums travel between processes)."""
+
     images: int = 0
     labelled: int = 0
     correct: int = 0
-    confusion: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
-    means: dict[str, _Mean] = field(default_factory=lambda: defaultdict(_Mean))
-    spatial: dict[str, dict[str, _Mean]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(_Mean)))
-    class_sums: dict[str, dict[int, np.ndarray]] = field(default_factory=lambda: defaultdict(dict))
-    class_counts: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
-    ranges: dict[str, _Range] = field(default_factory=lambda: defaultdict(_Range))
+    confusion: dict[tuple[int, int], int] = field(default_factory=_counts)
+    means: dict[str, _Mean] = field(default_factory=_means)
+    spatial: dict[str, dict[str, _Mean]] = field(default_factory=partial(defaultdict, _means))
+    class_sums: dict[str, dict[int, np.ndarray]] = field(default_factory=partial(defaultdict, dict))
+    class_counts: dict[str, dict[int, int]] = field(default_factory=partial(defaultdict, _counts))
+    ranges: dict[str, _Range] = field(default_factory=partial(defaultdict, _Range))
     non_finite: int = 0
+
+    def merge(self, other: _ModelSums) -> None:
+        """Add ``other``'s sums (of the records after this one's) to these."""
+        self.images += other.images
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.non_finite += other.non_finite
+        for pair, count in other.confusion.items():
+            self.confusion[pair] += count
+        for key, mean in other.means.items():
+            self.means[key].merge(mean)
+        for gate, means in other.spatial.items():
+            for key, mean in means.items():
+                self.spatial[gate][key].merge(mean)
+        for gate, totals in other.class_sums.items():
+            mine = self.class_sums[gate]
+            for label, total in totals.items():
+                mine[label] = mine[label] + total if label in mine else total
+                self.class_counts[gate][label] += other.class_counts[gate][label]
+        for gate, extent in other.ranges.items():
+            mine_range = self.ranges[gate]  # listed even when it saw no finite value, as when added one by one
+            if extent.low <= extent.high:
+                mine_range.add(extent.low, extent.high)
 
 
 class Aggregator:
@@ -127,6 +164,22 @@ class Aggregator:
                 self._add_model(self.sums[name], entry, truth, label)
                 sampled[name] = (label, _finite_gates(entry["channel_gates"], np.float32))
         self._keep_sample(record["id"], sampled)
+
+    def merge(self, other: Aggregator) -> None:
+        """Add the records ``other`` counted (those after this one's, for the same models) to these.
+
+        Counts, ranges and the gate sample come out as if every record had been added here; sums
+        differ from adding one by one only by rounding (a report merges its chunks in a fixed order,
+        so its numbers do not depend on how many processes read them)."""
+        self.images += other.images
+        self.failed += other.failed
+        self.labelled += other.labelled
+        self.misclassified += other.misclassified
+        self.disagree += other.disagree
+        for name in self.models:
+            self.sums[name].merge(other.sums[name])
+        for entry in other._sample:
+            self._keep(entry)
 
     def summary(self) -> Summary:
         """Everything gathered, as plain JSON-ready values."""
@@ -185,7 +238,9 @@ class Aggregator:
 
     def _keep_sample(self, item_id: str, models: dict[str, tuple[int, dict[str, np.ndarray]]]) -> None:
         rank = int(hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:15], 16)
-        entry = (-rank, item_id, models)  # a max-heap on rank: the highest rank leaves first
+        self._keep((-rank, item_id, models))  # a max-heap on rank: the highest rank leaves first
+
+    def _keep(self, entry: tuple[int, str, dict[str, tuple[int, dict[str, np.ndarray]]]]) -> None:
         if len(self._sample) < self.sample_limit:
             heapq.heappush(self._sample, entry)
         elif entry > self._sample[0]:
@@ -241,6 +296,8 @@ class Aggregator:
         }
 
     def _channel_summary(self, name: str, gate: str) -> dict[str, Any]:
+        from attnviz.explain import metrics  # torch: not for the processes that only read records
+
         sums = self.sums[name]
         per_class = {
             self.label(k): {"n": sums.class_counts[gate][k], "mean": (total / sums.class_counts[gate][k]).tolist()}

@@ -1,17 +1,26 @@
 """Rebuild a report folder's outputs from its records: ``results.csv``, ``summary.csv``,
 ``results.json``, the per-class excitation figures and ``index.html``.
 
-One streaming pass over the records named by the manifest reads and parses each record once and
-feeds it to every output: the aggregates, a row of ``results.csv``, and its entry of ``results.json``
-and card of ``index.html``, which wait in temporary files (spools) until the aggregates that head
-those files are known; then the files are written, the spools copied into them without parsing.
+One pass over the records named by the manifest reads and parses each record once and feeds it to
+every output: the aggregates, a row of ``results.csv``, and its entry of ``results.json`` and card
+of ``index.html``, which wait in temporary files (spools) until the aggregates that head those files
+are known; then the files are written, the spools copied into them without parsing.
+
+The pass goes chunk by chunk (:data:`CHUNK_RECORDS` manifest rows): each chunk gives its aggregates
+and its text of every output (:func:`read_part`), in this process or in worker processes, and the
+chunks join in manifest order, so the outputs are the same either way.
 """
 
 from __future__ import annotations
 
+import io
+import itertools
+import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +32,7 @@ from attnviz.report.aggregate import Aggregator
 from attnviz.report.figures import write_excitation
 from attnviz.report.html import Cards, constant_note
 from attnviz.report.results import ResultsCsv, ResultsJson, write_summary_csv
-from attnviz.report.schema import FailedImage, Record, RunInfo, Summary
+from attnviz.report.schema import FailedImage, RunInfo, Summary
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.text import file_slug
 
@@ -45,8 +54,13 @@ class BuildResult:
         failures: ``{"id", "source", "reason"}`` of every skipped input.
         pending: Manifest items that have no record yet (an interrupted run).
         summary: The aggregates written to ``results.json``.
-        seconds: Time spent reading and parsing the records (``read``) and per output (``aggregate``,
-            ``figures``, ``csv``, ``json``, ``html``).
+        seconds: Wall time of this process: the pass over the records (``pass``: reading, parsing and
+            each record's part of every output, in worker processes or here), the aggregates
+            (``summary``), ``figures``, and writing ``csv`` (summary.csv), ``json`` and ``html``;
+            ``pass read``, ``pass aggregate``, ``pass csv``, ``pass json`` and ``pass html``: the
+            seconds each of the pass's jobs took, summed over the processes that did them.
+        workers: The size of the pool of worker processes that read the records (0: this process
+            read them; a pool starts no more processes than there are chunks).
     """
 
     index: Path
@@ -55,23 +69,51 @@ class BuildResult:
     pending: int
     summary: Summary
     seconds: dict[str, float] = field(default_factory=dict)
+    workers: int = 0
 
 
-def build_report(out: str | Path) -> BuildResult:
+def build_report(out: str | Path, *, workers: int | None = None) -> BuildResult:
     """Write every output of the report folder ``out`` from its run description and records.
+
+    Args:
+        out: The report folder.
+        workers: Processes that read the records, :data:`CHUNK_RECORDS` at a time (0 or 1: this
+            process; ``None``: one per CPU core, up to one per chunk, when there are two chunks or
+            more). The outputs do not depend on it. At most ``workers + 1`` chunks wait in memory.
 
     Raises:
         UsageError: ``out`` is not a report folder.
     """
     out = Path(out)
     run = store.read_run(out)
-    seconds: dict[str, float] = dict.fromkeys(("read", "aggregate", "csv", "json", "html"), 0.0)
+    seconds: dict[str, float] = dict.fromkeys(("pass", "summary", "csv", "json", "html"), 0.0)
+    seconds |= {f"pass {key}": 0.0 for key in _JOBS}
     with ExitStack() as stack:
         table = ResultsCsv(stack.enter_context(atomic_file(out / "results.csv", "w")), run)
         entries = ResultsJson(stack.enter_context(_spool(out)))
         cards = Cards(run, stack.enter_context(_spool(out)))
-        summary, failures = _read_once(out, run, {"csv": table.add, "json": entries.add, "html": cards.add}, seconds)
+        aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
+        failures: list[dict[str, Any]] = []
+        pending = 0
+        start = time.perf_counter()
+        chunks = _chunks(store.read_manifest(out))
+        used, parts = _parts(chunks, out, run, cards.marks.token, workers, stack)
+        for part in parts:
+            table.add_rows(part.rows)
+            entries.add_entries(part.entries, part.records)
+            cards.add_cards(part.cards, part.images)
+            aggregator.merge(part.aggregator)
+            failures += part.failures
+            pending += part.pending
+            for key, value in part.seconds.items():
+                seconds[f"pass {key}"] += value
+        seconds["pass"] = time.perf_counter() - start
 
+        start = time.perf_counter()
+        summary = aggregator.summary()
+        summary["pending"] = pending
+        aggregator.warn_non_finite()
+        seconds["summary"] = time.perf_counter() - start
         start = time.perf_counter()
         figures = _figures(out, run, summary)
         seconds["figures"] = time.perf_counter() - start
@@ -89,18 +131,84 @@ def build_report(out: str | Path) -> BuildResult:
         start = time.perf_counter()
         _write_text(out / "index.html", lambda f: cards.write_page(f, summary, sanity, figures, failures, links))
         seconds["html"] += time.perf_counter() - start
-    return BuildResult(out / "index.html", summary["images"], failures, summary["pending"], summary, seconds)
+    return BuildResult(out / "index.html", summary["images"], failures, summary["pending"], summary, seconds, used)
 
 
-def _read_once(
-    out: Path, run: RunInfo, outputs: dict[str, Callable[[Record], None]], seconds: dict[str, float]
-) -> tuple[Summary, list[dict[str, Any]]]:
-    """Read every record once, feeding it to the aggregates and to ``outputs`` (key in ``seconds`` ->
-    what takes the record); returns the aggregates and the failures (``{"id", "source", "reason"}``)."""
+#: Manifest rows per chunk of the pass over the records. Fixed, so that the report's sums, added
+#: chunk by chunk in manifest order, come out the same however many processes read the chunks.
+CHUNK_RECORDS = 500
+_JOBS = ("read", "aggregate", "csv", "json", "html")
+
+
+@dataclass
+class _Part:
+    """One chunk of the records, read and turned into its share of every output (text to append)."""
+
+    aggregator: Aggregator
+    rows: str
+    entries: str
+    cards: str
+    records: int
+    images: int
+    failures: list[dict[str, Any]]
+    pending: int
+    seconds: dict[str, float]
+
+
+def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """The manifest's rows, :data:`CHUNK_RECORDS` at a time."""
+    while chunk := list(itertools.islice(rows, CHUNK_RECORDS)):
+        yield chunk
+
+
+def _parts(
+    chunks: Iterator[list[dict[str, Any]]],
+    out: Path,
+    run: RunInfo,
+    token: str,
+    workers: int | None,
+    stack: ExitStack,
+) -> tuple[int, Iterator[_Part]]:
+    """The worker processes used and each chunk's part, in manifest order (read here, or by worker
+    processes that ``stack`` stops at its end)."""
+    first = list(itertools.islice(chunks, 2))
+    chunks = itertools.chain(first, chunks)
+    if workers is None:
+        workers = os.cpu_count() or 1  # started as chunks come: no more than there are chunks
+    if workers < 2 or len(first) < 2:
+        return 0, (read_part(str(out), run, rows, token) for rows in chunks)
+    from attnviz.runtime.pool import WorkerPool
+
+    pool = stack.enter_context(WorkerPool(workers))
+
+    def ordered() -> Iterator[_Part]:
+        ahead: deque[Future[_Part]] = deque()
+        for rows in chunks:
+            ahead.append(pool.submit(read_part, str(out), run, rows, token))
+            if len(ahead) > workers:  # each worker busy, with one more chunk queued
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+
+    return workers, ordered()
+
+
+def read_part(out: str, run: RunInfo, rows: list[dict[str, Any]], token: str) -> _Part:
+    """Read the records of manifest ``rows`` of the report folder ``out`` and make their part of
+    every output (page cards with constant-gate place holders of ``token``); a worker's job."""
+    folder = Path(out)
+    seconds = dict.fromkeys(_JOBS, 0.0)
     aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
-    takers = [("aggregate", aggregator.add), *outputs.items()]
+    rows_text, entries_text, cards_text = io.StringIO(), io.StringIO(), io.StringIO()
+    table = ResultsCsv(rows_text, run, header=False)
+    entries = ResultsJson(entries_text, continued=True)
+    cards = Cards(run, cards_text, token)
+    takers = (("aggregate", aggregator.add), ("csv", table.add), ("json", entries.add), ("html", cards.add))
     failures, pending = [], 0
-    for record in _timed_records(out, run, seconds):
+    for row in rows:
+        start = time.perf_counter()
+        record = store.read_record(folder, row["id"], run["config"])
+        seconds["read"] += time.perf_counter() - start
         if record is None:
             pending += 1
             continue
@@ -110,25 +218,17 @@ def _read_once(
             seconds[key] += time.perf_counter() - start
         if isinstance(record, FailedImage):
             failures.append({"id": record.id, "source": record.source, "reason": record.reason})
-    start = time.perf_counter()
-    summary = aggregator.summary()
-    summary["pending"] = pending
-    aggregator.warn_non_finite()
-    seconds["aggregate"] += time.perf_counter() - start
-    return summary, failures
-
-
-def _timed_records(out: Path, run: RunInfo, seconds: dict[str, float]) -> Iterator[Record | None]:
-    """Each manifest row's record (``None``: none yet), adding the time spent reading to ``seconds["read"]``."""
-    rows = store.read_manifest(out)
-    while True:
-        start = time.perf_counter()
-        row = next(rows, None)
-        record = store.read_record(out, row["id"], run["config"]) if row is not None else None
-        seconds["read"] += time.perf_counter() - start
-        if row is None:
-            return
-        yield record
+    return _Part(
+        aggregator,
+        rows_text.getvalue(),
+        entries_text.getvalue(),
+        cards_text.getvalue(),
+        entries.count,
+        cards.count,
+        failures,
+        pending,
+        seconds,
+    )
 
 
 def _spool(out: Path) -> IO[str]:

@@ -11,7 +11,6 @@ import html
 import json
 import re
 import secrets
-import shutil
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from importlib import resources
@@ -80,19 +79,26 @@ class Cards:
     :meth:`add` writes each card to ``spool`` (a file open for reading and writing) with a mark where
     a gate's constant note may go; :meth:`write_page` writes the page around the cards (as
     :func:`write_page`), each mark replaced by the note of a gate that the aggregates found constant.
+    Cards written elsewhere with the same ``token`` (another process's :class:`Cards` on a chunk of
+    the records) join with :meth:`add_cards`.
     """
 
-    def __init__(self, run: RunInfo, spool: IO[str]) -> None:
+    def __init__(self, run: RunInfo, spool: IO[str], token: str | None = None) -> None:
         self.run = run
         self.spool = spool
         self.count = 0
-        self._marks = _PendingMarks()
+        self.marks = _PendingMarks(token)
 
     def add(self, record: Record) -> None:
         """Write the card of an analysed image (a failed one has none)."""
         if isinstance(record, ImageRecord):
-            self.spool.write(_card(record, self.run, self._marks))
+            self.spool.write(_card(record, self.run, self.marks))
             self.count += 1
+
+    def add_cards(self, text: str, count: int) -> None:
+        """Keep ``count`` cards written by a :class:`Cards` with this one's token."""
+        self.spool.write(text)
+        self.count += count
 
     def write_page(
         self,
@@ -107,7 +113,7 @@ class Cards:
         head, tail = _page(self.run, summary, sanity, figures, failures, links)
         file.write(head)
         self.spool.seek(0)
-        self._marks.copy(self.spool, file, constant_gates(summary))
+        self.marks.copy(self.spool, file, constant_gates(summary))
         file.write(tail)
         return self.count
 
@@ -198,27 +204,35 @@ def _constant_mark(gate: str, note: str, inline: bool) -> str:
 
 class _PendingMarks:
     """Marks of gates whose constancy is not known yet: each ``(model, gate, inline)`` gets a place
-    holder (NUL, a random token of this build, a number, NUL: no record's text can forge one), which
-    :meth:`copy` replaces once the constant gates are known."""
+    holder (NUL, a random token of this build, the key in hexadecimal, NUL: no record's text can
+    forge one, and any process given the token writes the same), which :meth:`copy` replaces once the
+    constant gates are known."""
 
-    def __init__(self) -> None:
-        self._token = secrets.token_hex(8)
-        self._pattern = re.compile(f"\x00{self._token}:(\\d+)\x00")
-        self._keys: dict[tuple[str, str, bool], int] = {}
+    def __init__(self, token: str | None = None) -> None:
+        self.token = token or secrets.token_hex(8)
+        self._pattern = re.compile(f"\x00{re.escape(self.token)}:([0-9a-f]*)\x00")
+        self._holders: dict[tuple[str, str, bool], str] = {}
 
     def __call__(self, model: str, gate: str, inline: bool) -> str:
-        index = self._keys.setdefault((model, gate, inline), len(self._keys))
-        return f"\x00{self._token}:{index}\x00"
+        key = (model, gate, inline)
+        if key not in self._holders:
+            self._holders[key] = f"\x00{self.token}:{json.dumps(key).encode().hex()}\x00"
+        return self._holders[key]
 
     def copy(self, source: IO[str], target: IO[str], constant: dict[str, dict[str, str]]) -> None:
         """Copy ``source`` to ``target``, each place holder replaced by its mark under ``constant``."""
-        if not self._keys:
-            shutil.copyfileobj(source, target, 1 << 20)
-            return
         known = _known_marks(constant)
-        marks = [known(*key) for key in self._keys]
+        marks: dict[str, str] = {}
+
+        def mark(found: re.Match[str]) -> str:
+            key = found.group(1)
+            if key not in marks:
+                model, gate, inline = json.loads(bytes.fromhex(key))
+                marks[key] = known(model, gate, inline)
+            return marks[key]
+
         for line in source:
-            target.write(self._pattern.sub(lambda found: marks[int(found.group(1))], line) if "\x00" in line else line)
+            target.write(self._pattern.sub(mark, line) if "\x00" in line else line)
 
 
 def _card(record: ImageRecord, run: RunInfo, marks: ConstantMarks) -> str:

@@ -75,16 +75,23 @@ def csv_row(record: Record, run: RunInfo) -> dict[str, Any]:
 
 
 class ResultsCsv:
-    """``results.csv`` written one record at a time: the header at once, then a row per :meth:`add`."""
+    """``results.csv`` written one record at a time: the header at once (unless ``header`` is false:
+    rows to append to another's), then a row per :meth:`add`."""
 
-    def __init__(self, file: IO[str], run: RunInfo) -> None:
+    def __init__(self, file: IO[str], run: RunInfo, *, header: bool = True) -> None:
         self.run = run
+        self.file = file
         self.writer = csv.DictWriter(file, fieldnames=csv_columns(run), extrasaction="ignore", lineterminator="\n")
-        self.writer.writeheader()
+        if header:
+            self.writer.writeheader()
 
     def add(self, record: Record) -> None:
         """Write the record's row."""
         self.writer.writerow(csv_row(record, self.run))
+
+    def add_rows(self, text: str) -> None:
+        """Write rows written by another :class:`ResultsCsv` of the same run (without its header)."""
+        self.file.write(text)
 
 
 def write_results_csv(file: IO[str], records: Iterable[Record], run: RunInfo) -> None:
@@ -143,16 +150,26 @@ def write_results_json(
 class ResultsJson:
     """``results.json`` built before its head is known: :meth:`add` writes each record's entry to
     ``spool`` (a file open for reading and writing), :meth:`write` the file, head first (as
-    :func:`write_results_json`)."""
+    :func:`write_results_json`). A ``continued`` one writes entries to join another's with
+    :meth:`add_entries` (a chunk of the records, in another process)."""
 
-    def __init__(self, spool: IO[str]) -> None:
+    def __init__(self, spool: IO[str], *, continued: bool = False) -> None:
         self.spool = spool
         self.count = 0
+        self._after = int(continued)  # entries that continue another's list: each after a comma
 
     def add(self, record: Record) -> None:
         """Keep the record's entry of ``images``."""
-        self.spool.write(_image_entry(self.count, record))
+        self.spool.write(_image_entry(self.count + self._after, record))
         self.count += 1
+
+    def add_entries(self, text: str, count: int) -> None:
+        """Keep ``count`` entries written by another :class:`ResultsJson` (each after a comma, as
+        for a non-first entry: the comma of this file's first entry is dropped)."""
+        if count and not self.count:
+            text = text.removeprefix(",")
+        self.spool.write(text)
+        self.count += count
 
     def write(self, file: IO[str], head: dict[str, Any]) -> None:
         """Write ``results.json`` to ``file``: ``head``'s keys, then every entry kept."""
