@@ -1,5 +1,6 @@
 """Edge cases of capture: gates at another resolution than their module's input, Swish with a learnable
-beta, in-place hard sigmoids, keyword arguments, modules named like a sigmoid that gate, ResNeSt."""
+beta, in-place hard sigmoids, keyword arguments, modules named like a sigmoid that gate, ResNeSt, a
+model that normalises its input in place."""
 
 from __future__ import annotations
 
@@ -154,3 +155,36 @@ def test_resnest_split_attention_softmax_over_radix_branches_is_branch_attention
         gate = next(g for g in branch.values() if g.module == name.rsplit(".", 1)[0])
         torch.testing.assert_close(gate.values, expected.reshape(2, module.radix, -1))
         torch.testing.assert_close(gate.values.sum(1), torch.ones_like(gate.values.sum(1)))
+
+
+class NormalisesInPlace(nn.Module):
+    """The course's CBAM CNN behind a normalisation that overwrites its input (``x.sub_().div_()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from attnviz.models import build_model
+
+        self.net = build_model("cbam_cnn")
+
+    def forward(self, x):
+        return self.net(x.sub_(0.5).div_(0.25))
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU"))]
+)
+@pytest.mark.parametrize("feature_images", [0, 2])
+def test_the_captured_images_are_the_input_as_given_when_the_model_changes_it_in_place(device, feature_images):
+    torch.manual_seed(0)
+    model = NormalisesInPlace().to(device).eval()
+    images = torch.rand(3, 3, 32, 32, device=device)
+    given = images.clone()
+    capturer = Capturer(model, feature_images=feature_images)
+    for _ in range(2):  # the first batch finds the gates, the second runs the plan
+        batch = given.clone()
+        captured = capturer(batch)
+        assert captured.images.device.type == "cpu" and torch.equal(captured.images, given.cpu())
+        assert not torch.equal(batch, given)  # the model did change it
+        expected = model.net((given.clone() - 0.5) / 0.25)  # what the model computed on it
+        torch.testing.assert_close(captured.logits, expected.cpu(), rtol=1e-5, atol=1e-5)
+        assert set(captured.gates) >= {"net.cbam1.channel_attn", "net.cbam3.spatial_attn"}

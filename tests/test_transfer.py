@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnviz.runtime.transfer import start_to_host, to_device, to_host, wait_for
+from attnviz.runtime.transfer import HostCopy, start_to_host, to_device, to_host, wait_for
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,6 +24,36 @@ def test_to_device_makes_tensors_of_lists_with_the_dtype() -> None:
     same = torch.rand(3)
     assert to_device(same, torch.device("cpu")) is same
     assert to_device(same, torch.device("cpu"), torch.float64).dtype == torch.float64
+
+
+def test_a_host_copy_is_the_tensor_as_it_was() -> None:
+    tensor = torch.rand(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    before = tensor.clone()
+    copy = HostCopy(tensor)
+    tensor.mul_(0)  # as a model that changes its input in place
+    kept = copy.join(torch.device("cpu"))
+    assert torch.equal(kept, before) and kept.is_contiguous(memory_format=torch.channels_last)
+    assert HostCopy(tensor, snapshot=False).join(torch.device("cpu")) is tensor  # nothing will write it
+
+
+@needs_cuda
+def test_a_cuda_host_copy_overlaps_later_work_and_needs_the_one_wait() -> None:
+    device = torch.device("cuda", torch.cuda.current_device())
+    tensor = torch.rand(64, 3, 224, 224, device=device)
+    before = tensor.cpu()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        copy = HostCopy(tensor)
+        tensor.mul_(0)  # queued right after the copy started: it must not reach the copy
+        for _ in range(20):
+            tensor.add_(1)  # work on the current stream while the side stream copies
+        copy.join(device)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    wait_for([device])
+    assert copy.tensor.is_pinned() and torch.equal(copy.tensor, before)
+    assert torch.equal(tensor[0, 0, 0, :3].cpu(), torch.full((3,), 20.0, device="cpu"))
 
 
 @needs_cuda

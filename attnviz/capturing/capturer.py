@@ -46,7 +46,7 @@ from attnviz.capturing.tracking import Tracker
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import CaptureError
 from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
-from attnviz.runtime.transfer import to_host
+from attnviz.runtime.transfer import HostCopy, to_host
 
 __all__ = ["Capture", "Capturer", "Gate", "Prediction", "capture", "compiled_modules", "default_feature_layers"]
 
@@ -105,8 +105,10 @@ class Capturer:
         """Run one forward pass on ``images`` (``[B,3,H,W]`` or ``[3,H,W]``) and capture it."""
         batch = as_image_batch(images)
         images = to_model(batch, self.model)
+        # the input as given, even if the model changes it in place; on CUDA copied while the model runs
+        given = HostCopy(batch, snapshot=_shares_memory(images, batch))
         if self._layers is None:  # no feature maps are recorded without images to record them for
-            self._layers = [] if self.feature_images == 0 else default_feature_layers(self.model, images[:1])
+            self._layers = [] if self.feature_images == 0 else default_feature_layers(self.model, images[:1].clone())
         if self.model.training:
             warnings.warn(
                 "the model was in training mode; attnviz captures in eval mode and restores every module's mode afterwards",
@@ -125,10 +127,9 @@ class Capturer:
         if self._hidden:
             findings[HIDDEN] = self._hidden
         logits = _logits(output)
-        on_device = {} if batch.device.type == "cpu" else {"images": batch}  # a CPU batch is already there
+        given.join(logits.device)  # the one wait below covers it
         host = to_host(
             {
-                **on_device,
                 "logits": logits.detach().float(),
                 **{f"gate/{name}": gate.values for name, gate in gates.items()},
                 **{f"in/{name}": tensor for name, tensor in inputs.items()},
@@ -139,7 +140,7 @@ class Capturer:
         for name, gate in gates.items():
             gate.values = host[f"gate/{name}"]
         return Capture(
-            images=host.get("images", batch),
+            images=given.tensor,
             logits=host["logits"],
             gates=gates,
             inputs={name: host[f"in/{name}"] for name in inputs},
@@ -283,3 +284,12 @@ def _logits(output: Any) -> torch.Tensor:
         shape = None if tensor is None else list(tensor.shape)
         raise CaptureError(f"the model must return class logits of shape [B, classes]; it returned {shape}")
     return tensor
+
+
+def _shares_memory(model_input: torch.Tensor, batch: torch.Tensor) -> bool:
+    """True when the model is given ``batch``'s memory itself (nothing had to be converted), so
+    that an in-place change of its input would change ``batch``."""
+    return (
+        model_input.device == batch.device
+        and model_input.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr()
+    )

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["start_to_host", "to_device", "to_host", "wait_for"]
+__all__ = ["HostCopy", "start_to_host", "to_device", "to_host", "wait_for"]
 
 
 def to_host(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -52,6 +52,51 @@ def wait_for(devices: Iterable[torch.device]) -> None:
             done = torch.cuda.Event()
             done.record(torch.cuda.current_stream(device))
             done.synchronize()
+
+
+class HostCopy:
+    """A copy of ``tensor`` on the host as it is now: later changes to ``tensor`` do not reach it.
+
+    On CUDA the copy runs on a side stream into pinned memory, so it overlaps the work queued after
+    it on the current stream (a forward pass) instead of following it; :meth:`join` makes a device's
+    current stream wait for it without the host waiting, and :attr:`tensor` may be read once a
+    :func:`wait_for` of that device has returned. Other devices copy at :meth:`join`. On the CPU
+    :attr:`tensor` is a clone, or ``tensor`` itself when ``snapshot`` is false.
+
+    Args:
+        tensor: What to copy.
+        snapshot: Copy from a clone taken now, on the current stream (``tensor`` may change while
+            the copy runs, as an input that a model changes in place). False: nothing writes
+            ``tensor`` until :meth:`join`.
+    """
+
+    def __init__(self, tensor: Tensor, *, snapshot: bool = True) -> None:
+        source = tensor.detach().clone() if snapshot else tensor.detach()
+        self.tensor = source if snapshot else tensor
+        self._source: Tensor | None = None
+        self._side: torch.cuda.Stream | None = None
+        if source.device.type == "cuda":
+            self._side = torch.cuda.Stream(source.device)
+            self._side.wait_stream(torch.cuda.current_stream(source.device))  # after the clone
+            with torch.cuda.stream(self._side):
+                self.tensor = source.to("cpu", non_blocking=True)  # into pinned memory
+            self._source = source  # alive until the copy is joined: its memory is not reused before
+        elif source.device.type != "cpu":
+            self._source = source
+
+    def join(self, device: torch.device) -> Tensor:
+        """Order the copy before the work queued next on ``device``'s current stream; returns
+        :attr:`tensor` (on CUDA: read it after :func:`wait_for` ``device``)."""
+        if self._side is not None:
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).wait_stream(self._side)
+            else:
+                self._side.synchronize()
+            self._side = None
+        elif self._source is not None:
+            self.tensor = self._source.to("cpu")
+        self._source = None
+        return self.tensor
 
 
 def to_device(values: Tensor | Sequence[int], device: torch.device, dtype: torch.dtype | None = None) -> Tensor:
