@@ -188,3 +188,39 @@ def test_the_captured_images_are_the_input_as_given_when_the_model_changes_it_in
         expected = model.net((given.clone() - 0.5) / 0.25)  # what the model computed on it
         torch.testing.assert_close(captured.logits, expected.cpu(), rtol=1e-5, atol=1e-5)
         assert set(captured.gates) >= {"net.cbam1.channel_attn", "net.cbam3.spatial_attn"}
+
+
+class GatesTwiceEveryOtherCall(nn.Module):
+    """Normalises its input in place, and applies its gate once or twice by turns, so that the plan
+    of one batch does not fit the next and the capture runs the model again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 5)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.conv(x.sub_(0.5).div_(0.25))
+        for _ in range(1 + self.calls % 2):
+            h = h * torch.sigmoid(h.mean((2, 3), keepdim=True))
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("feature_images", [0, 2])
+def test_a_pass_tried_again_gets_the_input_as_given(feature_images):
+    torch.manual_seed(0)
+    model = GatesTwiceEveryOtherCall().eval()
+    given = torch.rand(2, 3, 8, 8)
+    capturer = Capturer(model, feature_images=feature_images)
+    for _ in range(3):
+        calls = model.calls
+        captured = capturer(given.clone())
+        tried = model.calls - calls
+        model.calls -= 1  # the last forward's parity: what a single forward on the input computes
+        with torch.no_grad():
+            expected = model(given.clone())
+        assert torch.equal(captured.images, given)
+        torch.testing.assert_close(captured.logits, expected, rtol=1e-6, atol=1e-6)
+    assert tried > 1  # the plan did not fit: the model ran more than once

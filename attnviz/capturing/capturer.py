@@ -114,15 +114,16 @@ class Capturer:
                 "the model was in training mode; attnviz captures in eval mode and restores every module's mode afterwards",
                 stacklevel=2,
             )
-        with eval_mode(self.model), torch.no_grad():
+        fresh = _inputs(images, lambda: to_model(given.fresh(), self.model))
+        with eval_mode(self.model), torch.no_grad():  # each pass tried gets the input as given
             found = None
             if self._plan is not None and self._plan.input_shape == tuple(images.shape[1:]):
                 if self.feature_images == 0 and self._plan.leaf_calls is not None:
-                    found = self._leaf_pass(images, self._plan)
+                    found = self._leaf_pass(next(fresh), self._plan)
                 if found is None:
-                    found = self._planned_pass(images, self._plan)
+                    found = self._planned_pass(next(fresh), self._plan)
             if found is None:
-                found = self._discovery_pass(images)
+                found = self._discovery_pass(next(fresh))
         output, gates, inputs, outputs, features, findings = found
         if self._hidden:
             findings[HIDDEN] = self._hidden
@@ -293,3 +294,11 @@ def _shares_memory(model_input: torch.Tensor, batch: torch.Tensor) -> bool:
         model_input.device == batch.device
         and model_input.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr()
     )
+
+
+def _inputs(first: torch.Tensor, again: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The model's input for each forward pass one capture tries: ``first``, then a new copy as given
+    (an abandoned pass may have run a model that changes its input in place)."""
+    yield first
+    while True:
+        yield again()

@@ -84,6 +84,11 @@ class HostCopy:
         elif source.device.type != "cpu":
             self._source = source
 
+    def fresh(self) -> Tensor:
+        """A new copy of the tensor as it was: on its device before :meth:`join`, on the host after."""
+        kept = self._source if self._source is not None else self.tensor
+        return kept.clone()
+
     def join(self, device: torch.device) -> Tensor:
         """Order the copy before the work queued next on ``device``'s current stream; returns
         :attr:`tensor` (on CUDA: read it after :func:`wait_for` ``device``)."""
