@@ -17,10 +17,11 @@ Stages (seconds of the run's wall time, measured in the main process):
     rendering   drawing and writing the card pictures (with render workers: time the main process waited
                 for them; the workers' own time in parentheses)
     records     writing each image's record (in the main process; render workers write them otherwise)
-    aggregates, CSV, JSON   the pass over the records (reading them once, in worker processes when there are
-                            several chunks), per-model and per-gate aggregates, results.csv, summary.csv, results.json
+    aggregates, CSV, JSON   the pass over the records (reading each once and making its row, JSON entry and
+                            page card; in build workers when there are several chunks), per-model and per-gate
+                            aggregates, results.csv, summary.csv, results.json
     excitation figures      the per-class channel-excitation figures
-    HTML                    index.html from the records
+    HTML                    index.html around the cards made in the pass
     other       the rest: reading the input, probing the models, the resume scan, starting workers
 """
 
@@ -47,6 +48,7 @@ ARCHS = ("cnn", "se_cnn", "cbam_cnn")
 def child(args: argparse.Namespace, workers: int, render_workers: int) -> dict:
     """One report run in this process; returns its timings, wall time and peak memory."""
     import torch
+    from attnviz.cli.report import _build_workers
 
     from attnviz.io.checkpoints import LoadedModel, load_model
     from attnviz.io.inputs import get_preset
@@ -67,6 +69,7 @@ def child(args: argparse.Namespace, workers: int, render_workers: int) -> dict:
             batch_size=args.batch_size,
             workers=workers,
             render_workers=render_workers,
+            build_workers=_build_workers(None),  # the CLI's default
             steps=args.steps,
             pictures=not args.no_pictures,
             progress=False,

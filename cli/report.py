@@ -95,6 +95,13 @@ time writes it (a second is refused while the lock OUT/.attnviz.lock is held).
     "the models [default: 0 on the CPU, whose cores run the models; on a GPU a quarter of the cores, 1 to 4].",
 )
 @click.option(
+    "--build-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Processes that read the records back, 500 at a time, to write the tables and the page (also with "
+    "--merge) [default: one per core this process may use, up to 8; 0: the main process].",
+)
+@click.option(
     "--shard",
     default="1/1",
     show_default=True,
@@ -143,6 +150,7 @@ def report(
     batch_size,
     workers,
     render_workers,
+    build_workers,
     shard,
     method,
     steps,
@@ -166,7 +174,7 @@ def report(
         from attnviz.report import records
         from attnviz.report.merge import merge_reports
 
-        built = merge_reports([Path(i) for i in inputs], out, force=force)
+        built = merge_reports([Path(i) for i in inputs], out, force=force, workers=_build_workers(build_workers))
         missing = records.read_run(out).get("missing_shards") or []
         _finish(built.index, built.images, None, built.failures, quiet, pending=built.pending, incomplete=bool(missing))
         return
@@ -188,6 +196,7 @@ def report(
         batch_size=batch_size,
         workers=workers,
         render_workers=_render_workers(render_workers, device),
+        build_workers=_build_workers(build_workers),
         shard=shard,
         method=method,
         steps=steps,
@@ -227,6 +236,17 @@ def _finish(
         click.echo(f"wrote {index}: {images} image(s){done}{skipped}{unfinished}")
     if failures or pending or incomplete:
         sys.exit(1)
+
+
+def _build_workers(given: int | None) -> int:
+    """The build workers asked for, or by default one per core this process may use, up to 8 (the
+    models are done by then; a report of 500 images or fewer is read in the main process anyway)."""
+    import os
+
+    if given is not None:
+        return given
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cores)
 
 
 def _render_workers(given: int | None, device: str) -> int:

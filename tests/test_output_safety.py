@@ -223,7 +223,7 @@ def test_the_lock_is_held_during_a_run_and_released_after_an_error_or_ctrl_c(tmp
     held = []
     for error in (OSError(28, "No space left on device"), KeyboardInterrupt()):
 
-        def fail(folder, error=error):
+        def fail(folder, workers=0, error=error):
             held.append(json.loads((out / LOCK).read_text())["pid"])
             raise error
 

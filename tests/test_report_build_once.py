@@ -89,7 +89,7 @@ def test_the_build_reads_and_parses_each_record_once(folder, tmp_path, monkeypat
     assert built.images == 3 and len(built.failures) == 1
     assert sorted(reads) == sorted(p.name for p in (out / "items").glob("*.json")) and set(reads.values()) == {1}
     assert {f"pass {job}" for job in ("read", "aggregate", "csv", "json", "html")} <= set(built.seconds)
-    assert built.workers == 0  # one chunk: read here
+    assert built.workers == 0
 
 
 def test_worker_processes_write_what_one_process_writes(folder, tmp_path, monkeypatch):
@@ -114,6 +114,28 @@ def test_worker_processes_write_what_one_process_writes(folder, tmp_path, monkey
     page = written[2]["index.html"]
     assert page.count('class="constant"') >= 6 and "\x00" not in page and page.count('<article class="card') == 3
     assert json.loads(written[2]["results.json"])["summary"]["images"] == 3
+
+
+def test_warnings_of_worker_processes_are_raised_by_the_main_process(folder, tmp_path, monkeypatch):
+    """A record whose channel values overflow float32 warns (numpy); the warning reaches the caller
+    once, whichever process read the record."""
+    import shutil
+
+    from attnviz.report import build
+
+    monkeypatch.setattr(build, "CHUNK_RECORDS", 1)
+    for workers in (0, 2):
+        out = tmp_path / f"workers-{workers}"
+        shutil.copytree(folder, out)
+        for path in sorted((out / "items").glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data["status"] == "ok":
+                data["models"]["cbam_cnn"]["channel_gates"]["cbam1.channel_attn"]["values"][0] = 1.7e308
+                path.write_text(json.dumps(data), encoding="utf-8")
+        with pytest.warns(RuntimeWarning, match="overflow") as caught:
+            build_report(out, workers=workers)
+        messages = [str(w.message) for w in caught]
+        assert "overflow encountered in cast" in messages and len(messages) == len(set(messages)), messages
 
 
 def test_the_processes_that_read_records_do_not_load_torch():

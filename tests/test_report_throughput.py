@@ -152,9 +152,9 @@ def test_without_pictures_nothing_of_the_renderers_is_loaded_while_the_models_ru
         from attnviz.report import ReportOptions, name_models, run_report, runner
         build, loaded = runner.build_report, []
 
-        def before_the_page(out):
+        def before_the_page(out, **options):
             loaded.extend(m for m in sys.modules if m.startswith(("attnviz.render", "matplotlib")))
-            return build(out)
+            return build(out, **options)
 
         runner.build_report = before_the_page
         models = name_models([load_model({str(MODELS[1])!r})])
@@ -177,6 +177,17 @@ def test_render_workers_default_to_none_on_the_cpu_and_some_on_a_gpu(monkeypatch
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert _render_workers(None, "cuda") == 1
     assert _render_workers(3, "cpu") == 3
+
+
+def test_build_workers_default_to_the_cores_this_process_may_use_up_to_8(monkeypatch):
+    from attnviz.cli.report import _build_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(32)), raising=False)
+    assert _build_workers(None) == 8
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)  # the machine's, not this process's
+    assert _build_workers(None) == 2
+    assert _build_workers(0) == 0 and _build_workers(12) == 12
 
 
 def test_deletion_insertion_batches_are_larger_on_a_gpu_than_on_the_cpu():

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 import tempfile
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -72,14 +72,15 @@ class BuildResult:
     workers: int = 0
 
 
-def build_report(out: str | Path, *, workers: int | None = None) -> BuildResult:
+def build_report(out: str | Path, *, workers: int = 0) -> BuildResult:
     """Write every output of the report folder ``out`` from its run description and records.
 
     Args:
         out: The report folder.
-        workers: Processes that read the records, :data:`CHUNK_RECORDS` at a time (0 or 1: this
-            process; ``None``: one per CPU core, up to one per chunk, when there are two chunks or
-            more). The outputs do not depend on it. At most ``workers + 1`` chunks wait in memory.
+        workers: Processes that read the records, :data:`CHUNK_RECORDS` at a time, when there
+            are two chunks or more (0 or 1: this process). They are spawned: a script that calls
+            this with workers needs the ``if __name__ == "__main__":`` guard. The outputs do not
+            depend on it; at most ``workers + 1`` chunks wait in memory.
 
     Raises:
         UsageError: ``out`` is not a report folder.
@@ -95,18 +96,24 @@ def build_report(out: str | Path, *, workers: int | None = None) -> BuildResult:
         aggregator = Aggregator([m["name"] for m in run["models"]], run.get("class_names"))
         failures: list[dict[str, Any]] = []
         pending = 0
-        start = time.perf_counter()
-        chunks = _chunks(store.read_manifest(out))
-        used, parts = _parts(chunks, out, run, cards.marks.token, workers, stack)
-        for part in parts:
+        caught: dict[tuple[type[Warning], str], None] = {}
+
+        def join(part: _Part) -> None:
+            nonlocal pending
             table.add_rows(part.rows)
             entries.add_entries(part.entries, part.records)
             cards.add_cards(part.cards, part.images)
             aggregator.merge(part.aggregator)
-            failures += part.failures
+            failures.extend(part.failures)
             pending += part.pending
+            caught.update(dict.fromkeys(part.warnings))
             for key, value in part.seconds.items():
                 seconds[f"pass {key}"] += value
+
+        start = time.perf_counter()
+        used = _pass(out, run, cards.marks.token, workers, join)
+        for category, message in caught:  # once each, here: where the command's warnings are shown
+            warnings.warn(message, category, stacklevel=2)
         seconds["pass"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -152,6 +159,7 @@ class _Part:
     images: int
     failures: list[dict[str, Any]]
     pending: int
+    warnings: list[tuple[type[Warning], str]]
     seconds: dict[str, float]
 
 
@@ -161,36 +169,27 @@ def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-def _parts(
-    chunks: Iterator[list[dict[str, Any]]],
-    out: Path,
-    run: RunInfo,
-    token: str,
-    workers: int | None,
-    stack: ExitStack,
-) -> tuple[int, Iterator[_Part]]:
-    """The worker processes used and each chunk's part, in manifest order (read here, or by worker
-    processes that ``stack`` stops at its end)."""
+def _pass(out: Path, run: RunInfo, token: str, workers: int, join: Callable[[_Part], None]) -> int:
+    """Read every chunk of the manifest's records and ``join`` their parts in manifest order; returns
+    the worker processes used (0: read here). The workers are stopped before this returns."""
+    chunks = _chunks(store.read_manifest(out))
     first = list(itertools.islice(chunks, 2))
     chunks = itertools.chain(first, chunks)
-    if workers is None:
-        workers = os.cpu_count() or 1  # started as chunks come: no more than there are chunks
     if workers < 2 or len(first) < 2:
-        return 0, (read_part(str(out), run, rows, token) for rows in chunks)
+        for rows in chunks:
+            join(read_part(str(out), run, rows, token))
+        return 0
     from attnviz.runtime.pool import WorkerPool
 
-    pool = stack.enter_context(WorkerPool(workers))
-
-    def ordered() -> Iterator[_Part]:
+    with WorkerPool(workers) as pool:  # starts a worker per chunk submitted, up to ``workers``
         ahead: deque[Future[_Part]] = deque()
         for rows in chunks:
             ahead.append(pool.submit(read_part, str(out), run, rows, token))
             if len(ahead) > workers:  # each worker busy, with one more chunk queued
-                yield ahead.popleft().result()
+                join(ahead.popleft().result())
         while ahead:
-            yield ahead.popleft().result()
-
-    return workers, ordered()
+            join(ahead.popleft().result())
+    return workers
 
 
 def read_part(out: str, run: RunInfo, rows: list[dict[str, Any]], token: str) -> _Part:
@@ -205,19 +204,21 @@ def read_part(out: str, run: RunInfo, rows: list[dict[str, Any]], token: str) ->
     cards = Cards(run, cards_text, token)
     takers = (("aggregate", aggregator.add), ("csv", table.add), ("json", entries.add), ("html", cards.add))
     failures, pending = [], 0
-    for row in rows:
-        start = time.perf_counter()
-        record = store.read_record(folder, row["id"], run["config"])
-        seconds["read"] += time.perf_counter() - start
-        if record is None:
-            pending += 1
-            continue
-        for key, take in takers:
+    with warnings.catch_warnings(record=True) as caught:  # shown by the main process, as its own
+        warnings.simplefilter("always")
+        for row in rows:
             start = time.perf_counter()
-            take(record)
-            seconds[key] += time.perf_counter() - start
-        if isinstance(record, FailedImage):
-            failures.append({"id": record.id, "source": record.source, "reason": record.reason})
+            record = store.read_record(folder, row["id"], run["config"])
+            seconds["read"] += time.perf_counter() - start
+            if record is None:
+                pending += 1
+                continue
+            for key, take in takers:
+                start = time.perf_counter()
+                take(record)
+                seconds[key] += time.perf_counter() - start
+            if isinstance(record, FailedImage):
+                failures.append({"id": record.id, "source": record.source, "reason": record.reason})
     return _Part(
         aggregator,
         rows_text.getvalue(),
@@ -227,6 +228,7 @@ def read_part(out: str, run: RunInfo, rows: list[dict[str, Any]], token: str) ->
         cards.count,
         failures,
         pending,
+        list(dict.fromkeys((found.category, str(found.message)) for found in caught)),
         seconds,
     )
 

@@ -32,10 +32,11 @@ from attnviz.runtime.outdir import claim_output_folder
 
 
 def merge_reports(
-    dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False
+    dirs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *, force: bool = False, workers: int = 0
 ) -> BuildResult:
     """Merge shard report folders ``dirs`` into ``out`` and build its outputs (``force``: as
-    :class:`attnviz.report.ReportOptions`'s).
+    :class:`attnviz.report.ReportOptions`'s; ``workers``: processes that read the records, as
+    :func:`attnviz.report.build_report`'s).
 
     Unfinished shards (an interrupted run) and missing ones are merged as far as they go, with a
     warning; the result's ``pending`` counts the unfinished images (``results.json``:
@@ -52,10 +53,10 @@ def merge_reports(
     for folder, run in zip(folders, runs):
         _check_paths(folder, run["config"])
     with claim_output_folder(out, "report", names=store.REPORT_NAMES, force=force):
-        return _merge(folders, runs, missing, out)
+        return _merge(folders, runs, missing, out, workers)
 
 
-def _merge(folders: list[Path], runs: list[RunInfo], missing: list[int], out: Path) -> BuildResult:
+def _merge(folders: list[Path], runs: list[RunInfo], missing: list[int], out: Path, workers: int) -> BuildResult:
     store.clean_report(out)
     shards = sorted(tuple(run["shard"]) for run in runs)
     merged = {**runs[0], "shard": [1, 1], "shards": [list(s) for s in shards], "missing_shards": missing}
@@ -76,7 +77,7 @@ def _merge(folders: list[Path], runs: list[RunInfo], missing: list[int], out: Pa
             _place(sanity, out / store.SANITY_FILE)
     store.write_manifest(out, _merged_rows(folders))
     store.write_json(out / store.RUN_FILE, merged)
-    return build_report(out)
+    return build_report(out, workers=workers)
 
 
 def _check(folders: list[Path], out: Path) -> tuple[list[RunInfo], list[int]]:

@@ -63,6 +63,9 @@ class ReportOptions:
         workers: ``DataLoader`` worker processes that decode images (0: in this process).
         render_workers: Processes that draw the pictures and write each image's record, with or
             without pictures (0: in this process, between batches).
+        build_workers: Processes that read the records back to write the tables and the page,
+            500 records each, when there are more than 500 (0: this process; see
+            :func:`attnviz.report.build_report`).
         shard: ``(K, N)``: process only the K-th of N deterministic slices (1-based).
         method: CAM method (any of :data:`attnviz.explain.cam.METHODS`).
         steps: Steps of the deletion/insertion curves.
@@ -81,6 +84,7 @@ class ReportOptions:
     batch_size: int = 32
     workers: int = 0
     render_workers: int = 0
+    build_workers: int = 0
     shard: tuple[int, int] = (1, 1)
     method: str = "gradcam"
     steps: int = 10
@@ -190,7 +194,7 @@ def _write_report(
         _sanity(runs, source_obj, out, config, options)
         timings["sanity"] = time.perf_counter() - start
     phase(f"report: writing {out / 'index.html'}, results.csv and results.json", options.progress)
-    built = build_report(out)
+    built = build_report(out, workers=options.build_workers)
     timings.update({f"build {k}": v for k, v in built.seconds.items()})
     return ReportResult(out, built.index, len(items), len(pending), len(items) - len(pending), built.failures, timings)
 
@@ -454,7 +458,7 @@ def _check(models: Mapping[str, LoadedModel], options: ReportOptions) -> None:
     for name in ("batch_size", "steps"):
         if int(getattr(options, name)) < 1:
             raise UsageError(f"{name} must be at least 1, got {getattr(options, name)}")
-    for name in ("workers", "render_workers", "sanity_images"):
+    for name in ("workers", "render_workers", "build_workers", "sanity_images"):
         if int(getattr(options, name)) < 0:
             raise UsageError(f"{name} must be 0 or more, got {getattr(options, name)}")
     k, n = options.shard
