@@ -302,18 +302,20 @@ def report_run(
     spec: str, pictures: bool, batch: int, workers: int, render: int | None, device: str, scale: Scale
 ) -> Result:
     """``attnviz report`` with the three sample models, in this process (the stage timers are the report's;
-    ``render`` None: as many render workers as the CLI starts by default on ``device``)."""
+    ``render`` None: as many render workers as the CLI starts by default on ``device``; build workers as
+    the CLI's default)."""
+    from attnviz.cli.report import _build_workers, _render_workers
     from bench_report import stages
 
     from attnviz.io.checkpoints import load_model
     from attnviz.report import ReportOptions, name_models, run_report
-    from cli.report import _render_workers
 
     models = name_models([load_model(path, device=device) for path in SAMPLE_MODELS])
     options = ReportOptions(
         batch_size=batch,
         workers=workers,
         render_workers=_render_workers(render, device),
+        build_workers=_build_workers(None),
         steps=scale.report_steps,
         sanity_images=scale.sanity_images,
         pictures=pictures,
