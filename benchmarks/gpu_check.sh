@@ -3,7 +3,7 @@
 # GPU-relevant tests, run bench_gpu.py, (--samples) retrain the sample models, and train every registry
 # architecture for one epoch on cuda (last: the other parts matter more when time runs short).
 #
-#   bash benchmarks/gpu_check.sh [--samples] [--only tests,train,bench,samples] [--budget SECONDS]
+#   bash benchmarks/gpu_check.sh [--samples] [--only tests,train,bench,build,samples] [--budget SECONDS]
 #
 # Run from anywhere; it works in the repository root. Needs python3 with torch (CUDA), torchvision, timm,
 # matplotlib, opencv-python-headless, click, rich, tensorboard, numpy, scipy, scikit-learn, tqdm, pytest and
@@ -19,6 +19,7 @@
 #   gpu_check.log  every part's output, each under a "==== part" header
 #   status.txt     one line per part: ok, failed (exit code), timed out or skipped, with its seconds
 #   gpu.json       bench_gpu.py's results (python benchmarks/bench_gpu.py --from-json gpu.json --write)
+#   build.json     bench_build.py's results (python benchmarks/bench_build.py --from-json build.json --write)
 #   samples/*.pth  with --samples: the three sample models retrained longer
 # Trained checkpoints of the one-epoch runs stay in $WORK (they are large and only prove training runs).
 # Each part runs under `timeout`, capped by what is left of --budget (default 400 s for the parts without
@@ -32,7 +33,7 @@ OUT=${OUT:-/tmp/gpu_check_out}
 WORK=${WORK:-/tmp/gpu_check_work}
 BUDGET=400
 SAMPLES_BUDGET=300
-PARTS="tests,train,bench"
+PARTS="tests,train,bench,build"
 while [ $# -gt 0 ]; do
     case "$1" in
     --samples) PARTS="$PARTS,samples" ;;
@@ -118,6 +119,10 @@ fi
 
 if wanted bench; then
     run bench 220 python3 benchmarks/bench_gpu.py --json "$OUT/gpu.json"
+fi
+
+if wanted build; then  # the report's rebuild by build workers, on this machine's cores (no GPU needed)
+    run build 60 python3 benchmarks/bench_build.py --json "$OUT/build.json"
 fi
 
 if wanted samples; then
