@@ -108,6 +108,9 @@ class WorkQueue(Generic[Item]):
 
     def _first_done(self) -> tuple[Item, Outcome]:
         """The first pending item whose drawing has ended (waiting for one if none has)."""
+        oldest = self._pending[0]
+        if not isinstance(oldest[1], Future) or oldest[1].done():
+            return oldest  # the usual case (workers take items in order): no scan of the whole window
         futures = [outcome for _, outcome in self._pending if isinstance(outcome, Future)]
         if len(futures) == len(self._pending) and not any(future.done() for future in futures):
             start = time.perf_counter()
