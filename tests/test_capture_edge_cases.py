@@ -208,11 +208,23 @@ class GatesTwiceEveryOtherCall(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU")
+
+
+@pytest.mark.parametrize(
+    "model_device, batch_device, dtype",
+    [
+        ("cpu", "cpu", torch.float32),  # the model is given the batch itself
+        ("cpu", "cpu", torch.float64),  # the model is given a converted copy
+        pytest.param("cuda", "cuda", torch.float32, marks=_CUDA),  # a clone on the device, copied on a side stream
+        pytest.param("cuda", "cpu", torch.float32, marks=_CUDA),  # the batch moves to the model's device
+    ],
+)
 @pytest.mark.parametrize("feature_images", [0, 2])
-def test_a_pass_tried_again_gets_the_input_as_given(feature_images):
+def test_a_pass_tried_again_gets_the_input_as_given(feature_images, model_device, batch_device, dtype):
     torch.manual_seed(0)
-    model = GatesTwiceEveryOtherCall().eval()
-    given = torch.rand(2, 3, 8, 8)
+    model = GatesTwiceEveryOtherCall().to(model_device).eval()
+    given = torch.rand(2, 3, 8, 8, dtype=dtype, device=batch_device)
     capturer = Capturer(model, feature_images=feature_images)
     for _ in range(3):
         calls = model.calls
@@ -220,7 +232,7 @@ def test_a_pass_tried_again_gets_the_input_as_given(feature_images):
         tried = model.calls - calls
         model.calls -= 1  # the last forward's parity: what a single forward on the input computes
         with torch.no_grad():
-            expected = model(given.clone())
-        assert torch.equal(captured.images, given)
-        torch.testing.assert_close(captured.logits, expected, rtol=1e-6, atol=1e-6)
+            expected = model(given.to(model_device, torch.float32, copy=True))
+        assert captured.images.dtype == dtype and torch.equal(captured.images, given.cpu())
+        torch.testing.assert_close(captured.logits, expected.cpu(), rtol=1e-5, atol=1e-5)
     assert tried > 1  # the plan did not fit: the model ran more than once

@@ -188,6 +188,37 @@ def test_build_workers_default_to_the_cores_this_process_may_use_up_to_8(monkeyp
     monkeypatch.setattr("os.cpu_count", lambda: 64)  # the machine's, not this process's
     assert _build_workers(None) == 2
     assert _build_workers(0) == 0 and _build_workers(12) == 12
+    monkeypatch.delattr("os.sched_getaffinity", raising=False)  # macOS, Windows: the machine's cores
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert _build_workers(None) == 3
+
+
+def test_the_cli_gives_its_build_workers_to_the_report_and_the_merge(tmp_path, monkeypatch):
+    from attnviz.cli.main import cli
+    from attnviz.cli.report import _build_workers
+    from click.testing import CliRunner
+
+    from attnviz.report import merge, runner
+
+    asked = []
+    for module in (runner, merge):
+        build = module.build_report
+
+        def recorded(out, *, workers=0, build=build):
+            asked.append(workers)
+            return build(out, workers=workers)
+
+        monkeypatch.setattr(module, "build_report", recorded)
+    base = ["report", "--baseline", str(MODELS[0]), "shapes:2", "--no-pictures", "--steps", "1"]
+    base += ["--sanity-images", "0", "--quiet"]
+    for extra, out in ((["--build-workers", "3"], "a"), ([], "b")):
+        result = CliRunner().invoke(cli, [*base, *extra, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        cli, ["report", "--merge", str(tmp_path / "a"), "--out", str(tmp_path / "m"), "--build-workers", "5", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert asked == [3, _build_workers(None), 5]
 
 
 def test_deletion_insertion_batches_are_larger_on_a_gpu_than_on_the_cpu():

@@ -106,7 +106,8 @@ class Capturer:
         batch = as_image_batch(images)
         images = to_model(batch, self.model)
         # the input as given, even if the model changes it in place; on CUDA copied while the model runs
-        given = HostCopy(batch, snapshot=_shares_memory(images, batch))
+        shared = _shares_memory(images, batch)
+        given = HostCopy(batch, snapshot=shared)
         if self._layers is None:  # no feature maps are recorded without images to record them for
             self._layers = [] if self.feature_images == 0 else default_feature_layers(self.model, images[:1].clone())
         if self.model.training:
@@ -114,7 +115,8 @@ class Capturer:
                 "the model was in training mode; attnviz captures in eval mode and restores every module's mode afterwards",
                 stacklevel=2,
             )
-        fresh = _inputs(images, lambda: to_model(given.fresh(), self.model))
+        # a converted input leaves the batch as given: converting it again makes a new copy
+        fresh = _inputs(images, lambda: to_model(given.fresh() if shared else batch, self.model))
         with eval_mode(self.model), torch.no_grad():  # each pass tried gets the input as given
             found = None
             if self._plan is not None and self._plan.input_shape == tuple(images.shape[1:]):

@@ -59,8 +59,8 @@ class BuildResult:
             (``summary``), ``figures``, and writing ``csv`` (summary.csv), ``json`` and ``html``;
             ``pass read``, ``pass aggregate``, ``pass csv``, ``pass json`` and ``pass html``: the
             seconds each of the pass's jobs took, summed over the processes that did them.
-        workers: The size of the pool of worker processes that read the records (0: this process
-            read them; a pool starts no more processes than there are chunks).
+        workers: Worker processes that read the records (0: this process read them; no more are
+            started than there are chunks).
     """
 
     index: Path
@@ -171,7 +171,8 @@ def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
 
 def _pass(out: Path, run: RunInfo, token: str, workers: int, join: Callable[[_Part], None]) -> int:
     """Read every chunk of the manifest's records and ``join`` their parts in manifest order; returns
-    the worker processes used (0: read here). The workers are stopped before this returns."""
+    the number of worker processes (0: read here; at most one per chunk). The workers are stopped
+    before this returns."""
     chunks = _chunks(store.read_manifest(out))
     first = list(itertools.islice(chunks, 2))
     chunks = itertools.chain(first, chunks)
@@ -181,15 +182,17 @@ def _pass(out: Path, run: RunInfo, token: str, workers: int, join: Callable[[_Pa
         return 0
     from attnviz.runtime.pool import WorkerPool
 
+    submitted = 0
     with WorkerPool(workers) as pool:  # starts a worker per chunk submitted, up to ``workers``
         ahead: deque[Future[_Part]] = deque()
         for rows in chunks:
             ahead.append(pool.submit(read_part, str(out), run, rows, token))
+            submitted += 1
             if len(ahead) > workers:  # each worker busy, with one more chunk queued
                 join(ahead.popleft().result())
         while ahead:
             join(ahead.popleft().result())
-    return workers
+    return min(workers, submitted)
 
 
 def read_part(out: str, run: RunInfo, rows: list[dict[str, Any]], token: str) -> _Part:
