@@ -26,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _doc import machine, write_section
@@ -67,11 +68,13 @@ def make_report(folder: Path, seed_images: int, images: int) -> None:
     store.write_manifest(folder, manifest)
 
 
-def measure(folder: Path, workers: list[int], repeats: int) -> list[dict]:
-    """Each worker count's median wall and pass seconds; the outputs of each compared with the first's."""
+def measure(folder: Path, workers: list[int], repeats: int, done: Callable[[list[dict]], None]) -> list[dict]:
+    """Each worker count's median wall and pass seconds; the outputs of each compared with the first's;
+    ``done(rows)`` after each count (the rows so far)."""
     from attnviz.report import build_report
 
-    rows, reference = [], None
+    rows: list[dict] = []
+    reference = None
     for count in workers:
         walls, passes, used = [], [], 0
         for _ in range(repeats):
@@ -94,7 +97,15 @@ def measure(folder: Path, workers: list[int], repeats: int) -> list[dict]:
                 "same_outputs": outputs == reference,
             }
         )
+        done(rows)
     return rows
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
 
 
 def _without_date(text: str) -> str:
@@ -105,7 +116,7 @@ def _without_date(text: str) -> str:
 
 def section(result: dict) -> str:
     rows = result["rows"]
-    serial = rows[0]["wall_s"]
+    serial = next(row for row in rows if row["workers"] < 2)["wall_s"]
     lines = [
         "| build workers | wall: median (min–max) | pass over the records | records / s | × one process | same files |",
         "| ---: | ---: | ---: | ---: | ---: | --- |",
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", default=None, help="comma-separated build worker counts (default: 0,2,4,8 ≤ cores)"
     )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--chunk", type=int, default=None, help="records per chunk (default: the report's)")
+    parser.add_argument("--chunk", type=_positive, default=None, help="records per chunk (default: the report's)")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--from-json", type=Path, help="print (and --write) the table of this JSON")
     parser.add_argument("--write", action="store_true", help=f'replace "{SECTION}" in docs/BENCHMARKS.md')
@@ -155,10 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.chunk:
             build.CHUNK_RECORDS = args.chunk  # the main process splits the manifest
         workers = [int(n) for n in args.workers.split(",")] if args.workers else default_workers()
-        with tempfile.TemporaryDirectory() as temporary:
-            folder = Path(temporary) / "report"
-            make_report(folder, args.seed_images, args.images)
-            rows = measure(folder, workers, args.repeats)
+        if not any(count < 2 for count in workers):
+            parser.error("--workers needs 0 or 1 among its counts: the one-process build the others are compared with")
         result = {
             "command": "python benchmarks/bench_build.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": datetime.date.today().isoformat(),
@@ -166,10 +175,18 @@ def main(argv: list[str] | None = None) -> None:
             "images": args.images,
             "seed_images": args.seed_images,
             "repeats": args.repeats,
-            "rows": rows,
+            "rows": [],
         }
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+        def save(rows: list[dict]) -> None:  # after every row: a run cut short keeps what it measured
+            result["rows"] = rows
+            if args.json:
+                args.json.write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+        with tempfile.TemporaryDirectory() as temporary:
+            folder = Path(temporary) / "report"
+            make_report(folder, args.seed_images, args.images)
+            measure(folder, sorted(workers, key=lambda count: count >= 2), args.repeats, save)
     body = section(result)
     print(body)
     if args.write:
