@@ -118,8 +118,8 @@ def deletion_insertion(
     path = _Path(batch, substrate, ranks, to_device(counts, batch.device))
     with eval_mode(model), torch.no_grad():
         chosen, top = _targets(model, batch, targets)
-        curves = {insert: _curve(model, path, chosen, top, insert, size) for insert in (False, True)}
-    host = to_host({"deletion": curves[False], "insertion": curves[True], "targets": chosen, "finite": finite})
+        on_device = _curves(model, path, chosen, top, size)
+    host = to_host({"deletion": on_device[0], "insertion": on_device[1], "targets": chosen, "finite": finite})
     if not bool(host["finite"]):
         raise UsageError(_NON_FINITE_MAPS)
     fractions = counts.double().numpy() / pixels
@@ -349,21 +349,34 @@ class _Path(NamedTuple):
     counts: Tensor  # [steps+1] pixels changed after each step
 
 
-def _curve(model: nn.Module, path: _Path, targets: Tensor, top: int, insert: bool, batch_size: int) -> Tensor:
-    """``[B, steps+1]`` target probabilities along the deletion (or insertion) path, on the device."""
-    images, points = path.images, len(path.counts)
-    total = len(images) * points
+def _curves(model: nn.Module, path: _Path, targets: Tensor, top: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """``[B, steps+1]`` target probabilities along the deletion and the insertion path, on the device.
+
+    The two paths share their ends (deletion starts at the image, where insertion ends, and ends at
+    the baseline, where insertion starts), so each image is run ``2·steps`` times, not ``2·steps + 2``:
+    column 0 is the image, 1 the baseline, then the deletion's inner steps, then the insertion's.
+    Both paths go through the model in the same batches."""
+    images, counts = path.images, path.counts
+    inner = counts[1:-1]
+    column_counts = torch.cat([counts[:1], counts[:1], inner, inner])  # pixels changed in each column
+    column_inserts = torch.zeros_like(column_counts, dtype=torch.bool)
+    column_inserts[1] = True
+    column_inserts[2 + len(inner) :] = True
+    columns = len(column_counts)
+    total = len(images) * columns
     probabilities = []
     for start in range(0, total, batch_size):
         index = torch.arange(start, min(start + batch_size, total), device=images.device)
-        which, step = index // points, index % points
-        changed = (path.ranks[which] < path.counts[step][:, None, None])[:, None]
-        if insert:
-            perturbed = torch.where(changed, images[which], path.substrate[which])
-        else:
-            perturbed = torch.where(changed, path.substrate[which], images[which])
+        which, column = index // columns, index % columns
+        changed = path.ranks[which] < column_counts[column][:, None, None]
+        from_baseline = (changed != column_inserts[column][:, None, None])[:, None]  # insertion: where unchanged
+        perturbed = torch.where(from_baseline, path.substrate[which], images[which])
         probabilities.append(_probabilities(model, perturbed, targets[which], top))
-    return torch.cat(probabilities).view(len(images), points)
+    table = torch.cat(probabilities).view(len(images), columns)
+    image, baseline = table[:, :1], table[:, 1:2]
+    deletion = torch.cat([image, table[:, 2 : 2 + len(inner)], baseline], dim=1)
+    insertion = torch.cat([baseline, table[:, 2 + len(inner) :], image], dim=1)
+    return deletion, insertion
 
 
 def _probabilities(model: nn.Module, images: Tensor, targets: Tensor, top: int) -> Tensor:
