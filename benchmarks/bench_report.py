@@ -20,7 +20,7 @@ Stages (seconds of the run's wall time, measured in the main process):
     aggregates, CSV, JSON   the pass over the records (reading each once and making its row, JSON entry and
                             page card; in build workers when there are several chunks), per-model and per-gate
                             aggregates, results.csv, summary.csv, results.json
-    excitation figures      the per-class channel-excitation figures
+    excitation figures      the per-class channel-excitation figures (in build workers after a pass that used them)
     HTML                    index.html around the cards made in the pass
     other       the rest: reading the input, probing the models, the resume scan, starting workers
 """

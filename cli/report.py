@@ -98,8 +98,9 @@ time writes it (a second is refused while the lock OUT/.attnviz.lock is held).
     "--build-workers",
     type=click.IntRange(min=0),
     default=None,
-    help="Processes that read the records back, 500 at a time, to write the tables and the page (also with "
-    "--merge) [default: one per core this process may use, up to 8; 0: the main process].",
+    help="Processes that read the records back, 500 at a time, to write the tables and the page, and draw the "
+    "per-class excitation figures (also with --merge) [default: one per core this process may use, up to 8; 0: the "
+    "main process].",
 )
 @click.option(
     "--shard",

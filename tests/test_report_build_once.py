@@ -5,6 +5,7 @@ it; a record that cannot be written is named as such."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import subprocess
@@ -114,6 +115,28 @@ def test_worker_processes_write_what_one_process_writes(folder, tmp_path, monkey
     page = written[2]["index.html"]
     assert page.count('class="constant"') >= 6 and "\x00" not in page and page.count('<article class="card') == 3
     assert json.loads(written[2]["results.json"])["summary"]["images"] == 3
+
+
+def test_worker_processes_draw_the_excitation_figures_one_process_draws(folder, tmp_path, monkeypatch):
+    """With pictures, each channel gate's per-class figure: the same PNG from a worker as from here."""
+    import shutil
+
+    from attnviz.report import build
+
+    monkeypatch.setattr(build, "CHUNK_RECORDS", 1)  # workers read the records, then draw the figures
+    drawn = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers-{workers}"
+        shutil.copytree(folder, out)
+        run = json.loads((out / store.RUN_FILE).read_text(encoding="utf-8"))
+        run["options"]["pictures"] = True  # the fixture ran without: its figures are drawn now
+        (out / store.RUN_FILE).write_text(json.dumps(run), encoding="utf-8")
+        build_report(out, workers=workers)
+        drawn[workers] = {p.name: p.read_bytes() for p in sorted((out / "figures").glob("*.png"))}
+    assert drawn[0] == drawn[2] and len(drawn[0]) == 3  # cbam_cnn's three channel gates
+    for data in drawn[2].values():
+        pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=float)
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 400 and pixels.std() > 10  # a drawn figure
 
 
 def test_warnings_of_worker_processes_are_raised_by_the_main_process(folder, tmp_path, monkeypatch):

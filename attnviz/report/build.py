@@ -25,7 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from attnviz.report import records as store
 from attnviz.report.aggregate import Aggregator
@@ -35,6 +35,9 @@ from attnviz.report.results import ResultsCsv, ResultsJson, write_summary_csv
 from attnviz.report.schema import FailedImage, RunInfo, Summary
 from attnviz.runtime.files import atomic_file, write_bytes
 from attnviz.runtime.text import file_slug
+
+if TYPE_CHECKING:
+    from attnviz.runtime.pool import WorkerPool
 
 FIGURES_DIR = "figures"
 #: The metric definitions, shipped as package data of ``attnviz`` and copied next to ``index.html``.
@@ -78,7 +81,7 @@ def build_report(out: str | Path, *, workers: int = 0) -> BuildResult:
     Args:
         out: The report folder.
         workers: Processes that read the records, :data:`CHUNK_RECORDS` at a time, when there
-            are two chunks or more (0 or 1: this process). They are spawned: a script that calls
+            are two chunks or more, and then draw the excitation figures (0 or 1: this process). They are spawned: a script that calls
             this with workers needs the ``if __name__ == "__main__":`` guard. The outputs do not
             depend on it; at most ``workers + 1`` chunks wait in memory.
 
@@ -110,20 +113,22 @@ def build_report(out: str | Path, *, workers: int = 0) -> BuildResult:
             for key, value in part.seconds.items():
                 seconds[f"pass {key}"] += value
 
-        start = time.perf_counter()
-        used = _pass(out, run, cards.marks.token, workers, join)
-        for category, message in caught:  # once each, here: where the command's warnings are shown
-            warnings.warn(message, category, stacklevel=2)
-        seconds["pass"] = time.perf_counter() - start
+        with ExitStack() as processes:  # the workers stop once the pass and the figures are done
+            pool = processes.enter_context(_worker_pool(workers)) if workers >= 2 else None
+            start = time.perf_counter()
+            used = _pass(out, run, cards.marks.token, pool, workers, join)
+            for category, message in caught:  # once each, here: where the command's warnings are shown
+                warnings.warn(message, category, stacklevel=2)
+            seconds["pass"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        summary = aggregator.summary()
-        summary["pending"] = pending
-        aggregator.warn_non_finite()
-        seconds["summary"] = time.perf_counter() - start
-        start = time.perf_counter()
-        figures = _figures(out, run, summary)
-        seconds["figures"] = time.perf_counter() - start
+            start = time.perf_counter()
+            summary = aggregator.summary()
+            summary["pending"] = pending
+            aggregator.warn_non_finite()
+            seconds["summary"] = time.perf_counter() - start
+            start = time.perf_counter()
+            figures = _figures(out, run, summary, pool if used else None)  # workers already started
+            seconds["figures"] = time.perf_counter() - start
         sanity = store.read_json(out / store.SANITY_FILE)
         sanity = sanity if isinstance(sanity, dict) and sanity.get("config") == run["config"] else None
         links = _links(out)
@@ -169,29 +174,34 @@ def _chunks(rows: Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
         yield chunk
 
 
-def _pass(out: Path, run: RunInfo, token: str, workers: int, join: Callable[[_Part], None]) -> int:
-    """Read every chunk of the manifest's records and ``join`` their parts in manifest order; returns
-    the number of worker processes (0: read here; at most one per chunk). The workers are stopped
-    before this returns."""
+def _worker_pool(workers: int) -> WorkerPool:
+    from attnviz.runtime.pool import WorkerPool
+
+    return WorkerPool(workers)  # processes start with the first jobs submitted, one per job up to ``workers``
+
+
+def _pass(
+    out: Path, run: RunInfo, token: str, pool: WorkerPool | None, workers: int, join: Callable[[_Part], None]
+) -> int:
+    """Read every chunk of the manifest's records and ``join`` their parts in manifest order, in
+    ``pool`` when there are two chunks or more; returns the number of worker processes used (0: read
+    here; at most one per chunk)."""
     chunks = _chunks(store.read_manifest(out))
     first = list(itertools.islice(chunks, 2))
     chunks = itertools.chain(first, chunks)
-    if workers < 2 or len(first) < 2:
+    if pool is None or len(first) < 2:
         for rows in chunks:
             join(read_part(str(out), run, rows, token))
         return 0
-    from attnviz.runtime.pool import WorkerPool
-
     submitted = 0
-    with WorkerPool(workers) as pool:  # starts a worker per chunk submitted, up to ``workers``
-        ahead: deque[Future[_Part]] = deque()
-        for rows in chunks:
-            ahead.append(pool.submit(read_part, str(out), run, rows, token))
-            submitted += 1
-            if len(ahead) > workers:  # each worker busy, with one more chunk queued
-                join(ahead.popleft().result())
-        while ahead:
+    ahead: deque[Future[_Part]] = deque()
+    for rows in chunks:
+        ahead.append(pool.submit(read_part, str(out), run, rows, token))
+        submitted += 1
+        if len(ahead) > workers:  # each worker busy, with one more chunk queued
             join(ahead.popleft().result())
+    while ahead:
+        join(ahead.popleft().result())
     return min(workers, submitted)
 
 
@@ -242,12 +252,13 @@ def _spool(out: Path) -> IO[str]:
     return tempfile.SpooledTemporaryFile(SPOOL_MEMORY, mode="w+", encoding="utf-8", newline="", dir=str(out))
 
 
-def _figures(out: Path, run: RunInfo, summary: Summary) -> dict[str, dict[str, str]]:
+def _figures(out: Path, run: RunInfo, summary: Summary, pool: WorkerPool | None) -> dict[str, dict[str, str]]:
     """One per-class excitation heat map per channel gate, from the exact per-class means over
-    every image; model -> gate -> relative path."""
+    every image, drawn in ``pool`` when there are two or more; model -> gate -> relative path."""
     if not run["options"].get("pictures", True):
         return {}
     figures: dict[str, dict[str, str]] = {}
+    jobs = []
     for model in run["models"]:
         channel_gates = summary["models"][model["name"]]["channel_gates"]
         for gate, facts in model["gates"].items():
@@ -256,9 +267,20 @@ def _figures(out: Path, run: RunInfo, summary: Summary) -> dict[str, dict[str, s
                 continue
             relative = f"{FIGURES_DIR}/excitation-{model['slug']}-{file_slug(gate)}.png"
             title = f"{model['name']} · {gate}, by {stats['grouped_by']}"
-            write_excitation(out / relative, stats["per_class"], title, note=constant_note(stats))
+            jobs.append((out / relative, stats["per_class"], title, constant_note(stats)))
             figures.setdefault(model["name"], {})[gate] = relative
+    if pool is not None and len(jobs) > 1:
+        for drawn in [pool.submit(draw_excitation, *job) for job in jobs]:
+            drawn.result()  # raises what the drawing raised
+    else:
+        for job in jobs:
+            draw_excitation(*job)
     return figures
+
+
+def draw_excitation(path: Path, per_class: dict[str, Any], title: str, note: str) -> None:
+    """:func:`write_excitation`, with every argument positional (a worker's job)."""
+    write_excitation(path, per_class, title, note=note)
 
 
 def _links(out: Path) -> dict[str, str]:

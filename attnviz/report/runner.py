@@ -64,8 +64,8 @@ class ReportOptions:
         render_workers: Processes that draw the pictures and write each image's record, with or
             without pictures (0: in this process, between batches).
         build_workers: Processes that read the records back to write the tables and the page,
-            500 records each, when there are more than 500 (0: this process; see
-            :func:`attnviz.report.build_report`).
+            500 records each, when there are more than 500, and draw the per-class excitation
+            figures (0: this process; see :func:`attnviz.report.build_report`).
         shard: ``(K, N)``: process only the K-th of N deterministic slices (1-based).
         method: CAM method (any of :data:`attnviz.explain.cam.METHODS`).
         steps: Steps of the deletion/insertion curves.
