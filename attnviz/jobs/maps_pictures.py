@@ -105,7 +105,8 @@ def draw_pictures(job: PictureJob, folder: Path, options: PictureOptions) -> Dra
     gate, branch weights, or a heat map of any other shape), before/after feature grids per gated
     module, a grid per feature layer, the Grad-CAM overlay, and ``index.<fmt>``: a sheet of those
     drawn, at their own size. PNG pictures of bars, overlays and feature grids are drawn as pixels
-    (:mod:`attnviz.render.pictures`); SVG and PDF, and the other gate kinds, through matplotlib. Each picture is drawn on its own: one that fails is removed and listed in
+    (:mod:`attnviz.render.pictures`); SVG and PDF, and the other gate kinds, through matplotlib.
+    Each picture is drawn on its own: one that fails is removed and listed in
     :attr:`Drawn.failed`, the others are still drawn. Arrays with NaN or infinite values are not
     drawn (``summary.json`` lists them). An ``OSError`` (a full disk) or an interruption removes
     the pictures written so far and propagates.

@@ -81,9 +81,10 @@ def build_report(out: str | Path, *, workers: int = 0) -> BuildResult:
     Args:
         out: The report folder.
         workers: Processes that read the records, :data:`CHUNK_RECORDS` at a time, when there
-            are two chunks or more, and then draw the excitation figures (0 or 1: this process). They are spawned: a script that calls
-            this with workers needs the ``if __name__ == "__main__":`` guard. The outputs do not
-            depend on it; at most ``workers + 1`` chunks wait in memory.
+            are two chunks or more, and then draw the excitation figures (0 or 1: this process).
+            They are spawned: a script that calls this with workers needs the
+            ``if __name__ == "__main__":`` guard. The outputs do not depend on it; at most
+            ``workers + 1`` chunks wait in memory.
 
     Raises:
         UsageError: ``out`` is not a report folder.

@@ -1,7 +1,7 @@
 """``index.html``: the report as one static page (inline CSS and JS, pictures as files beside it).
 
-The page is written in a stream: the summary sections first, then one card per record as the
-records are read, so its size never has to fit in memory. Every number on the page is taken
+The cards are written as the records are read, into a temporary file (:class:`Cards`); the page is
+then the summary sections followed by those cards, so its size never has to fit in memory. Every number on the page is taken
 from the records and the aggregates; nothing is computed here.
 """
 
@@ -50,35 +50,13 @@ DEFINITIONS = (
 )
 
 
-def write_page(
-    file: IO[str],
-    run: RunInfo,
-    summary: Summary,
-    sanity: dict[str, Any] | None,
-    records: Iterable[Record],
-    figures: dict[str, dict[str, str]],
-    failures: list[dict[str, Any]],
-    links: dict[str, str],
-) -> int:
-    """Write the whole page to ``file``; returns the number of cards written."""
-    head, tail = _page(run, summary, sanity, figures, failures, links)
-    file.write(head)
-    constant = constant_gates(summary)
-    count = 0
-    for record in records:
-        if isinstance(record, ImageRecord):
-            file.write(card(record, run, constant))
-            count += 1
-    file.write(tail)
-    return count
-
-
 class Cards:
     """The page's cards written as the records come, before the report's aggregates are known.
 
     :meth:`add` writes each card to ``spool`` (a file open for reading and writing) with a mark where
-    a gate's constant note may go; :meth:`write_page` writes the page around the cards (as
-    :func:`write_page`), each mark replaced by the note of a gate that the aggregates found constant.
+    a gate's constant note may go; :meth:`write_page` writes the page around the cards, each mark
+    replaced by the note of a gate that the aggregates found constant (each card then reads as
+    :func:`card` gives it).
     Cards written elsewhere with the same ``token`` (another process's :class:`Cards` on a chunk of
     the records) join with :meth:`add_cards`.
     """

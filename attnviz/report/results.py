@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-from collections.abc import Iterable
 from typing import IO, Any
 
 from attnviz.report.schema import ImageRecord, Record, RunInfo, Summary, slim
@@ -94,13 +93,6 @@ class ResultsCsv:
         self.file.write(text)
 
 
-def write_results_csv(file: IO[str], records: Iterable[Record], run: RunInfo) -> None:
-    """Stream ``results.csv``."""
-    table = ResultsCsv(file, run)
-    for record in records:
-        table.add(record)
-
-
 def write_summary_csv(file: IO[str], summary: Summary, sanity: dict[str, Any] | None = None) -> None:
     """``summary.csv``: ``model, subject, metric, value, n`` (subject: ``model``, ``grad-cam``, a gate, or
     ``sanity:STEP:LAYERS`` for each step of the randomisation sanity check, with its ``spearman_mean`` and
@@ -134,23 +126,11 @@ def write_summary_csv(file: IO[str], summary: Summary, sanity: dict[str, Any] | 
             write([name, subject, "top20_iou_mean", step.get("top20_iou_mean"), images])
 
 
-def write_results_json(
-    file: IO[str],
-    head: dict[str, Any],
-    records: Iterable[Record],
-) -> None:
-    """Stream ``results.json``: ``head``'s keys, then ``images`` (one entry per record, without
-    the channel-gate vectors; ``docs/results.schema.json`` describes the whole)."""
-    _write_head(file, head)
-    for index, record in enumerate(records):
-        file.write(_image_entry(index, record))
-    file.write(_JSON_END)
-
-
 class ResultsJson:
     """``results.json`` built before its head is known: :meth:`add` writes each record's entry to
-    ``spool`` (a file open for reading and writing), :meth:`write` the file, head first (as
-    :func:`write_results_json`). A ``continued`` one writes entries to join another's with
+    ``spool`` (a file open for reading and writing), :meth:`write` the file: ``head``'s keys, then
+    ``images``, one entry per record without the channel-gate vectors (``docs/results.schema.json``
+    describes the whole). A ``continued`` one writes entries to join another's with
     :meth:`add_entries` (a chunk of the records, in another process)."""
 
     def __init__(self, spool: IO[str], *, continued: bool = False) -> None:
