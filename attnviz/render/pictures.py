@@ -339,28 +339,14 @@ def _spread(centres: list[float], widths: list[int], low: float, high: float) ->
 def _fit(pixels: np.ndarray, side: int) -> np.ndarray:
     """The image scaled to ``side`` pixels on its longer side (nearest for small inputs: their true
     pixels), centred on a white square."""
-    height, width = pixels.shape[:2]
-    factor = side / max(height, width)
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    method = cv2.INTER_NEAREST if max(height, width) <= 64 else cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    scaled = cv2.resize(np.ascontiguousarray(pixels), size, interpolation=method)
-    square = np.full((side, side, 3), 255, np.uint8)
-    top, left = (side - size[1]) // 2, (side - size[0]) // 2
-    square[top : top + size[1], left : left + size[0]] = scaled
-    return square
+    longer = max(pixels.shape[:2])
+    method = cv2.INTER_NEAREST if longer <= 64 else cv2.INTER_AREA if side < longer else cv2.INTER_LINEAR
+    return _centred(pixels, side, method, 255)
 
 
 def _cells(heat: np.ndarray, side: int, vmin: float, vmax: float, cmap: str = HEAT_CMAP) -> np.ndarray:
     """The map cell by cell (nearest), coloured on ``[vmin, vmax]``, scaled to ``side`` (aspect kept)."""
-    colours = apply_colormap(heat, vmin, vmax, cmap)
-    height, width = heat.shape
-    factor = side / max(height, width)
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    scaled = cv2.resize(colours, size, interpolation=cv2.INTER_NEAREST)
-    square = np.full((side, side, 3), 255, np.uint8)
-    top, left = (side - size[1]) // 2, (side - size[0]) // 2
-    square[top : top + size[1], left : left + size[0]] = scaled
-    return square
+    return _centred(apply_colormap(heat, vmin, vmax, cmap), side, cv2.INTER_NEAREST, 255)
 
 
 def _overlay(pixels: np.ndarray, heat: np.ndarray, side: int, vmin: float, vmax: float) -> np.ndarray:
@@ -383,11 +369,17 @@ def _overlay(pixels: np.ndarray, heat: np.ndarray, side: int, vmin: float, vmax:
 
 def _fit_values(values: np.ndarray, side: int) -> np.ndarray:
     """``values`` placed as :func:`_fit` places the image (bilinear), NaN outside it."""
-    height, width = values.shape
+    return _centred(values.astype(np.float32), side, cv2.INTER_LINEAR, np.nan)
+
+
+def _centred(array: np.ndarray, side: int, interpolation: int, fill: float) -> np.ndarray:
+    """``array`` (``[h, w]`` or ``[h, w, 3]``) scaled with ``interpolation`` to ``side`` pixels on its
+    longer side, centred on a ``side`` × ``side`` square of ``fill`` (same dtype)."""
+    height, width = array.shape[:2]
     factor = side / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    scaled = cv2.resize(values.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    square = np.full((side, side), np.nan, np.float32)
+    scaled = cv2.resize(np.ascontiguousarray(array), size, interpolation=interpolation)
+    square = np.full((side, side, *array.shape[2:]), fill, array.dtype)
     top, left = (side - size[1]) // 2, (side - size[0]) // 2
     square[top : top + size[1], left : left + size[0]] = scaled
     return square
