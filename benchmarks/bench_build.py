@@ -39,8 +39,9 @@ OUTPUTS = ("results.csv", "summary.csv", "results.json", "index.html")
 
 def default_workers() -> list[int]:
     """0 (the main process), then 2, 4, 8 up to the cores this process may use."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return [0, *(n for n in (2, 4, 8) if n <= max(2, cores))]
+    from attnviz.runtime.pool import usable_cores
+
+    return [0, *(n for n in (2, 4, 8) if n <= max(2, usable_cores()))]
 
 
 def make_report(folder: Path, seed_images: int, images: int) -> None:

@@ -242,12 +242,9 @@ def _finish(
 def _build_workers(given: int | None) -> int:
     """The build workers asked for, or by default one per core this process may use, up to 8 (the
     models are done by then; a report of 500 images or fewer is read in the main process anyway)."""
-    import os
+    from attnviz.runtime.pool import usable_cores
 
-    if given is not None:
-        return given
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cores)
+    return given if given is not None else min(8, usable_cores())
 
 
 def _render_workers(given: int | None, device: str) -> int:

@@ -36,6 +36,13 @@ PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the platform tells it, else the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def exit_with_parent(parent: int | None = None) -> None:
     """Make this (worker) process exit when its parent process dies.
 
