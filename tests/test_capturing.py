@@ -11,6 +11,7 @@ import torchvision
 from torch import nn
 
 from attnviz.capturing.capturer import Capture, Capturer, capture
+from attnviz.models import build_model
 from attnviz.runtime.errors import CaptureError, UsageError
 
 timm = pytest.importorskip("timm")
@@ -363,6 +364,23 @@ def test_model_state_is_restored(batch):
     assert _hook_count(model) == 0
     assert not model.head.weight.requires_grad and model.head.bias.requires_grad
     assert len(cap.gates) == 7
+
+
+def test_a_reused_capturer_follows_the_models_mode_between_batches():
+    torch.manual_seed(0)
+    model = build_model("se_cnn").eval()  # BatchNorm and dropout: training mode changes the logits
+    images = torch.randn(4, 3, 32, 32)
+    capturer = Capturer(model)
+    reference = capturer(images)
+    model.train()
+    model.bn2.eval()  # a frozen BatchNorm of a model being fine-tuned
+    before = {name: m.training for name, m in model.named_modules()}
+    with pytest.warns(UserWarning, match="training mode"):
+        again = capturer(images)
+    assert {name: m.training for name, m in model.named_modules()} == before
+    torch.testing.assert_close(again.logits, reference.logits)  # captured in eval mode
+    with torch.no_grad():
+        assert not torch.allclose(model(images), reference.logits)  # which the model's own mode is not
 
 
 def test_model_state_is_restored_when_forward_raises():

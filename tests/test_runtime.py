@@ -90,6 +90,20 @@ def test_eval_mode_restores_modes_when_the_block_raises() -> None:
     assert _modes(model) == before
 
 
+def test_eval_mode_with_the_modules_listed_by_the_caller() -> None:
+    model = _frozen_bn_in_training_model()
+    modules = tuple(model.modules())
+    before = _modes(model)
+    for _ in range(2):  # a caller that lists them once enters it for every batch
+        with eval_mode(model, modules):
+            assert not any(_modes(model).values())
+        assert _modes(model) == before
+    model.eval()
+    with eval_mode(model, modules):
+        model.features[0].train()  # changed inside: a model that was in eval mode is not restored
+    assert model.features[0].training
+
+
 # --------------------------------------------------------------------------- device and dtype
 
 

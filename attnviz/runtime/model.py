@@ -9,7 +9,7 @@ forms of exceptions live in :mod:`attnviz.runtime.errors` (no torch there).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -69,23 +69,24 @@ def to_model(images: Tensor, model: nn.Module) -> Tensor:
 
 
 @contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module, modules: Sequence[nn.Module] | None = None) -> Iterator[nn.Module]:
     """Eval mode for a ``with`` block; afterwards every submodule's own mode is back (also on error).
 
     Restoring only the top-level flag would put a frozen (eval) BatchNorm of a training model back in
     training mode, so each module's flag is saved and restored. A model already in eval mode
     throughout is left alone: switching and restoring every module costs milliseconds on large models.
+    ``modules``: ``model.modules()`` listed once by a caller that enters this for every batch (walking
+    the model takes a quarter of a millisecond for a ResNet-50's 425 modules).
     """
-    modes = [(module, module.training) for module in model.modules()]
-    switched = any(training for _, training in modes)
-    if switched:
+    every = list(model.modules()) if modules is None else modules
+    training = {id(module) for module in every if module.training}
+    if training:
         model.eval()
     try:
         yield model
     finally:
-        for module, training in modes if switched else ():
-            if module.training != training:
-                module.training = training
+        for module in every if training else ():
+            module.training = id(module) in training
 
 
 def run_forward(model: nn.Module, images: Tensor, what: str = "the model's forward pass") -> Any:
