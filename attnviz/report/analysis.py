@@ -25,7 +25,7 @@ from attnviz.io.checkpoints import LoadedModel
 from attnviz.io.inputs import Preset, get_preset
 from attnviz.report import measures
 from attnviz.report.schema import Agreement, CamResult, ChannelGate, Localisation, ModelOutcome, SpatialGate, replace
-from attnviz.report.sources import Decoded, preset_key
+from attnviz.report.sources import Decoded, preset_key, stack_rows
 from attnviz.runtime.model import to_model
 from attnviz.runtime.transfer import to_host
 
@@ -194,7 +194,10 @@ def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor])
 def _forward(run: ModelRun, samples: Sequence[Decoded], timings: dict[str, float]) -> dict[str, Any]:
     start = time.perf_counter()
     # on the model's device once, for the capture, Grad-CAM and the deletion/insertion curves
-    images = to_model(torch.stack([sample.tensors[run.key] for sample in samples]), run.loaded.model)
+    given = [sample.tensors[run.key] for sample in samples]
+    images = to_model(stack_rows(given), run.loaded.model)  # from pinned memory when a model is on CUDA
+    if images.data_ptr() == given[0].data_ptr():  # each model its own copy: a model may change its input in place
+        images = images.clone()
     cap = run.capturer(images)
     out = {
         "images": images,

@@ -287,19 +287,57 @@ class DecodingDataset(Dataset):
         return self._data
 
 
-def collate_decoded(batch: list[Decoded]) -> list[Decoded]:
-    """A ``DataLoader`` batch as a list, each preset's tensors of the decoded images made views of one
+class DecodedBatch(list[Decoded]):
+    """A ``DataLoader`` batch: the decoded items, each preset's tensors rows of one ``[B,3,H,W]``
+    tensor (:func:`collate_decoded`)."""
+
+    def pin_memory(self, device: Any = None) -> DecodedBatch:
+        """Each preset's tensors in pinned memory, one copy per preset (the ``DataLoader``'s
+        pin-memory thread calls this when a model runs on CUDA), still rows of one tensor."""
+        for key, holders in _holders(self).items():
+            pinned = stack_rows([sample.tensors[key] for sample in holders]).pin_memory()
+            for sample, row in zip(holders, pinned):
+                sample.tensors[key] = row
+        return self
+
+
+def collate_decoded(batch: list[Decoded]) -> DecodedBatch:
+    """A ``DataLoader`` batch, each preset's tensors of the decoded images made views of one
     ``[B,3,H,W]`` tensor, so that a worker hands the batch over in one shared-memory block per preset
-    instead of one per image."""
-    keys = {key for sample in batch for key in sample.tensors}
-    for key in keys:
-        holders = [sample for sample in batch if key in sample.tensors]
-        if len({tuple(sample.tensors[key].shape) for sample in holders}) > 1:
-            continue  # cannot happen for a preset's fixed size; left as they are
+    instead of one per image, and :func:`stack_rows` gives the model that block without a copy."""
+    for key, holders in _holders(batch).items():
         stacked = torch.stack([sample.tensors[key] for sample in holders])
         for sample, tensor in zip(holders, stacked):
             sample.tensors[key] = tensor
-    return batch
+    return DecodedBatch(batch)
+
+
+def _holders(batch: Sequence[Decoded]) -> dict[str, list[Decoded]]:
+    """Per preset key, the items that have a tensor for it, when those tensors have one shape
+    (a preset's fixed size: always)."""
+    keys = sorted({key for sample in batch for key in sample.tensors})
+    found = {key: [sample for sample in batch if key in sample.tensors] for key in keys}
+    return {key: holders for key, holders in found.items() if len({s.tensors[key].shape for s in holders}) == 1}
+
+
+def stack_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``; without a copy when they are, in order, the rows of one contiguous
+    tensor (as :func:`collate_decoded` leaves them, also after a worker process or pinning)."""
+    first = tensors[0]
+    size, start = first.numel(), first.storage_offset()
+    storage = first.untyped_storage().data_ptr()
+    rows = all(
+        t.is_contiguous()
+        and t.shape == first.shape
+        and t.dtype == first.dtype
+        and t.device == first.device
+        and t.untyped_storage().data_ptr() == storage
+        and t.storage_offset() == start + i * size
+        for i, t in enumerate(tensors)
+    )
+    if not rows:
+        return torch.stack(list(tensors))
+    return first.as_strided((len(tensors), *first.shape), (size, *first.stride()), start)
 
 
 def load_mask(path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,0 +1,122 @@
+"""The report's decoded batches: one tensor per preset from the loader to the model.
+
+``collate_decoded`` stacks each preset's tensors once (in the decoding worker); ``stack_rows`` hands
+that block to the model without a copy, also after the batch crossed from a worker process; a
+``DecodedBatch`` pins each block once when the DataLoader's pin-memory thread asks (a model on
+CUDA); and every model still gets its own input, since a model may change it in place.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.pin_memory import pin_memory as loader_pin_memory
+
+from attnviz.io.checkpoints import LoadedModel
+from attnviz.io.inputs import get_preset
+from attnviz.models import build_model
+from attnviz.report.analysis import AnalysisOptions, analyse_batch, prepare_models
+from attnviz.report.sources import Decoded, DecodedBatch, collate_decoded, stack_rows
+
+
+def _batch(count: int = 4, keys: tuple[str, ...] = ("p",)) -> DecodedBatch:
+    torch.manual_seed(0)
+    samples = [Decoded(i, tensors={key: torch.rand(3, 8, 8) for key in keys}) for i in range(count)]
+    samples.insert(2, Decoded(count, error="broken"))  # no tensors
+    return collate_decoded(samples)
+
+
+def _good(batch: DecodedBatch) -> list[Decoded]:
+    return [sample for sample in batch if sample.error is None]
+
+
+def test_the_rows_of_a_collated_batch_stack_without_a_copy():
+    good = _good(_batch())
+    rows = [sample.tensors["p"] for sample in good]
+    stacked = stack_rows(rows)
+    assert torch.equal(stacked, torch.stack(rows))
+    assert stacked.data_ptr() == rows[0].data_ptr() and stacked.is_contiguous()
+    stacked[1].fill_(7.0)  # the same memory as the samples' tensors
+    assert torch.equal(good[1].tensors["p"], torch.full((3, 8, 8), 7.0))
+
+
+def test_rows_that_are_not_one_block_in_order_are_copied():
+    rows = [sample.tensors["p"] for sample in _good(_batch())]
+    loose = [torch.rand(3, 8, 8) for _ in range(3)]
+    for tensors in (rows[:1] + rows[2:], rows[::-1], loose, [rows[0], rows[0]]):
+        stacked = stack_rows(tensors)
+        assert torch.equal(stacked, torch.stack(tensors))
+        assert stacked.data_ptr() != tensors[0].data_ptr()
+    assert stack_rows(rows[1:]).data_ptr() == rows[1].data_ptr()  # the last rows of the block are one block too
+    transposed = [row.transpose(1, 2) for row in rows]  # one block, but not contiguous rows
+    assert torch.equal(stack_rows(transposed), torch.stack(transposed))
+
+
+class _Images(Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> Decoded:
+        return Decoded(index, tensors={"p": torch.full((3, 4, 4), float(index))})
+
+
+def test_a_batch_from_a_worker_process_still_reaches_the_model_as_one_block():
+    loader = DataLoader(_Images(), batch_size=3, num_workers=1, collate_fn=collate_decoded)
+    for batch in loader:
+        assert isinstance(batch, DecodedBatch)
+        rows = [sample.tensors["p"] for sample in batch]
+        stacked = stack_rows(rows)
+        assert stacked.data_ptr() == rows[0].data_ptr()
+        assert torch.equal(stacked[:, 0, 0, 0], torch.tensor([float(s.position) for s in batch]))
+
+
+def test_pinning_a_batch_pins_each_presets_block_once(monkeypatch):
+    pinned: list[tuple[int, ...]] = []
+
+    def pin(tensor: torch.Tensor, device: object = None) -> torch.Tensor:  # no GPU here: a copy stands in
+        pinned.append(tuple(tensor.shape))
+        return tensor.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    batch = _batch(keys=("p", "q"))
+    before = {key: torch.stack([s.tensors[key] for s in _good(batch)]) for key in ("p", "q")}
+    assert loader_pin_memory(batch) is batch  # what the DataLoader's pin-memory thread calls
+    assert sorted(pinned) == [(4, 3, 8, 8), (4, 3, 8, 8)]  # one copy per preset, not one per image
+    for key in ("p", "q"):
+        rows = [sample.tensors[key] for sample in _good(batch)]
+        stacked = stack_rows(rows)
+        assert stacked.data_ptr() == rows[0].data_ptr()  # still one block: the model gets it as it is
+        assert torch.equal(stacked, before[key])
+    assert batch[2].tensors == {}
+
+
+class _NormalisesInPlace(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = build_model("cbam_cnn")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.sub_(0.5).div_(0.25))
+
+
+def test_each_model_gets_the_images_as_decoded_when_one_changes_its_input_in_place():
+    torch.manual_seed(0)
+    preset = get_preset("cifar10")
+    changes, plain = _NormalisesInPlace().eval(), build_model("se_cnn").eval()
+    runs = prepare_models(
+        {
+            "changes": LoadedModel(changes, "changes", preset=preset),
+            "plain": LoadedModel(plain, "plain", preset=preset),
+        },
+        None,
+    )
+    images = torch.rand(3, 3, 32, 32)
+    batch = collate_decoded([Decoded(i, tensors={runs[0].key: images[i].clone()}) for i in range(3)])
+    results = analyse_batch(runs, list(batch), [None] * 3, AnalysisOptions(steps=1), {})
+    with torch.no_grad():
+        expected = plain(images).softmax(dim=1).max(dim=1)
+    found = [entries["plain"] for entries, _ in results]
+    assert [outcome.predicted for outcome in found] == expected.indices.tolist()
+    assert torch.allclose(torch.tensor([outcome.prob for outcome in found]), expected.values, atol=1e-6)
+    assert torch.equal(stack_rows([sample.tensors[runs[0].key] for sample in batch]), images)
