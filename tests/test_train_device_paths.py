@@ -286,3 +286,22 @@ def test_fit_trains_a_view_model_without_channels_last_and_records_why(tmp_path,
     assert record["turned_off"] == str(notices[0].message)
     assert (record["channels_last"], record["autocast"]) == (False, "bfloat16")
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", []), ("cuda", [3]), ("cuda:1", [1])])
+def test_training_gives_back_the_random_state_of_the_gpu_it_runs_on(monkeypatch, device, expected):
+    from attnviz.train import trainer
+
+    forked: list[list[int]] = []
+    real_fork = torch.random.fork_rng
+
+    def fork_rng(devices=None, **kwargs):
+        forked.append(list(devices))
+        return real_fork(devices=[], **kwargs)  # no GPU here: the CPU state only
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # a bare "cuda" is the current device
+    runtime = Runtime(torch.device(device))
+    with trainer._forked_rng(runtime):
+        pass
+    assert forked == [expected]

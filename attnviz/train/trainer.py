@@ -539,7 +539,11 @@ def _load_resume(path: Path, arch: str) -> dict[str, Any]:
 @contextmanager
 def _forked_rng(runtime: Runtime) -> Iterator[None]:
     """Seed freely inside, and give the caller back its global RNG state afterwards."""
-    devices = [runtime.device.index or 0] if runtime.device.type == "cuda" else []
+    device = runtime.device
+    if device.type != "cuda":
+        devices = []
+    else:  # a bare "cuda" is the current device, where the model goes
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         yield
 
