@@ -87,3 +87,120 @@ def test_cuda_batch_for_a_model_and_agreements_on_the_device_equal_the_cpu() -> 
     assert agreement_batch(*(m.cuda() for m in big))[0] == agreement_batch(*big)[0]
     mixed = _agreements(first.cuda(), second)  # a report's models on different devices
     assert [a.top20_iou for a in mixed] == on_cpu[0]
+
+
+# --- the CUDA branches on the CPU: tensors that say they are on CUDA, streams and events that log ---
+
+CUDA = torch.device("cuda", 0)
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA (so do the tensors made from it); logs its copies."""
+
+    log: list[tuple] = []
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return CUDA
+
+    def to(self, *args, **kwargs):  # type: ignore[override]
+        _OnCuda.log.append(("to", str(args[0]) if args else kwargs.get("device"), kwargs.get("non_blocking", False)))
+        return super().to(*[a for a in args if not isinstance(a, (str, torch.device))], **kwargs)
+
+    def pin_memory(self, *args, **kwargs):  # type: ignore[override]
+        _OnCuda.log.append(("pin",))
+        return self
+
+
+class _OnHost(_OnCuda):
+    """A host tensor that logs its copies."""
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return torch.device("cpu")
+
+
+class _Stream:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def wait_stream(self, other: _Stream) -> None:
+        _OnCuda.log.append(("wait_stream", self.name, other.name))
+
+    def synchronize(self) -> None:
+        _OnCuda.log.append(("host waits for", self.name))
+
+
+class _Event:
+    def record(self, stream: _Stream) -> None:
+        _OnCuda.log.append(("record", stream.name))
+
+    def synchronize(self) -> None:
+        _OnCuda.log.append(("host waits for", "event"))
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import contextlib
+
+    current = _Stream("current")
+    _OnCuda.log = []
+
+    @contextlib.contextmanager
+    def on(stream: _Stream):
+        _OnCuda.log.append(("enter", stream.name))
+        yield
+        _OnCuda.log.append(("leave", stream.name))
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _Stream("side"))
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current)
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    return _OnCuda.log
+
+
+def test_cuda_results_go_to_the_host_in_one_copy_per_dtype_and_one_wait(fake_cuda) -> None:
+    a, b, c = torch.rand(2, 3), torch.rand(4), torch.arange(5)
+    host = torch.rand(2)
+    moved = to_host({"a": a.as_subclass(_OnCuda), "b": b.as_subclass(_OnCuda), "c": c.as_subclass(_OnCuda), "h": host})
+    for name, expected in (("a", a), ("b", b), ("c", c)):
+        assert torch.equal(moved[name].as_subclass(torch.Tensor), expected) and moved[name].shape == expected.shape
+    assert moved["h"] is host
+    copies = [entry for entry in fake_cuda if entry[0] == "to"]
+    assert copies == [("to", "cpu", True), ("to", "cpu", True)]  # float32 and int64: non-blocking, into pinned memory
+    assert fake_cuda[-2:] == [("record", "current"), ("host waits for", "event")]  # then the one wait
+    assert sum(entry[0] == "host waits for" for entry in fake_cuda) == 1
+
+
+def test_a_cuda_host_copy_runs_on_a_side_stream_that_the_current_one_waits_for(fake_cuda) -> None:
+    tensor = torch.rand(2, 3).as_subclass(_OnCuda)
+    before = tensor.as_subclass(torch.Tensor).clone()
+    copy = HostCopy(tensor)
+    tensor.mul_(0)  # the model changes its input in place after the copy was queued
+    assert torch.equal(copy.fresh().as_subclass(torch.Tensor), before)  # a retried pass gets it as it was
+    kept = copy.join(CUDA)
+    assert torch.equal(kept.as_subclass(torch.Tensor), before)
+    assert fake_cuda == [
+        ("wait_stream", "side", "current"),  # the side stream starts after the snapshot was taken
+        ("enter", "side"),
+        ("to", "cpu", True),  # non-blocking, into pinned memory, on the side stream
+        ("leave", "side"),
+        ("wait_stream", "current", "side"),  # work queued next (the one wait) comes after the copy
+    ]
+    assert not any(entry[0] == "host waits for" for entry in fake_cuda)  # join itself does not wait
+
+
+def test_a_cuda_host_copy_joined_on_the_cpu_waits_for_its_stream(fake_cuda) -> None:
+    copy = HostCopy(torch.rand(3).as_subclass(_OnCuda), snapshot=False)
+    copy.join(torch.device("cpu"))
+    assert fake_cuda[-1] == ("host waits for", "side")
+
+
+def test_host_values_go_to_cuda_through_pinned_memory_without_a_wait(fake_cuda) -> None:
+    moved = to_device(torch.tensor([1, 2, 3]).as_subclass(_OnHost), CUDA, torch.float32)
+    assert fake_cuda == [
+        ("to", "torch.float32", False),
+        ("pin",),
+        ("to", "cuda:0", True),
+    ]  # converted on the host first
+    assert moved.as_subclass(torch.Tensor).tolist() == [1.0, 2.0, 3.0]
