@@ -101,7 +101,8 @@ install_all() {
 gpu_tests() {
     local files=() f
     for f in tests/test_train_device_paths.py tests/test_attention_styles.py tests/test_explain_device.py tests/test_transfer.py \
-        tests/test_capturing.py tests/test_cam.py tests/test_report_throughput.py tests/test_capture_edge_cases.py; do
+        tests/test_capturing.py tests/test_cam.py tests/test_report_throughput.py tests/test_capture_edge_cases.py \
+        tests/test_report_batches.py; do
         if [ -f "$f" ]; then files+=("$f"); else echo "(no $f here)"; fi
     done
     python3 -m pytest -q -rs "${files[@]}" -p no:cacheprovider

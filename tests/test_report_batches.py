@@ -8,6 +8,7 @@ CUDA); and every model still gets its own input, since a model may change it in 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -18,6 +19,7 @@ from attnviz.io.inputs import get_preset
 from attnviz.models import build_model
 from attnviz.report.analysis import AnalysisOptions, analyse_batch, prepare_models
 from attnviz.report.sources import Decoded, DecodedBatch, collate_decoded, stack_rows
+from attnviz.runtime.model import to_model
 
 
 def _batch(count: int = 4, keys: tuple[str, ...] = ("p",)) -> DecodedBatch:
@@ -120,3 +122,20 @@ def test_each_model_gets_the_images_as_decoded_when_one_changes_its_input_in_pla
     assert [outcome.predicted for outcome in found] == expected.indices.tolist()
     assert torch.allclose(torch.tensor([outcome.prob for outcome in found]), expected.values, atol=1e-6)
     assert torch.equal(stack_rows([sample.tensors[runs[0].key] for sample in batch]), images)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_pinned_batch_reaches_a_cuda_model_in_one_copy_without_a_wait():
+    loader = DataLoader(_Images(), batch_size=3, num_workers=1, collate_fn=collate_decoded, pin_memory=True)
+    model = nn.Conv2d(3, 2, 1).cuda()
+    for batch in loader:
+        rows = [sample.tensors["p"] for sample in batch]
+        stacked = stack_rows(rows)
+        assert stacked.is_pinned() and stacked.data_ptr() == rows[0].data_ptr()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+        try:
+            images = to_model(stacked, model)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert images.is_cuda and torch.equal(images.cpu(), stacked)
