@@ -39,3 +39,18 @@ def test_files_get_the_permissions_of_any_new_file(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "results.csv").read_text() == "id\n"
+
+
+def test_a_ctrl_c_right_after_the_temporary_is_created_removes_it(tmp_path, monkeypatch):
+    import attnviz.runtime.files as files
+
+    real_open = os.open
+
+    def open_then_interrupted(*args, **kwargs):
+        os.close(real_open(*args, **kwargs))  # the file exists; the interrupt comes before its handle is kept
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "open", open_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_bytes(tmp_path / "out.json", b"{}")
+    assert list(tmp_path.iterdir()) == []

@@ -260,3 +260,21 @@ def test_ctrl_c_while_the_arrays_are_written_leaves_no_empty_folder(workspace, t
     with pytest.raises(KeyboardInterrupt):
         maps_job.run_maps(load_model(workspace["cbam_cnn"]), [workspace["image"]], out, options=maps_job.MapsOptions())
     assert not (out / "shape").exists()
+
+
+def test_a_ctrl_c_right_after_an_images_folder_is_made_leaves_no_empty_folder(tmp_path, monkeypatch):
+    from attnviz.jobs import maps
+
+    folder = tmp_path / "out" / "image"
+    folder.parent.mkdir()
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_interrupted(self: Path, *args, **kwargs) -> None:
+        real_mkdir(self, *args, **kwargs)
+        if self == folder:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        maps._write_arrays(None, None, None, 0, None, None, folder)  # type: ignore[arg-type]
+    assert list(folder.parent.iterdir()) == []

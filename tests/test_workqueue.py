@@ -132,3 +132,56 @@ def test_run_batches_skips_broken_samples_first_then_emits_each_analysed_one_in_
     ]
     with pytest.raises(ValueError, match="1 result"):
         run_batches([[1, 2]], lambda s: None, lambda s, why: None, lambda good: [0], lambda s, r: None)
+
+
+def test_an_item_whose_submit_is_interrupted_is_abandoned_too(monkeypatch):
+    from attnviz.runtime import pool
+
+    queued = []
+
+    class InterruptedPool:  # the job reaches the pool, then a Ctrl-C stops submit before it returns
+        def __init__(self, workers: int) -> None:
+            pass
+
+        def submit(self, function, *args):
+            queued.append(args)
+            raise KeyboardInterrupt
+
+        def close(self, failed: bool = False) -> None:
+            pass
+
+    monkeypatch.setattr(pool, "WorkerPool", InterruptedPool)
+    abandoned = []
+    with pytest.raises(KeyboardInterrupt):
+        with WorkQueue(1, 4, lambda item, outcome: None, abandon=lambda items, error: abandoned.append(items)) as queue:
+            queue.put("a", slow_square, 2, 0.0)
+    assert queued == [(2, 0.0)] and abandoned == [["a"]]  # its drawing may still be made: it is cleaned up
+
+
+def test_a_ctrl_c_during_submit_waits_until_submit_has_returned(monkeypatch):
+    import signal
+    import threading
+
+    from attnviz.runtime.pool import WorkerPool
+
+    steps = []
+    other = threading.Thread(target=threading.Event().wait, args=(5.0,), daemon=True)
+    other.start()  # a thread of this process that does not block SIGINT (as torch's threads)
+
+    def submit(function, *args):
+        # a Ctrl-C taken by the other thread while the executor starts a worker: Python runs the
+        # handler in this thread at its next instruction, which would stop submit here
+        signal.pthread_kill(other.ident, signal.SIGINT)
+        time.sleep(0.2)
+        steps.append("submit returned")
+        return "future"
+
+    workers = WorkerPool(1)
+    monkeypatch.setattr(workers._executor, "submit", submit)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers.submit(slow_square, 1, 0.0)
+    finally:
+        workers.close()
+    assert steps == ["submit returned"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back

@@ -393,8 +393,8 @@ def _write_arrays(
 ) -> tuple[ImageResult, PictureJob]:
     """Write one image's ``attention.npz`` into ``folder`` (made here, inside the output folder);
     return its result (summary not yet written) and picture job."""
-    folder.mkdir(exist_ok=True)
     try:
+        folder.mkdir(exist_ok=True)
         summary = summary_dict(loaded, preset, cap, index, item.path)
         arrays = cap.arrays(index)
         if cams is not None:

@@ -95,6 +95,31 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """In the main thread, hold back a Ctrl-C until the block ends, then hand it to the handler
+    that was in place (Python's default raises KeyboardInterrupt).
+
+    Blocking SIGINT in this thread is not enough: another thread (torch's) may take the signal, and
+    this thread would then raise KeyboardInterrupt at any point of the block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)  # runs the recorder first for a signal still pending
+    if not caught or previous == signal.SIG_IGN:
+        return
+    if callable(previous):
+        previous(signal.SIGINT, None)
+    else:  # SIG_DFL, or a handler not installed from Python
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
     """Ignore SIGINT in the main thread for the duration (elsewhere: do nothing)."""
     if threading.current_thread() is not threading.main_thread():
@@ -121,7 +146,10 @@ class WorkerPool:
         )
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
-        with _sigint_blocked():  # the executor starts workers on demand, inside submit
+        # the executor starts workers on demand, inside submit: SIGINT blocked, so that a new worker
+        # starts with it blocked, and deferred, so that a Ctrl-C does not stop submit mid-way (a worker
+        # half started, a job queued but its future not returned)
+        with _sigint_deferred(), _sigint_blocked():
             return self._executor.submit(function, *args)
 
     def close(self, failed: bool = False) -> None:

@@ -83,8 +83,13 @@ class WorkQueue(Generic[Item]):
     def put(self, item: Item, draw: Callable[..., Any] | None = None, *args: Any) -> None:
         """Queue ``item`` with its drawing ``draw(*args)`` (none: ``None``), then finish items until
         at most ``window`` wait."""
-        outcome: Outcome = _Here(draw, args) if draw is None or self._pool is None else self._pool.submit(draw, *args)
-        self._pending.append((item, outcome))
+        if draw is None or self._pool is None:
+            self._pending.append((item, _Here(draw, args)))
+        else:
+            # pending before the submit: a Ctrl-C raised in it or just after it may leave the drawing
+            # queued in the pool, and only pending items are abandoned once the workers are stopped
+            self._pending.append((item, _Here(None, ())))
+            self._pending[-1] = (item, self._pool.submit(draw, *args))
         self.drain(self.window)
 
     def drain(self, keep: int = 0) -> None:
