@@ -383,6 +383,18 @@ def test_a_reused_capturer_follows_the_models_mode_between_batches():
         assert not torch.allclose(model(images), reference.logits)  # which the model's own mode is not
 
 
+def test_a_reused_capturer_runs_a_module_added_later_in_eval_mode():
+    torch.manual_seed(0)
+    model = build_model("se_cnn").eval()
+    images = torch.randn(4, 3, 32, 32)
+    capturer = Capturer(model)
+    capturer(images)
+    model.fc2 = nn.Sequential(nn.Dropout(0.5), model.fc2)  # new modules start in training mode
+    first, second = capturer(images), capturer(images)
+    torch.testing.assert_close(first.logits, second.logits)  # no dropout: eval mode reached the new module
+    assert model.fc2[0].training  # and its own mode is back
+
+
 def test_model_state_is_restored_when_forward_raises():
     class Broken(Zoo):
         def forward(self, x):

@@ -90,18 +90,20 @@ def test_eval_mode_restores_modes_when_the_block_raises() -> None:
     assert _modes(model) == before
 
 
-def test_eval_mode_with_the_modules_listed_by_the_caller() -> None:
-    model = _frozen_bn_in_training_model()
-    modules = tuple(model.modules())
+def test_eval_mode_reaches_shared_modules_and_skips_empty_slots() -> None:
+    shared = nn.Dropout(0.5)
+    model = nn.Sequential(nn.Linear(4, 4), shared, nn.Sequential(shared, nn.Identity())).train()
+    model.register_module("unused", None)  # an empty slot, as an optional submodule left unset
+    model[0].eval()
     before = _modes(model)
-    for _ in range(2):  # a caller that lists them once enters it for every batch
-        with eval_mode(model, modules):
-            assert not any(_modes(model).values())
-        assert _modes(model) == before
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+        model[2][1].train()  # switched inside the block: put back too
+    assert _modes(model) == before
     model.eval()
-    with eval_mode(model, modules):
-        model.features[0].train()  # changed inside: a model that was in eval mode is not restored
-    assert model.features[0].training
+    with eval_mode(model):
+        model[0].train()  # a model that was in eval mode throughout is left as the block leaves it
+    assert model[0].training
 
 
 # --------------------------------------------------------------------------- device and dtype

@@ -60,9 +60,6 @@ FEATURE_IMAGES = 8
 class Capturer:
     """A reusable capture of one model: finds gates and feature layers once, then records them.
 
-    The model's modules are listed when the ``Capturer`` is made: make a new one after replacing a
-    submodule.
-
     Args:
         model: any ``nn.Module`` that maps an image batch to class logits.
         layers: feature layers to record: ``None`` for the default (each conv block /
@@ -92,7 +89,6 @@ class Capturer:
         self.model_name = model_name
         self.feature_images = feature_images
         self._names = _module_names(model)
-        self._modules = tuple(model.modules())  # for eval mode, listed once
         self._by_name = {name: module for module, name in self._names.items()}
         hidden = compiled_modules(model)
         self._hidden = len(hidden)
@@ -121,7 +117,7 @@ class Capturer:
             )
         # a converted input leaves the batch as given: converting it again makes a new copy
         fresh = _inputs(images, lambda: to_model(given.fresh() if shared else batch, self.model))
-        with eval_mode(self.model, self._modules), torch.no_grad():  # each pass tried gets the input as given
+        with eval_mode(self.model), torch.no_grad():  # each pass tried gets the input as given
             found = None
             if self._plan is not None and self._plan.input_shape == tuple(images.shape[1:]):
                 if self.feature_images == 0 and self._plan.leaf_calls is not None:
