@@ -8,6 +8,8 @@ CUDA); and every model still gets its own input, since a model may change it in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 from torch import nn
@@ -53,6 +55,15 @@ def test_rows_that_are_not_one_block_in_order_are_copied():
     assert stack_rows(rows[1:]).data_ptr() == rows[1].data_ptr()  # the last rows of the block are one block too
     transposed = [row.transpose(1, 2) for row in rows]  # one block, but not contiguous rows
     assert torch.equal(stack_rows(transposed), torch.stack(transposed))
+    conjugate = list(torch.rand(3, 2, 2, dtype=torch.complex64).conj())  # one block, read conjugated
+    assert torch.equal(stack_rows(conjugate), torch.stack(conjugate))
+
+
+def test_rows_that_need_gradients_each_get_theirs():
+    block = torch.rand(3, 2, 2, requires_grad=True)
+    rows = [block[0], block[1], block[2]]  # rows of one block, each a view that carries gradients
+    stack_rows(rows).sum().backward()
+    assert torch.equal(block.grad, torch.ones(3, 2, 2))
 
 
 class _Images(Dataset):
@@ -84,6 +95,7 @@ def test_pinning_a_batch_pins_each_presets_block_once(monkeypatch):
     batch = _batch(keys=("p", "q"))
     before = {key: torch.stack([s.tensors[key] for s in _good(batch)]) for key in ("p", "q")}
     assert loader_pin_memory(batch) is batch  # what the DataLoader's pin-memory thread calls
+    assert not isinstance(batch, Sequence)  # which some torch releases would pin item by item
     assert sorted(pinned) == [(4, 3, 8, 8), (4, 3, 8, 8)]  # one copy per preset, not one per image
     for key in ("p", "q"):
         rows = [sample.tensors[key] for sample in _good(batch)]

@@ -29,7 +29,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,14 +287,30 @@ class DecodingDataset(Dataset):
         return self._data
 
 
-class DecodedBatch(list[Decoded]):
+class DecodedBatch:
     """A ``DataLoader`` batch: the decoded items, each preset's tensors rows of one ``[B,3,H,W]``
-    tensor (:func:`collate_decoded`)."""
+    tensor (:func:`collate_decoded`).
+
+    Not a list on purpose: some torch releases pin a list item by item (which leaves these items as
+    they are) before they ask an object for its own ``pin_memory``.
+    """
+
+    def __init__(self, items: list[Decoded]) -> None:
+        self.items = items
+
+    def __iter__(self) -> Iterator[Decoded]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Decoded:
+        return self.items[index]
 
     def pin_memory(self, device: Any = None) -> DecodedBatch:
-        """Each preset's tensors in pinned memory, one copy per preset (the ``DataLoader``'s
-        pin-memory thread calls this when a model runs on CUDA), still rows of one tensor."""
-        for key, holders in _holders(self).items():
+        """Each preset's tensors in pinned memory, one copy per preset (the ``DataLoader`` calls this
+        when a model runs on CUDA), still rows of one tensor."""
+        for key, holders in _holders(self.items).items():
             pinned = stack_rows([sample.tensors[key] for sample in holders]).pin_memory()
             for sample, row in zip(holders, pinned):
                 sample.tensors[key] = row
@@ -328,6 +344,9 @@ def stack_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     storage = first.untyped_storage().data_ptr()
     rows = all(
         t.is_contiguous()
+        and not t.requires_grad  # a view would pass gradients to the first row only
+        and not t.is_conj()
+        and not t.is_neg()
         and t.shape == first.shape
         and t.dtype == first.dtype
         and t.device == first.device

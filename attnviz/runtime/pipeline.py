@@ -18,7 +18,7 @@ Result = TypeVar("Result")
 
 
 def run_batches(
-    batches: Iterable[Sequence[Sample]],
+    batches: Iterable[Iterable[Sample]],
     error: Callable[[Sample], str | None],
     skip: Callable[[Sample, str], None],
     analyse: Callable[[list[Sample]], Sequence[Result]],
