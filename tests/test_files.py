@@ -54,3 +54,14 @@ def test_a_ctrl_c_right_after_the_temporary_is_created_removes_it(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         write_bytes(tmp_path / "out.json", b"{}")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_already_at_the_temporary_name_is_left_alone(tmp_path, monkeypatch):
+    import attnviz.runtime.files as files
+
+    other = tmp_path / ".out.json.0123456789ab.tmp"
+    other.write_bytes(b"not attnviz's")
+    monkeypatch.setattr(files, "temporary_sibling", lambda path: other)
+    with pytest.raises(FileExistsError):
+        write_bytes(tmp_path / "out.json", b"{}")
+    assert other.read_bytes() == b"not attnviz's" and not (tmp_path / "out.json").exists()

@@ -165,7 +165,8 @@ def test_a_ctrl_c_during_submit_waits_until_submit_has_returned(monkeypatch):
     from attnviz.runtime.pool import WorkerPool
 
     steps = []
-    other = threading.Thread(target=threading.Event().wait, args=(5.0,), daemon=True)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, args=(5.0,), daemon=True)
     other.start()  # a thread of this process that does not block SIGINT (as torch's threads)
 
     def submit(function, *args):
@@ -183,5 +184,26 @@ def test_a_ctrl_c_during_submit_waits_until_submit_has_returned(monkeypatch):
             workers.submit(slow_square, 1, 0.0)
     finally:
         workers.close()
+        stop.set()
+        other.join()
     assert steps == ["submit returned"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+
+def test_a_held_back_ctrl_c_is_raised_even_when_the_block_fails():
+    import signal
+
+    from attnviz.runtime.pool import _sigint_deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            signal.raise_signal(signal.SIGINT)
+            raise ValueError("the block fails after the Ctrl-C")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _sigint_deferred():  # an ignored Ctrl-C stays ignored
+            signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -43,14 +43,21 @@ def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
     the permissions of any new file (0o666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = temporary_sibling(path)
+    ours = True
     try:  # the open inside: a Ctrl-C raised just after it (not before the try) still removes the file
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            ours = False  # a file of that name that this call did not make: left alone
+            raise
         text: dict[str, Any] = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(handle, mode, **text) as file:
             yield file
         os.replace(temporary, path)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        if ours:
+            with contextlib.suppress(OSError):  # the error that brought us here says more
+                temporary.unlink(missing_ok=True)
         raise
 
 

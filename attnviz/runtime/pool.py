@@ -96,27 +96,24 @@ def _sigint_blocked() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """In the main thread, hold back a Ctrl-C until the block ends, then hand it to the handler
-    that was in place (Python's default raises KeyboardInterrupt).
+    """In the main thread, hold back a Ctrl-C until the block ends, then raise it again for the
+    handler that was in place (Python's default raises KeyboardInterrupt), also when the block failed.
 
     Blocking SIGINT in this thread is not enough: another thread (torch's) may take the signal, and
     this thread would then raise KeyboardInterrupt at any point of the block.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield  # elsewhere, or a handler not set from Python (it could not be put back): as it is
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)  # runs the recorder first for a signal still pending
-    if not caught or previous == signal.SIG_IGN:
-        return
-    if callable(previous):
-        previous(signal.SIGINT, None)
-    else:  # SIG_DFL, or a handler not installed from Python
-        raise KeyboardInterrupt
+        if caught and previous is not signal.SIG_IGN:
+            signal.raise_signal(signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -147,8 +144,9 @@ class WorkerPool:
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future:
         # the executor starts workers on demand, inside submit: SIGINT blocked, so that a new worker
-        # starts with it blocked, and deferred, so that a Ctrl-C does not stop submit mid-way (a worker
-        # half started, a job queued but its future not returned)
+        # starts with it blocked, and deferred, so that a Ctrl-C does not stop the executor mid-way (a
+        # worker half started). Raised after it, the job is queued but its future lost: WorkQueue.put
+        # makes the item pending first, so that it is cleaned up with the others.
         with _sigint_deferred(), _sigint_blocked():
             return self._executor.submit(function, *args)
 
