@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -151,3 +152,28 @@ def test_a_pinned_batch_reaches_a_cuda_model_in_one_copy_without_a_wait():
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert images.is_cuda and torch.equal(images.cpu(), stacked)
+
+
+def test_unlabelled_images_are_explained_for_the_majority_then_the_most_probable_then_the_lowest_class():
+    from attnviz.report.analysis import choose_targets
+
+    logits = [  # three models, four images, three classes
+        torch.tensor([[5.0, 0.0, 0.0], [0.0, 3.0, 0.0], [2.0, 1.0, 0.0], [1.0, 0.0, -10.0]]),
+        torch.tensor([[0.0, 5.0, 0.0], [0.0, 2.0, 0.0], [0.0, 2.5, 0.0], [0.0, 1.0, -10.0]]),
+        torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, 4.0], [0.0, 0.0, 3.0], [0.5, 0.5, 5.0]]),
+    ]
+    truths = [None, 2, None, None]
+    probs = [np.exp(x.double().numpy()) / np.exp(x.double().numpy()).sum(1, keepdims=True) for x in logits]
+    expected = []
+    for i, truth in enumerate(truths):
+        if truth is not None:
+            expected.append(truth)
+            continue
+        votes = np.bincount([int(p[i].argmax()) for p in probs], minlength=3)
+        tied = np.flatnonzero(votes == votes.max())
+        totals = sum(p[i] for p in probs)
+        best = max(totals[tied])
+        expected.append(int(min(c for c in tied if np.isclose(totals[c], best, rtol=0, atol=1e-6))))
+    assert expected == [1, 2, 1, 0]  # majority; given; a three-way tie won on probability; classes 0 and 1 tie
+    assert choose_targets(truths, logits) == expected
+    assert choose_targets([3, 1, 0, 2], logits) == [3, 1, 0, 2]  # labelled images: their labels

@@ -165,9 +165,10 @@ def analyse_batch(
         baseline = device_maps[runs[0].name]
         agreements = _agreements(baseline, device_maps[run.name]) if run is not runs[0] else [None] * len(samples)
         outcomes = _outcomes(run, out, targets, truths, scores, faithful, maps[run.name], masks, options.method)
+        cams = maps[run.name].numpy()
         for i, (outcome, agreement) in enumerate(zip(outcomes, agreements)):
             entries[i][run.name] = outcome if agreement is None else replace(outcome, agreement=agreement)
-            arrays[i]["cams"][run.name] = maps[run.name][i].numpy()
+            arrays[i]["cams"][run.name] = cams[i]
             arrays[i]["spatial"][run.name] = {n: v[i] for n, v in out["spatial"].items()}
             arrays[i]["channel"][run.name] = {n: v[i] for n, v in out["channel"].items()}
         timings["metrics"] = timings.get("metrics", 0.0) + time.perf_counter() - start
@@ -177,9 +178,15 @@ def analyse_batch(
 def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor]) -> list[int]:
     """The class each image is explained for: its truth, else the models' majority vote
     (ties go to the class with the higher mean probability)."""
-    targets = []
+    if all(truth is not None for truth in truths):
+        return [int(truth) for truth in truths if truth is not None]
     probs = [values.float().softmax(dim=1) for values in logits]
-    predicted = [p.argmax(dim=1).tolist() for p in probs] if any(t is None for t in truths) else []
+    predicted = [p.argmax(dim=1).tolist() for p in probs]
+    summed = probs[0]
+    for p in probs[1:]:
+        summed = summed + p  # the models' probabilities added in order, as float32
+    totals = summed.tolist()  # one transfer, not one per image and class
+    targets = []
     for i, truth in enumerate(truths):
         if truth is not None:
             targets.append(int(truth))
@@ -187,7 +194,7 @@ def choose_targets(truths: Sequence[int | None], logits: Sequence[torch.Tensor])
         votes = Counter(classes[i] for classes in predicted)
         best = max(votes.values())
         tied = [cls for cls, count in votes.items() if count == best]
-        targets.append(max(tied, key=lambda cls: (float(sum(p[i, cls] for p in probs)), -cls)))
+        targets.append(max(tied, key=lambda cls: (totals[i][cls], -cls)))
     return targets
 
 
