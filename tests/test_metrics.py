@@ -20,6 +20,7 @@ from attnviz.explain.metrics import (
     energy_pointing_game,
     energy_pointing_game_batch,
     gate_statistics,
+    localisation_batch,
     map_agreement,
     pointing_game,
     pointing_game_batch,
@@ -217,6 +218,32 @@ def test_energy_pointing_game_upsamples_and_batches() -> None:
         expected.append(up[k].sum() / up.sum())
     assert energy_pointing_game_batch(low, masks) == pytest.approx(expected, rel=1e-5)
     assert energy_pointing_game(low[1], masks[1]) == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_localisation_batch_gives_both_games_of_the_same_maps() -> None:
+    rng = np.random.default_rng(3)
+    masks = np.stack([make_sample(i, split="test").mask for i in range(6)])
+    low = rng.integers(-2, 4, size=(6, 8, 8)).astype(np.float32)  # ties, negative values
+    low[0] = 1.0  # a flat map: every pixel a maximum
+    low[1] = -1.0  # no energy
+    expected_hits = [
+        brute_force_hit(cv2.resize(m, (32, 32), interpolation=cv2.INTER_LINEAR), k, 0) for m, k in zip(low, masks)
+    ]
+    expected_shares = []
+    for m, k in zip(low, masks):
+        up = np.clip(cv2.resize(m, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float64), 0, None)
+        expected_shares.append(up[k].sum() / up.sum() if up.sum() > 0 else 0.0)
+    for given in (masks, masks.astype(np.uint8) * 255, torch.from_numpy(masks)):  # any nonzero pixel is the object
+        hits, shares = localisation_batch(low, given)
+        assert hits.dtype == bool and hits.tolist() == expected_hits
+        assert shares == pytest.approx(expected_shares, rel=1e-5, abs=1e-12)
+        assert hits.tolist() == pointing_game_batch(low, given).tolist()
+        assert shares.tolist() == energy_pointing_game_batch(low, given).tolist()
+    assert expected_hits[0] is False and expected_shares[1] == 0.0
+    empty = masks.copy()
+    empty[2] = False
+    with pytest.raises(UsageError, match="mask 2 is empty"):
+        localisation_batch(low, empty)
 
 
 # --------------------------------------------------------------------------- deletion / insertion

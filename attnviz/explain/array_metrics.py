@@ -3,7 +3,8 @@
 * Agreement of two maps: :func:`top_fraction_mask`, :func:`top_region_iou`, :func:`spearman`,
   :func:`map_agreement`.
 * Localisation against a ground-truth mask: :func:`pointing_game` (Zhang et al. 2016) and
-  :func:`energy_pointing_game` (Wang et al. 2020), each with a batched twin.
+  :func:`energy_pointing_game` (Wang et al. 2020), each with a batched twin, and
+  :func:`localisation_batch` for both at once.
 * Attention gates over a set of images: :func:`gate_statistics`, :func:`channel_selectivity`,
   :func:`class_selectivity` (motivated by the excitation analysis of Hu et al.'s SE networks).
 
@@ -31,6 +32,7 @@ __all__ = [
     "energy_pointing_game",
     "energy_pointing_game_batch",
     "gate_statistics",
+    "localisation_batch",
     "map_agreement",
     "pointing_game",
     "pointing_game_batch",
@@ -130,12 +132,11 @@ def pointing_game_batch(maps: Any, masks: Any, *, tolerance: float = 0) -> np.nd
     tolerance = _check_tolerance(tolerance)
     inside = _masks(masks)
     values = _resized(_maps(maps, len(inside)), inside.shape[-2:])
-    peaks = values == values.amax(dim=(1, 2), keepdim=True)
     if tolerance == 0:
         near = inside
     else:
         near = torch.from_numpy(np.stack([_squared_distance(m) <= tolerance**2 + 1e-9 for m in inside.numpy()]))
-    return (near | ~peaks).all(dim=2).all(dim=1).numpy()
+    return _hits(values, near)
 
 
 def energy_pointing_game(saliency: Any, mask: Any) -> float:
@@ -161,7 +162,27 @@ def energy_pointing_game(saliency: Any, mask: Any) -> float:
 def energy_pointing_game_batch(maps: Any, masks: Any) -> np.ndarray:
     """:func:`energy_pointing_game` of ``[B,h,w]`` maps against ``[B,H,W]`` masks: ``[B]`` floats."""
     inside = _masks(masks)
-    energy = _resized(_maps(maps, len(inside)), inside.shape[-2:]).clamp(min=0)
+    return _shares(_resized(_maps(maps, len(inside)), inside.shape[-2:]), inside)
+
+
+def localisation_batch(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`pointing_game_batch` (no tolerance) and :func:`energy_pointing_game_batch` of the same
+    ``[B,h,w]`` maps and ``[B,H,W]`` masks at once, the masks checked and the maps resized once:
+    ``([B] bool hits, [B] float shares)``."""
+    inside = _masks(masks)
+    values = _resized(_maps(maps, len(inside)), inside.shape[-2:])
+    return _hits(values, inside), _shares(values, inside)
+
+
+def _hits(values: Tensor, near: Tensor) -> np.ndarray:
+    """Whether every maximum of each resized map lies where ``near`` is true."""
+    peaks = values == values.amax(dim=(1, 2), keepdim=True)
+    return (near | ~peaks).all(dim=2).all(dim=1).numpy()
+
+
+def _shares(values: Tensor, inside: Tensor) -> np.ndarray:
+    """The share of each resized map's non-negative part that lies on its mask (0 without energy)."""
+    energy = values.clamp(min=0)
     total = energy.sum(dim=(1, 2))
     on_object = (energy * inside).sum(dim=(1, 2))
     share = torch.where(total > 0, on_object / torch.where(total > 0, total, torch.ones_like(total)), 0.0)
@@ -322,7 +343,10 @@ def _check_map_batch(values: Tensor, count: int) -> None:
 
 def _masks(masks: Any) -> Tensor:
     """``[B,H,W]`` bool masks, none empty."""
-    inside = _as_tensor(masks, "masks") != 0
+    if isinstance(masks, np.ndarray) and masks.dtype == np.bool_ and masks.flags.writeable:
+        inside = torch.from_numpy(masks)  # already what the comparison below gives (and not written)
+    else:
+        inside = _as_tensor(masks, "masks") != 0
     if inside.dim() == 2:
         inside = inside[None]
     if inside.dim() != 3 or inside.shape[0] == 0:

@@ -324,9 +324,8 @@ def localise(saliency: torch.Tensor, masks: Sequence[np.ndarray | None]) -> list
         indices = list(group)
         maps = saliency[indices].float()
         stacked = np.stack(list(group.values()))
-        hits = metrics.pointing_game_batch(maps, stacked).tolist()
-        shares = metrics.energy_pointing_game_batch(maps, stacked).tolist()
-        for i, hit, share in zip(indices, hits, shares):
+        hits, shares = metrics.localisation_batch(maps, stacked)
+        for i, hit, share in zip(indices, hits.tolist(), shares.tolist()):
             found[i] = Localisation(bool(hit), float(share))
     return found
 
