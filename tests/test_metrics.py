@@ -233,7 +233,8 @@ def test_localisation_batch_gives_both_games_of_the_same_maps() -> None:
     for m, k in zip(low, masks):
         up = np.clip(cv2.resize(m, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float64), 0, None)
         expected_shares.append(up[k].sum() / up.sum() if up.sum() > 0 else 0.0)
-    for given in (masks, masks.astype(np.uint8) * 255, torch.from_numpy(masks)):  # any nonzero pixel is the object
+    flipped = masks[:, ::-1].copy()[:, ::-1]  # the same masks through negative strides
+    for given in (masks, masks.astype(np.uint8) * 255, torch.from_numpy(masks), flipped):  # nonzero: the object
         hits, shares = localisation_batch(low, given)
         assert hits.dtype == bool and hits.tolist() == expected_hits
         assert shares == pytest.approx(expected_shares, rel=1e-5, abs=1e-12)

@@ -343,7 +343,8 @@ def _check_map_batch(values: Tensor, count: int) -> None:
 
 def _masks(masks: Any) -> Tensor:
     """``[B,H,W]`` bool masks, none empty."""
-    if isinstance(masks, np.ndarray) and masks.dtype == np.bool_ and masks.flags.writeable:
+    usable = isinstance(masks, np.ndarray) and masks.dtype == np.bool_ and masks.flags.writeable
+    if usable and min(masks.strides, default=0) >= 0:  # torch takes no negative strides
         inside = torch.from_numpy(masks)  # already what the comparison below gives (and not written)
     else:
         inside = _as_tensor(masks, "masks") != 0
