@@ -45,7 +45,7 @@ from attnviz.capturing.results import Capture, Gate, Prediction
 from attnviz.capturing.tracking import Tracker
 from attnviz.io.inputs import as_image_batch
 from attnviz.runtime.errors import CaptureError
-from attnviz.runtime.model import eval_mode, first_tensor, run_forward, to_model
+from attnviz.runtime.model import eval_mode, first_tensor, run_forward, shares_memory, to_model
 from attnviz.runtime.transfer import HostCopy, to_host
 
 __all__ = ["Capture", "Capturer", "Gate", "Prediction", "capture", "compiled_modules", "default_feature_layers"]
@@ -106,7 +106,7 @@ class Capturer:
         batch = as_image_batch(images)
         images = to_model(batch, self.model)
         # the input as given, even if the model changes it in place; on CUDA copied while the model runs
-        shared = _shares_memory(images, batch)
+        shared = shares_memory(images, batch)
         given = HostCopy(batch, snapshot=shared)
         if self._layers is None:  # no feature maps are recorded without images to record them for
             self._layers = [] if self.feature_images == 0 else default_feature_layers(self.model, images[:1].clone())
@@ -287,15 +287,6 @@ def _logits(output: Any) -> torch.Tensor:
         shape = None if tensor is None else list(tensor.shape)
         raise CaptureError(f"the model must return class logits of shape [B, classes]; it returned {shape}")
     return tensor
-
-
-def _shares_memory(model_input: torch.Tensor, batch: torch.Tensor) -> bool:
-    """True when the model is given ``batch``'s memory itself (nothing had to be converted), so
-    that an in-place change of its input would change ``batch``."""
-    return (
-        model_input.device == batch.device
-        and model_input.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr()
-    )
 
 
 def _inputs(first: torch.Tensor, again: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:

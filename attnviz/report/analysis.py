@@ -26,7 +26,7 @@ from attnviz.io.inputs import Preset, get_preset
 from attnviz.report import measures
 from attnviz.report.schema import Agreement, CamResult, ChannelGate, Localisation, ModelOutcome, SpatialGate, replace
 from attnviz.report.sources import Decoded, preset_key, stack_rows
-from attnviz.runtime.model import to_model
+from attnviz.runtime.model import shares_memory, to_model
 from attnviz.runtime.transfer import to_host
 
 
@@ -203,7 +203,7 @@ def _forward(run: ModelRun, samples: Sequence[Decoded], timings: dict[str, float
     # on the model's device once, for the capture, Grad-CAM and the deletion/insertion curves
     given = [sample.tensors[run.key] for sample in samples]
     images = to_model(stack_rows(given), run.loaded.model)  # from pinned memory when a model is on CUDA
-    if images.data_ptr() == given[0].data_ptr():  # each model its own copy: a model may change its input in place
+    if shares_memory(images, given[0]):  # each model its own copy: a model may change its input in place
         images = images.clone()
     cap = run.capturer(images)
     out = {

@@ -25,6 +25,7 @@ __all__ = [
     "model_device",
     "parse_device",
     "run_forward",
+    "shares_memory",
     "to_model",
 ]
 
@@ -66,6 +67,15 @@ def to_model(images: Tensor, model: nn.Module) -> Tensor:
         return images
     dtype = reference.dtype if reference.is_floating_point() else images.dtype
     return to_device(images, reference.device, dtype)
+
+
+def shares_memory(model_input: Tensor, given: Tensor) -> bool:
+    """True when ``model_input`` (what :func:`to_model` made of ``given``) is ``given``'s memory
+    itself (nothing had to be converted), so that an in-place change of it would change ``given``."""
+    return (
+        model_input.device == given.device
+        and model_input.untyped_storage().data_ptr() == given.untyped_storage().data_ptr()
+    )
 
 
 @contextlib.contextmanager
