@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from attnviz.explain.cam import METHODS, CamResult, gradcam, resolve_cam_layer
+from attnviz.explain.cam import METHODS, CamResult, gradcam, normalise_maps, resolve_cam_layer
 from attnviz.models import build_model, get_spec, list_architectures
 from attnviz.runtime.errors import CaptureError, UsageError
 
@@ -390,6 +390,26 @@ def test_works_under_no_grad(seeded: None) -> None:
     expected = gradcam(model, x, target=1).raw
     with torch.no_grad():
         torch.testing.assert_close(gradcam(model, x, target=1).raw, expected)
+
+
+def test_normalise_maps_matches_numpy_on_spread_constant_and_nan_maps() -> None:
+    rng = np.random.default_rng(3)
+    maps = rng.normal(size=(6, 5, 7)).astype(np.float32)
+    maps[1] = 0.0  # no spread, zero: zeros
+    maps[2] = 0.25  # no spread, positive: ones
+    maps[3] = -1.0  # no spread, negative: zeros
+    maps[4, 2, 3] = np.nan  # NaN anywhere: no spread, so the map's positive pixels become ones
+    expected = np.empty_like(maps)
+    for i, m in enumerate(maps):
+        low, high = np.min(m), np.max(m)  # NaN when the map holds one
+        expected[i] = (m - low) / (high - low) if high - low > 0 else (m > 0).astype(np.float32)
+    result = normalise_maps(torch.from_numpy(maps.copy()))
+    assert result.dtype == torch.float32
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-6)
+    assert result[0].min() == 0.0 and result[0].max() == 1.0
+    assert result[2].eq(1.0).all() and result[1].eq(0.0).all() and result[3].eq(0.0).all()
+    assert torch.equal(result[4], torch.from_numpy(maps[4] > 0).float())
+    assert torch.equal(normalise_maps(torch.from_numpy(maps).double()), result)  # float32 out, whatever comes in
 
 
 # --------------------------------------------------------------------------- other methods

@@ -208,11 +208,11 @@ def gradcam(
             _explain(model, module, layer_name, method_key, chunk, chunk_targets, batch_size)
             for chunk, chunk_targets in _chunks(batch, targets, batch_size)
         ]
-    raw = torch.cat([part.raw for part in parts])
+    raw = _joined([part.raw for part in parts])
     size = cast("tuple[int, int]", tuple(batch.shape[-2:]))  # images are (N, C, H, W)
     maps = normalise_maps(raw if raw.shape[-2:] == size else upsample(raw, size))
-    logits = torch.cat([part.logits for part in parts])
-    chosen = torch.cat([part.targets for part in parts])
+    logits = torch.cat([part.logits for part in parts])  # a copy: a model may return a tensor it reuses
+    chosen = _joined([part.targets for part in parts])
     scores = logits.float().softmax(dim=1).gather(1, chosen[:, None])[:, 0]
     return CamResult(maps, raw, chosen, scores, logits, layer_name, method_key)
 
@@ -266,11 +266,11 @@ def normalise_maps(maps: Tensor) -> Tensor:
     A map with no spread becomes zeros if it is zero and ones if it is positive.
     """
     maps = maps.float()
-    flat = maps.flatten(1)
-    low = flat.min(dim=1).values[:, None, None]
-    span = flat.max(dim=1).values[:, None, None] - low
-    scaled = (maps - low) / torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, scaled, (maps > 0).float()).clamp_(0.0, 1.0)
+    low, high = torch.aminmax(maps.flatten(1), dim=1)
+    low, high = low[:, None, None], high[:, None, None]
+    span = high - low
+    scaled = (maps - low).div_(span)  # not finite where span is 0 (or NaN): replaced below
+    return torch.where(span > 0, scaled, maps > 0).clamp_(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- validation
@@ -676,6 +676,11 @@ def _chunks(
     step = batch_size or len(images)
     for start in range(0, len(images), step):
         yield images[start : start + step], None if targets is None else targets[start : start + step]
+
+
+def _joined(tensors: list[Tensor]) -> Tensor:
+    """The chunks' tensors as one (no copy when there is one chunk)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _returned_tensors(value: Any) -> list[Tensor]:
