@@ -322,6 +322,83 @@ def test_deletion_insertion_batches_targets_and_model_state(region_case) -> None
     assert deletion_insertion(model, images, saliency, 0, steps=1000)["fractions"].size == 65  # at most H·W steps
 
 
+class FormatLog(nn.Module):
+    """Runs ``model`` and logs whether each batch came channels-last."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.formats: list[str] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        self.formats.append("channels_last" if last else "contiguous")
+        return self.model(x)
+
+
+class NotebookCNN(nn.Module):
+    """A course-notebook CNN: ``x.view(-1, C*H*W)`` on a feature map, which a channels-last batch
+    refuses; with ``spoil``, it zeroes such a batch in place first (as a careless model might)."""
+
+    def __init__(self, spoil: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 8 * 8, 10)
+        self.spoil = spoil
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spoil and not x.is_contiguous():
+            x.mul_(0.0)  # then fails: what is run again must be the batch as built
+        return self.fc(torch.relu(self.conv(x)).view(-1, 8 * 8 * 8))
+
+
+@pytest.mark.parametrize("arch", ["cnn", "se_cnn", "cbam_cnn", "resnet18_cbam"])
+def test_deletion_insertion_is_the_same_with_channels_last_batches(arch: str, shapes_batch) -> None:
+    torch.manual_seed(0)
+    images = shapes_batch[0][:4]
+    model = FormatLog(build_model(arch, num_classes=10).eval())
+    maps = torch.rand(4, 8, 8, generator=torch.Generator().manual_seed(1))
+    runs = {}
+    for setting in (False, True, None):
+        model.formats.clear()
+        runs[setting] = deletion_insertion(model, images, maps, None, steps=6, batch_size=16, channels_last=setting)
+        curves = set(model.formats[1:])  # the first pass predicts the classes on the images as given
+        assert curves == {"contiguous" if setting is False else "channels_last"}  # None: channels-last on the CPU
+    for setting in (True, None):
+        for key in ("deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc"):
+            np.testing.assert_allclose(runs[setting][key], runs[False][key], rtol=0, atol=1e-6)
+        assert runs[setting]["targets"].tolist() == runs[False]["targets"].tolist()
+
+
+@pytest.mark.parametrize("spoil", [False, True])
+def test_a_model_that_refuses_channels_last_batches_gets_contiguous_ones(spoil: bool) -> None:
+    torch.manual_seed(0)
+    model = FormatLog(NotebookCNN(spoil=spoil).eval())
+    images = torch.randn(3, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    maps = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    targets = [1, 4, 7]
+    expected = deletion_insertion(model, images.clone(), maps, targets, steps=4, batch_size=5, channels_last=False)
+    model.formats.clear()
+    result = deletion_insertion(model, images.clone(), maps, targets, steps=4, batch_size=5, channels_last=True)
+    # (targets given: no prediction pass) the first perturbed batch is tried channels-last, fails, and
+    # is run again contiguous, as are the rest
+    batches = math.ceil(3 * 2 * 4 / 5)
+    assert model.formats == ["channels_last"] + ["contiguous"] * batches
+    for key in ("deletion_curve", "insertion_curve"):
+        np.testing.assert_array_equal(result[key], expected[key])  # the retry saw the batch as it was built
+
+
+def test_a_model_that_fails_in_both_formats_raises_its_own_error() -> None:
+    class Broken(NotebookCNN):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] != 3:  # the first pass (three images) works; every perturbed batch fails
+                raise ValueError("broken on purpose")
+            return super().forward(x.contiguous())
+
+    with pytest.raises(CaptureError, match="broken on purpose"):
+        deletion_insertion(Broken().eval(), torch.randn(3, 3, 8, 8), torch.rand(3, 8, 8), None, steps=2, batch_size=4)
+
+
 def test_deletion_insertion_rejects_bad_arguments(region_case) -> None:
     model, images, _ = region_case
     maps = np.ones((3, 8, 8))

@@ -12,6 +12,7 @@ every submodule's mode restored, and a failing forward pass as a one-line :class
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from attnviz.explain.array_metrics import (
     top_region_iou,
 )
 from attnviz.io.inputs import as_image_batch
-from attnviz.runtime.errors import UsageError, describe
+from attnviz.runtime.errors import CaptureError, UsageError, describe
 from attnviz.runtime.model import eval_mode, run_forward, to_model
 from attnviz.runtime.transfer import start_to_host, to_device, to_host, wait_for
 
@@ -45,6 +46,8 @@ BASELINES: tuple[str, ...] = ("blur", "zero", "mean")
 
 Targets = int | Sequence[int] | Tensor | None
 Initializer = Callable[[nn.Module], None]
+
+_log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- faithfulness
@@ -60,6 +63,7 @@ def deletion_insertion(
     baseline: str | Tensor = "blur",
     batch_size: int = 64,
     blur_sigma: float = 5.0,
+    channels_last: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Deletion and insertion curves and their areas (Petsiuk et al. 2018, RISE).
 
@@ -85,6 +89,8 @@ def deletion_insertion(
     The model runs in eval mode under ``torch.no_grad`` on batches of ``batch_size`` perturbed
     images; its train/eval mode is restored afterwards. The ranking, the perturbed images and
     the probabilities stay on the model's device; the curves come to the host once, at the end.
+    On the CPU the perturbed batches are channels-last by default: the same probabilities up to
+    float rounding, and faster (``cbam_cnn``: 1.7× on one thread; ``attnviz/METRICS.md``).
 
     Source: V. Petsiuk, A. Das, K. Saenko. "RISE: Randomized Input Sampling for Explanation of
     Black-box Models." BMVC 2018 (its causal metrics).
@@ -98,6 +104,10 @@ def deletion_insertion(
         baseline: ``"blur"``, ``"zero"``, ``"mean"`` or a tensor.
         batch_size: Perturbed images per forward pass.
         blur_sigma: Standard deviation of the blur baseline, in pixels.
+        channels_last: Give the model the perturbed batches in ``torch.channels_last`` memory
+            format; ``None``: on the CPU only. A batch the model fails on in that format (as
+            ``x.view(-1, C*H*W)`` on a feature map does) is run again contiguous, and so are
+            the batches after it.
 
     Returns:
         ``deletion_auc`` and ``insertion_auc`` ``[B]``, ``deletion_curve`` and
@@ -116,9 +126,10 @@ def deletion_insertion(
     ranks = _ranks(_resized(maps, batch.shape[-2:]))
     size = _positive_int(batch_size, "batch_size")
     path = _Path(batch, substrate, ranks, to_device(counts, batch.device))
+    layout = _PerturbedLayout(batch.device.type == "cpu" if channels_last is None else bool(channels_last))
     with eval_mode(model), torch.no_grad():
         chosen, top = _targets(model, batch, targets)
-        on_device = _curves(model, path, chosen, top, size)
+        on_device = _curves(model, path, chosen, top, size, layout)
     host = to_host({"deletion": on_device[0], "insertion": on_device[1], "targets": chosen, "finite": finite})
     if not bool(host["finite"]):
         raise UsageError(_NON_FINITE_MAPS)
@@ -349,7 +360,26 @@ class _Path(NamedTuple):
     counts: Tensor  # [steps+1] pixels changed after each step
 
 
-def _curves(model: nn.Module, path: _Path, targets: Tensor, top: int, batch_size: int) -> tuple[Tensor, Tensor]:
+class _PerturbedLayout:
+    """The memory format of the perturbed batches: channels-last until the model fails on it."""
+
+    def __init__(self, channels_last: bool) -> None:
+        self.channels_last = channels_last
+
+    def probabilities(self, model: nn.Module, images: Tensor, targets: Tensor, top: int) -> Tensor:
+        """:func:`_probabilities` of ``images``, given channels-last while the model takes them."""
+        if self.channels_last:
+            try:
+                return _probabilities(model, images.clone(memory_format=torch.channels_last), targets, top)
+            except CaptureError as error:  # the model's own code failed on the format: contiguous from now on
+                self.channels_last = False
+                _log.debug("deletion/insertion: contiguous batches from now on (%s)", error)
+        return _probabilities(model, images, targets, top)  # as built: the failed try had a copy
+
+
+def _curves(
+    model: nn.Module, path: _Path, targets: Tensor, top: int, batch_size: int, layout: _PerturbedLayout
+) -> tuple[Tensor, Tensor]:
     """``[B, steps+1]`` target probabilities along the deletion and the insertion path, on the device.
 
     The two paths share their ends (deletion starts at the image, where insertion ends, and ends at
@@ -371,7 +401,7 @@ def _curves(model: nn.Module, path: _Path, targets: Tensor, top: int, batch_size
         changed = path.ranks[which] < column_counts[column][:, None, None]
         from_baseline = (changed != column_inserts[column][:, None, None])[:, None]  # insertion: where unchanged
         perturbed = torch.where(from_baseline, path.substrate[which], images[which])
-        probabilities.append(_probabilities(model, perturbed, targets[which], top))
+        probabilities.append(layout.probabilities(model, perturbed, targets[which], top))
     table = torch.cat(probabilities).view(len(images), columns)
     image, baseline = table[:, :1], table[:, 1:2]
     deletion = torch.cat([image, table[:, 2 : 2 + len(inner)], baseline], dim=1)
