@@ -21,6 +21,9 @@ Parts:
     maps      the README's main job, `attnviz maps` on the bundled samples, as a new process (wall time)
     report    `attnviz report` with the three sample models on shapes:N (images/s and where the time goes,
               from the report's own stage timers)
+    curves    deletion/insertion (the report's: 10 steps, its perturbed batch size on the device) with the
+              perturbed batches contiguous and channels-last, against a forward of the images; how far the
+              two formats' AUCs are apart
 The JSON written with --json is rewritten after each part, so a run cut short keeps the parts it finished.
 """
 
@@ -51,7 +54,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## GPU"
 PACKAGES = ("torch", "torchvision", "timm", "grad-cam", "captum", "torchcam")
-PARTS = ("capture", "gradcam", "maps", "report")
+PARTS = ("capture", "gradcam", "maps", "report", "curves")
 SAMPLE_MODELS = tuple(ROOT / "samples" / "models" / f"{arch}.pth" for arch in ("cnn", "se_cnn", "cbam_cnn"))
 MAPS_MODEL = ROOT / "samples" / "models" / "cbam_cnn.pth"
 
@@ -117,6 +120,7 @@ class Scale:
     # (input, pictures, batch size, decode workers, render workers; None: the CLI's default)
     reports: tuple[tuple[str, bool, int, int, int | None], ...]
     report_steps: int
+    curves_batch: Callable[[int], int]  # images per deletion/insertion call, by input size
     sanity_images: int
     maps_images: int | None  # None: all bundled samples, with pictures
 
@@ -127,6 +131,7 @@ FULL = Scale(
     gradcam_batches=(8, 64),
     reports=(("shapes:5000", False, 256, 4, None), ("shapes:1000", True, 256, 4, 8)),
     report_steps=10,
+    curves_batch=lambda size: 16 if size >= 224 else 256,
     sanity_images=16,
     maps_images=None,
 )
@@ -136,6 +141,7 @@ QUICK = Scale(
     gradcam_batches=(2,),
     reports=(("shapes:4", False, 4, 0, None),),
     report_steps=1,
+    curves_batch=lambda size: 2,
     sanity_images=1,
     maps_images=1,
 )
@@ -295,6 +301,57 @@ def _model_and_input(spec: Model, device: torch.device, scale: Scale, batch: int
     return model, torch.randn(batch, 3, size, size, device=device)
 
 
+# Deletion/insertion ---------------------------------------------------------------------------------------
+
+CURVES_FORMATS = {"deletion/insertion: contiguous batches": False, "deletion/insertion: channels-last batches": True}
+
+
+def curves_case(spec: Model, device: torch.device, scale: Scale, warmup: int, repeats: int) -> Result:
+    """One model's deletion/insertion in both memory formats of the perturbed batches."""
+    from attnviz.explain.metrics import deletion_insertion
+    from attnviz.io.inputs import get_preset
+    from attnviz.report.analysis import perturbed_batch
+
+    model, x = _model_and_input(spec, device, scale, scale.curves_batch(spec.size))
+    maps = torch.rand(len(x), *x.shape[-2:], device=device, generator=torch.Generator(device).manual_seed(0))
+    with torch.no_grad():
+        targets = model(x).argmax(1).tolist()
+    per_pass = perturbed_batch(get_preset("imagenet", size=x.shape[-1]), device)  # the report's, for this size
+    steps = scale.report_steps
+
+    def curves(channels_last: bool) -> Callable[[], dict]:
+        def call() -> dict:
+            return deletion_insertion(
+                model, x, maps, targets, steps=steps, batch_size=per_pass, channels_last=channels_last
+            )
+
+        return call
+
+    def forward() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    calls: Calls = {"forward (no_grad)": forward, **{name: curves(last) for name, last in CURVES_FORMATS.items()}}
+    times, errors = measure(calls, device, warmup, repeats)
+    rows = summarise(times, "forward (no_grad)", len(x))
+    difference = math.nan
+    if not errors:
+        contiguous, channels_last = curves(False)(), curves(True)()
+        difference = max(
+            float(abs(contiguous[key] - channels_last[key]).max()) for key in ("deletion_auc", "insertion_auc")
+        )
+    return {
+        "model": spec.name,
+        "size": x.shape[-1],
+        "batch": len(x),
+        "steps": steps,
+        "per_pass": per_pass,
+        "rows": rows,
+        "max_auc_difference": difference,
+        "errors": errors,
+    }
+
+
 # The report and the main job --------------------------------------------------------------------------
 
 
@@ -408,6 +465,9 @@ def part_cases(part: str, args: argparse.Namespace, scale: Scale) -> Iterator[tu
         for model in chosen(args):
             for batch in scale.gradcam_batches:
                 yield f"{model.name}, batch {batch}", partial(gradcam_case, model, batch, device, scale, *rounds)
+    elif part == "curves":
+        for model in (m for m in chosen(args) if m.capture):
+            yield model.name, partial(curves_case, model, device, scale, *rounds)
     elif part == "maps":
         yield "samples", partial(maps_run, scale)
     else:
@@ -498,6 +558,22 @@ def gradcam_table(cases: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def curves_table(cases: Sequence[Result]) -> str:
+    lines = [
+        "| model | input | images | steps | perturbed / pass | row | ms: median (min–max) | × forward | "
+        "max \\|Δ AUC\\| |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for case in cases:
+        for name, row in case["rows"].items():
+            difference = f"{case['max_auc_difference']:.1e}" if name.endswith("channels-last batches") else "–"
+            lines.append(
+                f"| {case['model']} | {case['size']}² | {case['batch']} | {case['steps']} | {case['per_pass']} | "
+                f"{name} | {_ms(row)} | {row['ratio']:.2f}× | {difference} |"
+            )
+    return "\n".join(lines)
+
+
 def report_table(runs: Sequence[Result]) -> str:
     lines = ["| stage | " + " | ".join(f"`{run['input']}`" for run in runs) + " |", "| --- |" + " ---: |" * len(runs)]
     for stage in runs[0]["stages"]:
@@ -551,6 +627,14 @@ def section(results: Result) -> str:
             "Models: the three bundled samples. Seconds are the report's own stage timers (main process wall time; "
             f"see benchmarks/bench_report.py).\n\n{commands}\n",
             report_table(results["report"]) + "\n",
+        ]
+    if results.get("curves"):
+        parts += [
+            "### Deletion/insertion: contiguous or channels-last batches\n",
+            "`attnviz.explain.metrics.deletion_insertion` with the report's steps and perturbed images per forward "
+            "pass on this device, given targets; the perturbed batches contiguous or channels-last (the default "
+            "on the CPU only). The last column: the largest difference of an image's AUC between the formats.\n",
+            curves_table(results["curves"]) + "\n",
         ]
     if results["errors"]:
         parts.append("Errors:\n\n" + "\n".join(f"- {error}" for error in results["errors"]) + "\n")

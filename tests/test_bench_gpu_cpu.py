@@ -72,6 +72,7 @@ def test_every_part_and_model_is_there(results: dict) -> None:
     assert gradcam_cases == {(name, b) for name in names for b in bench_gpu.QUICK.gradcam_batches}
     assert [run["input"] for run in results["report"]] == [spec for spec, *_ in bench_gpu.QUICK.reports]
     assert results["maps"]["returncode"] == 0
+    assert [case["model"] for case in results["curves"]] == names
 
 
 def test_capture_rows_ratios_and_bytes(results: dict) -> None:
@@ -127,14 +128,26 @@ def test_report_and_maps_rows(results: dict) -> None:
     assert positive(results["maps"]["wall_s"]) and results["maps"]["images"] == 1
 
 
+def test_curves_rows_and_formats_agree(results: dict) -> None:
+    for case in results["curves"]:
+        assert set(case["rows"]) == {"forward (no_grad)", *bench_gpu.CURVES_FORMATS}, case["model"]
+        reference = case["rows"]["forward (no_grad)"]["median_ms"]
+        for row in case["rows"].values():
+            assert row["ratio"] == pytest.approx(row["median_ms"] / reference) and positive(row["ratio"])
+        assert case["steps"] == bench_gpu.QUICK.report_steps and case["per_pass"] >= 8
+        # the two memory formats give the same AUCs up to float rounding
+        assert 0.0 <= case["max_auc_difference"] < 1e-5
+
+
 def test_section_renders_every_part(results: dict, tmp_path: Path) -> None:
     doc = tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n\n## Report\n\nkept\n", encoding="utf-8")
     write_section(bench_gpu.SECTION, bench_gpu.section(results), doc)
     text = doc.read_text(encoding="utf-8")
     assert "## Report\n\nkept" in text and text.count(bench_gpu.SECTION) == 1
-    for case in results["capture"] + results["gradcam"]:
+    for case in results["capture"] + results["gradcam"] + results["curves"]:
         assert case["model"] in text
+    assert "deletion/insertion: channels-last batches" in text
     assert "shapes:" in text and "attnviz maps" in text and results["machine"] in text
 
 
