@@ -111,7 +111,9 @@ def test_deletion_insertion_checks_targets_without_an_extra_pass(tiny) -> None:
     calls = []
     model.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
     deletion_insertion(model, x, torch.rand(3, 12, 12), [0, 1, 2], steps=2, batch_size=9)
-    assert calls == [9, 3]  # 3 images × 2·steps (the curves share their ends), and no pass to count the classes
+    # the channels-last probe (4 images, both formats; CPU), then 3 images × 2·steps (the curves share
+    # their ends), and no pass to count the classes
+    assert calls == [4, 4, 9, 3]
     with pytest.raises(UsageError, match="out of range"):
         deletion_insertion(model, x, torch.rand(3, 12, 12), [0, 4, 2], steps=2)
     with pytest.raises(UsageError, match="NaN"):

@@ -309,8 +309,9 @@ def test_deletion_insertion_batches_targets_and_model_state(region_case) -> None
     model.calls = 0
     small = deletion_insertion(model, images, saliency, None, steps=8, batch_size=5)
     assert model.training  # restored
-    # one pass for the predictions, then 2·steps images per image (the curves share their ends) in batches of 5
-    assert model.calls == 1 + math.ceil(3 * 2 * 8 / 5)
+    # one pass for the predictions, two probes of the channels-last format (CPU), then 2·steps images
+    # per image (the curves share their ends) in batches of 5
+    assert model.calls == 1 + 2 + math.ceil(3 * 2 * 8 / 5)
     model.eval()
     large = deletion_insertion(model, images, saliency, None, steps=8, batch_size=64)
     assert small["deletion_curve"] == pytest.approx(large["deletion_curve"])
@@ -362,12 +363,42 @@ def test_deletion_insertion_is_the_same_with_channels_last_batches(arch: str, sh
     for setting in (False, True, None):
         model.formats.clear()
         runs[setting] = deletion_insertion(model, images, maps, None, steps=6, batch_size=16, channels_last=setting)
-        curves = set(model.formats[1:])  # the first pass predicts the classes on the images as given
-        assert curves == {"contiguous" if setting is False else "channels_last"}  # None: channels-last on the CPU
+        # the first pass predicts the classes on the images as given; None: channels-last on the CPU,
+        # after a probe in both formats
+        if setting is False:
+            assert model.formats[1:] == ["contiguous"] * 3  # 4 images × 12 columns in batches of 16
+        else:
+            assert model.formats[1:] == ["contiguous", "channels_last"] + ["channels_last"] * 3
     for setting in (True, None):
         for key in ("deletion_curve", "insertion_curve", "deletion_auc", "insertion_auc"):
             np.testing.assert_allclose(runs[setting][key], runs[False][key], rtol=0, atol=1e-6)
         assert runs[setting]["targets"].tolist() == runs[False]["targets"].tolist()
+
+
+class RawMemoryNet(nn.Module):
+    """Reads its input's memory as if it were contiguous (as code handing ``data_ptr()`` to a C
+    library might): no error on a channels-last batch, other numbers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.as_strided((x.shape[0], 3 * 8 * 8), (3 * 8 * 8, 1))
+        return self.fc(flat)
+
+
+def test_a_model_whose_numbers_change_with_the_format_gets_contiguous_batches() -> None:
+    torch.manual_seed(0)
+    model = FormatLog(RawMemoryNet().eval())
+    images = torch.randn(3, 3, 8, 8)
+    maps = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    expected = deletion_insertion(model, images, maps, [1, 4, 7], steps=4, batch_size=5, channels_last=False)
+    model.formats.clear()
+    result = deletion_insertion(model, images, maps, [1, 4, 7], steps=4, batch_size=5)
+    assert model.formats == ["contiguous", "channels_last"] + ["contiguous"] * math.ceil(3 * 2 * 4 / 5)
+    for key in ("deletion_curve", "insertion_curve"):
+        np.testing.assert_array_equal(result[key], expected[key])
 
 
 @pytest.mark.parametrize("spoil", [False, True])
@@ -380,10 +411,10 @@ def test_a_model_that_refuses_channels_last_batches_gets_contiguous_ones(spoil: 
     expected = deletion_insertion(model, images.clone(), maps, targets, steps=4, batch_size=5, channels_last=False)
     model.formats.clear()
     result = deletion_insertion(model, images.clone(), maps, targets, steps=4, batch_size=5, channels_last=True)
-    # (targets given: no prediction pass) the first perturbed batch is tried channels-last, fails, and
-    # is run again contiguous, as are the rest
+    # (targets given: no prediction pass) the probe runs contiguous, then fails channels-last: every
+    # batch is contiguous
     batches = math.ceil(3 * 2 * 4 / 5)
-    assert model.formats == ["channels_last"] + ["contiguous"] * batches
+    assert model.formats == ["contiguous", "channels_last"] + ["contiguous"] * batches
     for key in ("deletion_curve", "insertion_curve"):
         np.testing.assert_array_equal(result[key], expected[key])  # the retry saw the batch as it was built
 

@@ -49,6 +49,11 @@ Initializer = Callable[[nn.Module], None]
 
 _log = logging.getLogger(__name__)
 
+#: Perturbed images run in both memory formats before channels-last batches are used, and how far
+#: (absolute) their target probabilities may be apart: float rounding is far below it.
+_PROBE = 4
+_PROBE_TOLERANCE = 1e-4
+
 
 # --------------------------------------------------------------------------- faithfulness
 
@@ -89,8 +94,9 @@ def deletion_insertion(
     The model runs in eval mode under ``torch.no_grad`` on batches of ``batch_size`` perturbed
     images; its train/eval mode is restored afterwards. The ranking, the perturbed images and
     the probabilities stay on the model's device; the curves come to the host once, at the end.
-    On the CPU the perturbed batches are channels-last by default: the same probabilities up to
-    float rounding, and faster (``cbam_cnn``: 1.7× on one thread; ``attnviz/METRICS.md``).
+    On the CPU the perturbed batches are channels-last by default when the model gives the same
+    probabilities on them (up to float rounding), which is faster (``cbam_cnn``: 1.7× on one
+    thread; ``attnviz/METRICS.md``).
 
     Source: V. Petsiuk, A. Das, K. Saenko. "RISE: Randomized Input Sampling for Explanation of
     Black-box Models." BMVC 2018 (its causal metrics).
@@ -105,9 +111,10 @@ def deletion_insertion(
         batch_size: Perturbed images per forward pass.
         blur_sigma: Standard deviation of the blur baseline, in pixels.
         channels_last: Give the model the perturbed batches in ``torch.channels_last`` memory
-            format; ``None``: on the CPU only. A batch the model fails on in that format (as
-            ``x.view(-1, C*H*W)`` on a feature map does) is run again contiguous, and so are
-            the batches after it.
+            format; ``None``: on the CPU only. Four perturbed images run in both formats first:
+            when the model fails on channels-last ones (as ``x.view(-1, C*H*W)`` on a feature
+            map does) or gives other probabilities (code that reads the memory as contiguous),
+            every batch is contiguous; so are the batches after one it fails on.
 
     Returns:
         ``deletion_auc`` and ``insertion_auc`` ``[B]``, ``deletion_curve`` and
@@ -361,20 +368,42 @@ class _Path(NamedTuple):
 
 
 class _PerturbedLayout:
-    """The memory format of the perturbed batches: channels-last until the model fails on it."""
+    """The memory format of the perturbed batches: channels-last when asked for and the model gives
+    the same probabilities on a probe of the first batch in both formats, until it fails on one."""
 
     def __init__(self, channels_last: bool) -> None:
         self.channels_last = channels_last
+        self._probed = not channels_last
 
     def probabilities(self, model: nn.Module, images: Tensor, targets: Tensor, top: int) -> Tensor:
         """:func:`_probabilities` of ``images``, given channels-last while the model takes them."""
+        if not self._probed:
+            self._probed = True
+            self.channels_last = self._agrees(model, images[:_PROBE], targets[:_PROBE], top)
         if self.channels_last:
             try:
                 return _probabilities(model, images.clone(memory_format=torch.channels_last), targets, top)
             except CaptureError as error:  # the model's own code failed on the format: contiguous from now on
-                self.channels_last = False
-                _log.debug("deletion/insertion: contiguous batches from now on (%s)", error)
+                self._off(error)
         return _probabilities(model, images, targets, top)  # as built: the failed try had a copy
+
+    def _agrees(self, model: nn.Module, images: Tensor, targets: Tensor, top: int) -> bool:
+        """Whether ``model`` takes channels-last ``images`` and gives their probabilities as on
+        contiguous ones (a model that reads its input's memory as if it were contiguous does not)."""
+        expected = _probabilities(model, images, targets, top)  # a failure here is the model's own: raised
+        try:
+            probed = _probabilities(model, images.clone(memory_format=torch.channels_last), targets, top)
+        except CaptureError as error:
+            self._off(error)
+            return False
+        if not torch.allclose(probed, expected, rtol=0.0, atol=_PROBE_TOLERANCE):  # one host sync per call
+            _log.debug("deletion/insertion: contiguous batches (the model's probabilities change with the format)")
+            return False
+        return True
+
+    def _off(self, error: CaptureError) -> None:
+        self.channels_last = False
+        _log.debug("deletion/insertion: contiguous batches from now on (%s)", error.args[0] if error.args else "")
 
 
 def _curves(
