@@ -410,6 +410,9 @@ def test_normalise_maps_matches_numpy_on_spread_constant_and_nan_maps() -> None:
     assert result[2].eq(1.0).all() and result[1].eq(0.0).all() and result[3].eq(0.0).all()
     assert torch.equal(result[4], torch.from_numpy(maps[4] > 0).float())
     assert torch.equal(normalise_maps(torch.from_numpy(maps).double()), result)  # float32 out, whatever comes in
+    given = torch.from_numpy(maps[:4].copy()).requires_grad_(True)  # without the NaN map
+    normalise_maps(given).sum().backward()
+    assert given.grad is not None and bool(torch.isfinite(given.grad).all())  # constant maps included
 
 
 # --------------------------------------------------------------------------- other methods

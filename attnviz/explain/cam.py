@@ -269,8 +269,9 @@ def normalise_maps(maps: Tensor) -> Tensor:
     low, high = torch.aminmax(maps.flatten(1), dim=1)
     low, high = low[:, None, None], high[:, None, None]
     span = high - low
-    scaled = (maps - low).div_(span)  # not finite where span is 0 (or NaN): replaced below
-    return torch.where(span > 0, scaled, maps > 0).clamp_(0.0, 1.0)
+    spread = span > 0
+    scaled = (maps - low) / torch.where(spread, span, 1.0)  # finite gradients for constant maps too
+    return torch.where(spread, scaled, maps > 0).clamp_(0.0, 1.0)
 
 
 # --------------------------------------------------------------------------- validation
