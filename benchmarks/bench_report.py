@@ -152,6 +152,14 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _perturbed_batch() -> int:
+    """Perturbed 32×32 images per forward pass of the report's curves on the CPU."""
+    from attnviz.io.inputs import get_preset
+    from attnviz.report.analysis import perturbed_batch
+
+    return perturbed_batch(get_preset("cifar10"), "cpu")
+
+
 def section(results: list[dict], small: dict | None, command: str, args: argparse.Namespace) -> str:
     first = results[0]
     inline = next((r for r in results if r["render_workers"] == 0), first)
@@ -178,7 +186,8 @@ def section(results: list[dict], small: dict | None, command: str, args: argpars
         f"{table(results)}\n\n"
         "- Deletion/insertion dominates: the two curves run the model on `2 × steps` perturbed copies of every image "
         f"(they share their ends: the image and the baseline) per model ({per_image_model:.0f} ms per "
-        "image and model here, in batches of 256 perturbed 32×32 images, channels-last on the CPU). `--steps` trades "
+        f"image and model here, in batches of {_perturbed_batch()} perturbed 32×32 images, channels-last on the CPU). "
+        "`--steps` trades "
         "the curves' resolution for time.\n"
         f"- Rendering draws 9 pictures per image (input, 3 Grad-CAM overlays, 3 spatial gates, 2 channel strips; "
         f"{render_ms:.1f} ms per image in the main process). Render workers take it off the main process; on 2 cores "

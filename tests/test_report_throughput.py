@@ -223,12 +223,13 @@ def test_the_cli_gives_its_build_workers_to_the_report_and_the_merge(tmp_path, m
 
 def test_deletion_insertion_batches_are_larger_on_a_gpu_than_on_the_cpu():
     from attnviz.io.inputs import get_preset
-    from attnviz.report.analysis import GPU_FACTOR, PERTURBED_PIXELS, perturbed_batch
+    from attnviz.report.analysis import perturbed_batch
 
-    small, large = get_preset("cifar10"), get_preset("imagenet")
-    assert perturbed_batch(small) == perturbed_batch(small, "cpu") == PERTURBED_PIXELS // (32 * 32) == 256
-    assert perturbed_batch(small, "cuda:0") == GPU_FACTOR * 256
-    assert perturbed_batch(large) == 8 and perturbed_batch(large, torch.device("cuda")) == 8 * GPU_FACTOR
+    small, large, middle = get_preset("cifar10"), get_preset("imagenet"), get_preset("imagenet", size=64)
+    assert perturbed_batch(small) == perturbed_batch(small, "cpu") == 64  # about 64 × 32 × 32 pixels per pass
+    assert perturbed_batch(middle) == 16 and perturbed_batch(large) == 8  # and 8 images at least
+    assert perturbed_batch(small, "cuda:0") == 2048 and perturbed_batch(middle, "cuda") == 512
+    assert perturbed_batch(large, torch.device("cuda")) == 64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

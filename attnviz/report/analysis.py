@@ -71,10 +71,13 @@ class ModelRun:
         }
 
 
-#: Pixels per forward pass of the deletion/insertion curves on a CPU (256 images of 32×32, 8 of
-#: 224×224 at least), and how many times more on a GPU, where a forward pass of a small batch is
-#: mostly launch overhead (2,048 images of 32×32, 64 of 224×224: under 0.6 GB of input).
-PERTURBED_PIXELS, GPU_FACTOR = 256 * 32 * 32, 8
+#: Pixels per forward pass of the deletion/insertion curves, and the fewest images per pass. On a CPU
+#: 64 images of 32×32 (8 of 224×224): a batch whose activations stay in the caches, which ran the
+#: sample CNNs 1.6–2.0× faster per image than 256 did (docs/BENCHMARKS.md, "Report"). On a GPU, where
+#: a forward pass of a small batch is mostly launch overhead, 2,048 of 32×32 (64 of 224×224: under
+#: 0.6 GB of input).
+CPU_PERTURBED_PIXELS, CPU_MIN_BATCH = 64 * 32 * 32, 8
+GPU_PERTURBED_PIXELS, GPU_MIN_BATCH = 2048 * 32 * 32, 64
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,11 @@ class AnalysisOptions:
 
 def perturbed_batch(preset: Preset, device: torch.device | str = "cpu") -> int:
     """Perturbed images per forward pass of the deletion/insertion curves for inputs of ``preset``'s size
-    on ``device`` (large batches run a small CNN several times faster per image on a CPU, and more so
-    on a GPU)."""
-    on_cpu = max(8, PERTURBED_PIXELS // (preset.size[0] * preset.size[1]))
-    return on_cpu * GPU_FACTOR if torch.device(device).type == "cuda" else on_cpu
+    on ``device`` (see :data:`CPU_PERTURBED_PIXELS`)."""
+    pixels = preset.size[0] * preset.size[1]
+    if torch.device(device).type == "cuda":
+        return max(GPU_MIN_BATCH, GPU_PERTURBED_PIXELS // pixels)
+    return max(CPU_MIN_BATCH, CPU_PERTURBED_PIXELS // pixels)
 
 
 def prepare_models(
