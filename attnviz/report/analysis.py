@@ -73,7 +73,7 @@ class ModelRun:
 
 #: Pixels per forward pass of the deletion/insertion curves, and the fewest images per pass. On a CPU
 #: 64 images of 32×32 (8 of 224×224): a batch whose activations stay in the caches, which ran the
-#: sample CNNs 1.6–2.0× faster per image than 256 did (docs/BENCHMARKS.md, "Report"). On a GPU, where
+#: sample CNNs 1.8–2.1× faster per image than 256 did (docs/BENCHMARKS.md, "Report"). On a GPU, where
 #: a forward pass of a small batch is mostly launch overhead, 2,048 of 32×32 (64 of 224×224: under
 #: 0.6 GB of input).
 CPU_PERTURBED_PIXELS, CPU_MIN_BATCH = 64 * 32 * 32, 8
