@@ -1,8 +1,8 @@
 """``index.html``: the report as one static page (inline CSS and JS, pictures as files beside it).
 
 The cards are written as the records are read, into a temporary file (:class:`Cards`); the page is
-then the summary sections followed by those cards, so its size never has to fit in memory. Every number on the page is taken
-from the records and the aggregates; nothing is computed here.
+then the summary sections followed by those cards, so its size never has to fit in memory. Every
+number on the page is taken from the records and the aggregates; nothing is computed here.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -310,10 +310,7 @@ class DecodedBatch:
     def pin_memory(self, device: Any = None) -> DecodedBatch:
         """Each preset's tensors in pinned memory, one copy per preset (the ``DataLoader`` calls this
         when a model runs on CUDA), still rows of one tensor."""
-        for key, holders in _holders(self.items).items():
-            pinned = stack_rows([sample.tensors[key] for sample in holders]).pin_memory()
-            for sample, row in zip(holders, pinned):
-                sample.tensors[key] = row
+        _into_blocks(self.items, lambda tensors: stack_rows(tensors).pin_memory())
         return self
 
 
@@ -321,19 +318,19 @@ def collate_decoded(batch: list[Decoded]) -> DecodedBatch:
     """A ``DataLoader`` batch, each preset's tensors of the decoded images made views of one
     ``[B,3,H,W]`` tensor, so that a worker hands the batch over in one shared-memory block per preset
     instead of one per image, and :func:`stack_rows` gives the model that block without a copy."""
-    for key, holders in _holders(batch).items():
-        stacked = torch.stack([sample.tensors[key] for sample in holders])
-        for sample, tensor in zip(holders, stacked):
-            sample.tensors[key] = tensor
+    _into_blocks(batch, lambda tensors: torch.stack(list(tensors)))  # a new block, never a view of the items'
     return DecodedBatch(batch)
 
 
-def _holders(batch: Sequence[Decoded]) -> dict[str, list[Decoded]]:
-    """Per preset key, the items that have a tensor for it, when those tensors have one shape
-    (a preset's fixed size: always)."""
-    keys = sorted({key for sample in batch for key in sample.tensors})
-    found = {key: [sample for sample in batch if key in sample.tensors] for key in keys}
-    return {key: holders for key, holders in found.items() if len({s.tensors[key].shape for s in holders}) == 1}
+def _into_blocks(batch: Sequence[Decoded], block: Callable[[Sequence[torch.Tensor]], torch.Tensor]) -> None:
+    """Each preset's tensors of ``batch`` replaced by the rows of ``block(those tensors)``, for the presets
+    whose tensors have one shape (a preset's fixed size: always)."""
+    for key in sorted({key for sample in batch for key in sample.tensors}):
+        holders = [sample for sample in batch if key in sample.tensors]
+        if len({sample.tensors[key].shape for sample in holders}) != 1:
+            continue
+        for sample, row in zip(holders, block([sample.tensors[key] for sample in holders])):
+            sample.tensors[key] = row
 
 
 def stack_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
